@@ -1,0 +1,36 @@
+# The two quickstart commands (README.md): `make repro` and `make test`.
+# Both create .venv when missing and install the exact versions of constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install repro test lock clean-venv
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# The whole pipeline on the embedded default, then its metrics.
+repro: install
+	dvc repro
+	dvc metrics show
+
+# The test suite (unit tests and a few end-to-end dvc repro runs on tiny params).
+test: install
+	python -m pytest
+
+# Re-pin every package after changing install_requires in setup.cfg.
+lock: install
+	{ head -2 constraints.txt; python -m pip freeze --exclude-editable | grep -vi '^protomask'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean-venv:
+	rm -rf $(VENV)

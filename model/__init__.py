@@ -1,0 +1,1 @@
+"""Model side of protomask: networks, losses, training, push, explanations, metrics."""

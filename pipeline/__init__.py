@@ -1,0 +1,1 @@
+"""Data side of protomask: readers, segmenters, shards, crops, indexes."""

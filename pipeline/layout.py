@@ -1,0 +1,19 @@
+"""Where every artifact lives, relative to the project root: the one place for paths.
+
+dvc.yaml repeats these paths (DVC needs them literally); tests/test_layout.py checks
+that the two agree.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+SYNTHETIC_ROOT = Path("data/synthetic")
+
+ARTIFACTS = Path("artifacts")
+METRICS = Path("metrics")
+
+PREPARE_DIR = ARTIFACTS / "prepare"
+IMAGES_INDEX = PREPARE_DIR / "images.parquet"
+REJECTS_TABLE = PREPARE_DIR / "rejects.parquet"
+DUPLICATES_TABLE = PREPARE_DIR / "duplicates.parquet"
+PREPARE_METRICS = METRICS / "prepare.json"

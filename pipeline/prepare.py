@@ -1,0 +1,175 @@
+"""The prepare stage's work: listing -> decoded, de-duplicated, split images index."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import layout
+from pipeline.atomic import atomic_file
+from pipeline.datasets import read_dataset
+from pipeline.errors import DatasetError, ImageDecodeError
+from pipeline.imageio import load_rgb, pixel_hash, resolve_inside
+from pipeline.params import DataParams, fingerprint
+from pipeline.records import DatasetListing, ImageRecord
+from pipeline.tables import write_table
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What prepare learns by decoding one image."""
+
+    width: int
+    height: int
+    pixel_hash: str
+
+
+def index_fingerprint(data: DataParams) -> str:
+    """Fingerprint of the parameters that decide the images index."""
+    return fingerprint(replace(data, decode_workers=1))
+
+
+def decode_all(listing: DatasetListing, root: Path, workers: int
+               ) -> tuple[dict[int, Decoded], list[dict]]:
+    """Decode every listed image; return what decoded and the rejects with reasons."""
+
+    def decode(record: ImageRecord) -> Decoded | str:
+        try:
+            rgb = load_rgb(resolve_inside(root, record.path))
+        except ImageDecodeError as exc:
+            return exc.reason
+        return Decoded(rgb.shape[1], rgb.shape[0], pixel_hash(rgb))
+
+    decoded: dict[int, Decoded] = {}
+    rejects: list[dict] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(decode, listing.records)
+        for record, result in tqdm(zip(listing.records, results), total=len(listing.records),
+                                   desc="prepare: decoding", unit="img", leave=False):
+            if isinstance(result, str):
+                rejects.append({"image_id": record.image_id, "path": record.path,
+                                "reason": result})
+            else:
+                decoded[record.image_id] = result
+    return decoded, rejects
+
+
+def remove_duplicates(records: list[ImageRecord], decoded: dict[int, Decoded]
+                      ) -> tuple[list[ImageRecord], list[dict]]:
+    """Keep one image per distinct pixel content: a training copy when there is one.
+
+    Same pixels under two names would leak between splits (or weigh one photo twice);
+    the removed copies are returned as rows of the duplicates table.
+    """
+    groups: dict[str, list[ImageRecord]] = defaultdict(list)
+    for record in records:
+        groups[decoded[record.image_id].pixel_hash].append(record)
+    kept, duplicates = [], []
+    for group in groups.values():
+        keep = min(group, key=lambda r: (not r.is_train, r.image_id))
+        kept.append(keep)
+        for other in group:
+            if other is keep:
+                continue
+            duplicates.append({
+                "image_id": other.image_id, "path": other.path,
+                "dataset_split": "train" if other.is_train else "test",
+                "kept_image_id": keep.image_id, "kept_path": keep.path,
+                "kept_split": "train" if keep.is_train else "test",
+            })
+    kept.sort(key=lambda r: r.image_id)
+    duplicates.sort(key=lambda row: row["image_id"])
+    return kept, duplicates
+
+
+def assign_splits(records: list[ImageRecord], class_names: tuple[str, ...],
+                  val_fraction: float, seed: int) -> dict[int, str]:
+    """train | val | test per image id: val carved from train, stratified and seeded.
+
+    Every class must keep at least one training image; test is the dataset's own.
+    """
+    by_class: dict[int, list[int]] = defaultdict(list)
+    split: dict[int, str] = {}
+    for record in records:
+        if record.is_train:
+            by_class[record.class_id].append(record.image_id)
+            split[record.image_id] = "train"
+        else:
+            split[record.image_id] = "test"
+    missing = [class_names[c] for c in range(len(class_names)) if not by_class.get(c)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DatasetError(f"{len(missing)} class(es) have no training image after rejects "
+                           f"and duplicates were removed: {shown}")
+    for class_id, ids in sorted(by_class.items()):
+        ids = sorted(ids)
+        n_val = min(int(round(val_fraction * len(ids))), len(ids) - 1)
+        rng = np.random.default_rng([seed, class_id])
+        for image_id in rng.permutation(np.asarray(ids, dtype=np.int64))[:n_val]:
+            split[int(image_id)] = "val"
+    return split
+
+
+def index_rows(records: list[ImageRecord], listing: DatasetListing,
+               decoded: dict[int, Decoded], split: dict[int, str]) -> list[dict]:
+    """Rows of the images table (schema: pipeline.tables)."""
+    rows = []
+    for r in records:
+        d = decoded[r.image_id]
+        rows.append({
+            "image_id": r.image_id, "path": r.path, "class_id": r.class_id,
+            "class_name": listing.class_names[r.class_id], "split": split[r.image_id],
+            "width": d.width, "height": d.height, "pixel_hash": d.pixel_hash,
+            "object_box_xywh": list(r.object_box_xywh) if r.object_box_xywh else None,
+            "parts": ([{"part_id": p.part_id, "x": p.x, "y": p.y, "visible": p.visible}
+                       for p in r.parts] if r.parts is not None else None),
+            "segmentation_path": r.segmentation_path,
+        })
+    return rows
+
+
+def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
+    """Build the images index, rejects and duplicates tables and the prepare metrics."""
+    root = project_root / data.root
+    listing = read_dataset(data.source, root, test_fraction=data.test_fraction, seed=data.seed)
+    if not listing.records:
+        raise DatasetError(f"{root}: the dataset lists no images")
+    decoded, rejects = decode_all(listing, root, data.decode_workers)
+    fp = index_fingerprint(data)
+    write_table(rejects, project_root / layout.REJECTS_TABLE, "rejects", fingerprint=fp)
+    reject_fraction = len(rejects) / len(listing.records)
+    if reject_fraction > data.max_reject_fraction:
+        examples = "; ".join(f"{r['path']}: {r['reason']}" for r in rejects[:3])
+        raise DatasetError(
+            f"{len(rejects)} of {len(listing.records)} images could not be decoded "
+            f"({reject_fraction:.1%} > data.max_reject_fraction {data.max_reject_fraction:g}); "
+            f"see {layout.REJECTS_TABLE} (e.g. {examples})")
+    readable = [r for r in listing.records if r.image_id in decoded]
+    kept, duplicates = remove_duplicates(readable, decoded)
+    split = assign_splits(kept, listing.class_names, data.val_fraction, data.seed)
+    facts = {
+        "source": data.source, "data_root": data.root,
+        "class_names": list(listing.class_names),
+        "part_names": list(listing.part_names) if listing.part_names else None,
+        "notes": list(listing.notes),
+    }
+    write_table(duplicates, project_root / layout.DUPLICATES_TABLE, "duplicates",
+                fingerprint=fp)
+    write_table(index_rows(kept, listing, decoded, split), project_root / layout.IMAGES_INDEX,
+                "images", fingerprint=fp, facts=facts)
+    counts = {s: sum(1 for v in split.values() if v == s) for s in ("train", "val", "test")}
+    metrics = {
+        "images": len(kept), "classes": len(listing.class_names),
+        "train": counts["train"], "val": counts["val"], "test": counts["test"],
+        "rejects": len(rejects), "duplicates_removed": len(duplicates),
+        "with_segmentation": sum(1 for r in kept if r.segmentation_path),
+        "with_parts": sum(1 for r in kept if r.parts is not None),
+    }
+    with atomic_file(project_root / layout.PREPARE_METRICS) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics

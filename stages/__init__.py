@@ -1,0 +1,1 @@
+"""Thin click commands, one per DVC stage, under the one ``protomask`` CLI."""

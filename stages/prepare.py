@@ -1,0 +1,22 @@
+"""``protomask prepare``: the images index with train/val/test splits."""
+from __future__ import annotations
+
+import click
+
+from pipeline import layout
+from pipeline.params import Params
+from stages.common import stage_command
+
+
+@stage_command("prepare", help=(
+    "Read the dataset named by params data (CUB-200-2011 layout, class folders, or the "
+    "synthetic set), decode every image, drop duplicates, carve a stratified validation "
+    f"split from train, and write {layout.IMAGES_INDEX} (plus rejects and duplicates "
+    f"tables and {layout.PREPARE_METRICS})."))
+def prepare(params: Params) -> None:
+    from pipeline.prepare import run_prepare
+
+    m = run_prepare(params.data)
+    click.echo(f"prepare: {m['images']} images in {m['classes']} classes "
+               f"(train {m['train']}, val {m['val']}, test {m['test']}); "
+               f"{m['rejects']} rejected, {m['duplicates_removed']} duplicates removed")
