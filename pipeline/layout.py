@@ -17,3 +17,6 @@ IMAGES_INDEX = PREPARE_DIR / "images.parquet"
 REJECTS_TABLE = PREPARE_DIR / "rejects.parquet"
 DUPLICATES_TABLE = PREPARE_DIR / "duplicates.parquet"
 PREPARE_METRICS = METRICS / "prepare.json"
+
+SEGMENT_DIR = ARTIFACTS / "segment"          # mask shards (a persistent DVC output)
+SEGMENT_METRICS = METRICS / "segment.json"

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,17 +107,101 @@ class DataParams:
 
 
 
+# ------------------------------------------------------------------------ segment
+@dataclass(frozen=True)
+class SamParams:
+    """Segment Anything automatic mask generation (used when segment.backend is sam)."""
+
+    model_type: str = param("vit_h", "SAM architecture of the checkpoint (tiny: the small "
+                            "test model of pipeline/segmenters/tiny_sam.py).",
+                            choices=("vit_b", "vit_l", "vit_h", "tiny"))
+    checkpoint: Optional[str] = param(None, "Local SAM checkpoint file (e.g. "
+                                      "sam_vit_h_4b8939.pth); nothing is ever downloaded.")
+    points_per_side: int = param(32, "Point prompts per image side.", interval=Interval(1, 256))
+    points_per_batch: int = param(256, "Prompts decoded in one call (speed only).",
+                                  interval=Interval(1, 65536))
+    pred_iou_thresh: float = param(0.86, "Keep masks whose predicted IoU exceeds this.",
+                                   interval=Interval(0, 1))
+    stability_score_thresh: float = param(0.92, "Keep masks whose stability score exceeds this.",
+                                          interval=Interval(0, 1))
+    stability_score_offset: float = param(1.0, "Logit offset of the stability score.",
+                                          interval=Interval(0, 100))
+    box_nms_thresh: float = param(0.7, "Box IoU of the NMS among one crop's masks.",
+                                  interval=Interval(0, 1))
+    crop_n_layers: int = param(1, "Layers of image crops segmented again (0: none).",
+                               interval=Interval(0, 4))
+    crop_nms_thresh: float = param(0.7, "Box IoU of the NMS across crops.",
+                                   interval=Interval(0, 1))
+    crop_overlap_ratio: float = param(512 / 1500, "Overlap of neighbouring crops.",
+                                      interval=Interval(0, 1, hi_closed=False))
+    crop_n_points_downscale_factor: int = param(2, "Point grid shrink per crop layer.",
+                                                interval=Interval(1, 16))
+    min_mask_region_area: int = param(0, "Remove holes and islands smaller than this (px).",
+                                      interval=Interval(0, 1_000_000))
+    images_per_batch: int = param(4, "Images whose encoder pass runs as one batch.",
+                                  interval=Interval(1, 256))
+    bf16: bool = param(False, "bf16 autocast on CUDA (fp32 otherwise).")
+
+
+@dataclass(frozen=True)
+class ClassicalParams:
+    """The scikit-image segmenter (segment.backend classical, the offline default)."""
+
+    method: str = param("felzenszwalb", "Region algorithm.", choices=("felzenszwalb", "slic"))
+    scale: float = param(100.0, "felzenszwalb scale of the finest level (x4 per level).",
+                         interval=Interval(0, 1e6, lo_closed=False))
+    sigma: float = param(0.4, "Gaussian smoothing before segmenting.", interval=Interval(0, 10))
+    min_size: int = param(20, "felzenszwalb smallest region of the finest level (px, x2 "
+                          "per level).", interval=Interval(1, 1_000_000))
+    n_segments: int = param(64, "slic regions of the finest level (/4 per level).",
+                            interval=Interval(2, 100_000))
+    compactness: float = param(10.0, "slic compactness.", interval=Interval(0, 1e4, lo_closed=False))
+    levels: int = param(3, "Granularities segmented (finest first).", interval=Interval(1, 6))
+    min_area_fraction: float = param(0.002, "Drop regions smaller than this share of the image.",
+                                     interval=Interval(0, 1))
+    max_area_fraction: float = param(0.95, "Drop regions larger than this share of the image.",
+                                     interval=Interval(0, 1))
+    dedup_iou: float = param(0.9, "A region found again at a coarser level (mask IoU above "
+                             "this) is kept once.", interval=Interval(0, 1))
+    max_masks: int = param(64, "Keep at most this many masks per image (largest first).",
+                           interval=Interval(1, 10000))
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """segment: masks for every image, in HDF5 shards."""
+
+    backend: str = param("classical", "Segmenter: sam (needs segment.sam.checkpoint) or the "
+                         "offline scikit-image one.", choices=("classical", "sam"))
+    device: str = param("auto", "auto | cpu | cuda | cuda:N (auto: every GPU if any, else CPU).")
+    shard_size: int = param(32, "Images per HDF5 shard (the unit of work and of resume).",
+                            interval=Interval(1, 1_000_000))
+    workers: int = param(2, "Local dask worker processes on CPU (one per GPU on GPUs).",
+                         interval=Interval(1, 1024))
+    scheduler: Optional[str] = param(None, "Address of an existing dask scheduler "
+                                     "(e.g. tcp://10.0.0.5:8786); null: a local cluster.")
+    sam: SamParams = section(SamParams, "Segment Anything settings.")
+    classical: ClassicalParams = section(ClassicalParams, "Classical segmenter settings.")
+
+
 @dataclass(frozen=True)
 class Params:
     """The whole params.yaml, one section per stage."""
 
     data: DataParams = section(DataParams, "Dataset and splits (synthesize, prepare).")
+    segment: SegmentParams = section(SegmentParams, "Masks (segment).")
 
     def check(self) -> None:
         """Rules that tie several keys together."""
         if self.data.source == "synthetic" and Path(self.data.root) != SYNTHETIC_ROOT:
             raise ParamsError(f"data.root must be {SYNTHETIC_ROOT} when data.source is synthetic, "
                               f"got {self.data.root!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.segment.device):
+            raise ParamsError(f"segment.device must be one of auto | cpu | cuda | cuda:N, "
+                              f"got {self.segment.device!r}")
+        if self.segment.backend == "sam" and not self.segment.sam.checkpoint:
+            raise ParamsError("segment.sam.checkpoint must name a local SAM checkpoint file "
+                              "when segment.backend is sam, got null")
 
 
 # ----------------------------------------------------------------- validation
@@ -240,10 +325,6 @@ def defaults_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    print(defaults_yaml(), end="")
-
-
 def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str, str]]:
     rows = []
     hints = typing.get_type_hints(cls)
@@ -268,3 +349,24 @@ def params_reference_markdown() -> str:
     for row in _rows(Params, ""):
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+README_MARKERS = ("<!-- params-reference:start -->\n", "<!-- params-reference:end -->")
+
+
+def readme_with_reference(text: str) -> str:
+    """README text with the block between the markers replaced by the generated table."""
+    start, end = README_MARKERS
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}{params_reference_markdown()}\n{end}{tail}"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--readme"]:
+        readme = Path("README.md")
+        readme.write_text(readme_with_reference(readme.read_text()))
+    else:
+        print(defaults_yaml(), end="")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from stages.prepare import prepare
+from stages.segment import segment
 from stages.synthesize import synthesize
 
 
@@ -16,6 +17,7 @@ def main() -> None:
 
 main.add_command(synthesize)
 main.add_command(prepare)
+main.add_command(segment)
 
 if __name__ == "__main__":
     main()

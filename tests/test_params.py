@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.errors import ParamsError
-from pipeline.params import Params, defaults_yaml, load_params, params_reference_markdown
+from pipeline.params import (Params, defaults_yaml, load_params, params_reference_markdown,
+                             readme_with_reference)
 from stages.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,3 +80,8 @@ def test_reference_lists_every_key() -> None:
     table = params_reference_markdown()
     for key in ("data.source", "data.val_fraction", "data.synthetic.num_classes"):
         assert f"| {key} |" in table
+
+
+def test_readme_reference_is_generated_from_the_schema() -> None:
+    text = (REPO / "README.md").read_text()
+    assert readme_with_reference(text) == text, "run: python -m pipeline.params --readme"

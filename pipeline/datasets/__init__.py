@@ -1,0 +1,33 @@
+"""Dataset readers: each turns a folder on disk into a DatasetListing."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.datasets.cub import read_cub
+from pipeline.datasets.folder import IMAGE_EXTENSIONS, read_folder
+from pipeline.errors import DatasetError
+from pipeline.records import DatasetListing
+
+SOURCES = ("cub", "folder", "synthetic")
+
+__all__ = ["IMAGE_EXTENSIONS", "SOURCES", "read_cub", "read_dataset", "read_folder"]
+
+
+def read_dataset(source: str, root: Path, *, test_fraction: float, seed: int) -> DatasetListing:
+    """Read ``root`` with the reader for ``source``; synthetic data is in CUB layout.
+
+    ``test_fraction`` and ``seed`` only matter for ``folder`` (CUB has its own split).
+    """
+    root = Path(root)
+    if source not in SOURCES:
+        raise DatasetError(f"data.source must be one of {', '.join(SOURCES)}, got '{source}'")
+    if not root.exists():
+        raise DatasetError(f"data.root '{root}' does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"data.root '{root}' is not a folder")
+    if source == "folder":
+        listing = read_folder(root, test_fraction=test_fraction, seed=seed)
+    else:
+        listing = read_cub(root)
+    return replace(listing, source=source)

@@ -1,0 +1,208 @@
+"""Mask shards: many images' masks in one HDF5 file (SPEC section 4), and their reader.
+
+Layout of one shard::
+
+    attrs: format, version, fingerprint, backend, checkpoint_sha256, created_by
+    images/image_id (n,) int64      images/status (n,) fixed-length UTF-8 ("ok" or "failed: <reason>")
+    images/height, images/width (n,) int32
+    images/mask_start (n,) int64    images/mask_count (n,) int32
+    masks/image_id (m,) int64       masks/rle_data (bytes,) uint8 + masks/rle_end (m,) int64:
+                                    mask i's COCO compressed RLE counts are
+                                    rle_data[rle_end[i-1]:rle_end[i]]
+    masks/box (m, 4) int32 inclusive x_min, y_min, x_max, y_max
+    masks/area (m,) int64           masks/predicted_iou, masks/stability_score (m,) float32
+    masks/point (m, 2) float32      (the prompt point; the region centre for classical)
+
+Shards are written to a temporary name and renamed when complete. No variable-length
+HDF5 types are used: their heap leaves uninitialised bytes, and same inputs must give the
+same bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from pipeline.atomic import atomic_file
+from pipeline.errors import ArtifactError
+from pipeline.segmenters.base import MaskSet
+
+FORMAT = "protomask.masks"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The outcome for one image: its masks, or the reason it failed."""
+
+    image_id: int
+    masks: MaskSet | None = None
+    failure: str | None = None
+
+
+def _dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    """A chunked, compressed dataset (contiguous when empty: HDF5 cannot chunk nothing)."""
+    data = np.asarray(data)
+    if len(data) == 0:
+        group.create_dataset(name, data=data, track_times=False)
+        return
+    chunks = (min(len(data), 65536 if data.ndim == 1 else 4096),) + data.shape[1:]
+    group.create_dataset(name, data=data, chunks=chunks, compression="gzip",
+                         compression_opts=4, shuffle=True, track_times=False)
+
+
+def write_shard(path: Path, results: Sequence[ImageResult], *, fingerprint: str, backend: str,
+                checkpoint_sha256: str = "") -> None:
+    """Write one shard atomically; identical inputs give identical bytes."""
+    starts, counts, statuses, heights, widths = [], [], [], [], []
+    rles: list[bytes] = []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in
+                                          ("image_id", "box", "area", "iou", "stab", "point")}
+    total = 0
+    for r in results:
+        m = r.masks
+        starts.append(total)
+        counts.append(len(m) if m is not None else 0)
+        statuses.append("ok" if r.failure is None else f"failed: {r.failure}")
+        heights.append(m.height if m is not None else 0)
+        widths.append(m.width if m is not None else 0)
+        if m is None or len(m) == 0:
+            continue
+        total += len(m)
+        rles.extend(m.rles)
+        parts["image_id"].append(np.full(len(m), r.image_id, np.int64))
+        parts["box"].append(m.boxes.astype(np.int32))
+        parts["area"].append(m.areas.astype(np.int64))
+        parts["iou"].append(m.predicted_iou.astype(np.float32))
+        parts["stab"].append(m.stability_score.astype(np.float32))
+        parts["point"].append(m.points.astype(np.float32))
+
+    def cat(key: str, dtype, shape: tuple) -> np.ndarray:
+        return np.concatenate(parts[key]) if parts[key] else np.zeros(shape, dtype)
+
+    rle_data = np.frombuffer(b"".join(rles), np.uint8)
+    rle_end = np.cumsum([len(r) for r in rles], dtype=np.int64)
+    encoded = [s.encode("utf-8") for s in statuses]
+    status = np.asarray(encoded, dtype=f"S{max(map(len, encoded), default=1)}")
+    with atomic_file(Path(path)) as tmp:
+        with h5py.File(tmp, "w", track_order=False, libver=("earliest", "v110")) as f:
+            f.attrs.update({"format": FORMAT, "version": VERSION, "fingerprint": fingerprint,
+                            "backend": backend, "checkpoint_sha256": checkpoint_sha256})
+            images = f.create_group("images")
+            _dataset(images, "image_id", np.asarray([r.image_id for r in results], np.int64))
+            _dataset(images, "status", status)
+            _dataset(images, "height", np.asarray(heights, np.int32))
+            _dataset(images, "width", np.asarray(widths, np.int32))
+            _dataset(images, "mask_start", np.asarray(starts, np.int64))
+            _dataset(images, "mask_count", np.asarray(counts, np.int32))
+            masks = f.create_group("masks")
+            _dataset(masks, "image_id", cat("image_id", np.int64, (0,)))
+            _dataset(masks, "rle_data", rle_data)
+            _dataset(masks, "rle_end", rle_end)
+            _dataset(masks, "box", cat("box", np.int32, (0, 4)))
+            _dataset(masks, "area", cat("area", np.int64, (0,)))
+            _dataset(masks, "predicted_iou", cat("iou", np.float32, (0,)))
+            _dataset(masks, "stability_score", cat("stab", np.float32, (0,)))
+            _dataset(masks, "point", cat("point", np.float32, (0, 2)))
+
+
+def shard_fingerprint(path: Path) -> str | None:
+    """The fingerprint a complete shard was written with, or None if unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
+                return None
+            return str(f.attrs["fingerprint"])
+    except (OSError, KeyError):
+        return None
+
+
+class MaskShard:
+    """Read access to one mask shard: the images in it and each image's masks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+            fmt, version = self._file.attrs.get("format"), self._file.attrs.get("version")
+        except OSError as exc:
+            raise ArtifactError(f"{self.path}: not a readable mask shard ({exc})") from None
+        if fmt != FORMAT:
+            self._file.close()
+            raise ArtifactError(f"{self.path}: not a protomask mask shard (format {fmt!r})")
+        if int(version) != VERSION:
+            self._file.close()
+            raise ArtifactError(f"{self.path}: mask shard version {version} is not known to "
+                                f"this code (it reads version {VERSION}); rerun segment")
+        try:
+            images = self._file["images"]
+            self.image_ids = images["image_id"][:]
+            self._status = [s.decode("utf-8") for s in images["status"][:]]
+            self._start = images["mask_start"][:]
+            self._count = images["mask_count"][:]
+            self._height = images["height"][:]
+            self._width = images["width"][:]
+        except (KeyError, OSError) as exc:
+            self._file.close()
+            raise ArtifactError(f"{self.path}: corrupt mask shard ({exc})") from None
+        self._row = {int(i): k for k, i in enumerate(self.image_ids)}
+        self.fingerprint = str(self._file.attrs["fingerprint"])
+        self.backend = str(self._file.attrs["backend"])
+
+    def __enter__(self) -> "MaskShard":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def num_masks(self) -> int:
+        """Masks of all images in the shard."""
+        return int(self._count.sum())
+
+    def failures(self) -> list[tuple[int, str]]:
+        """(image_id, reason) of every image that failed."""
+        return [(int(i), s[len("failed: "):]) for i, s in zip(self.image_ids, self._status)
+                if s != "ok"]
+
+    def status(self, image_id: int) -> str:
+        """'ok' or 'failed: <reason>'."""
+        return self._status[self._row[int(image_id)]]
+
+    def masks(self, image_id: int) -> MaskSet:
+        """The masks of one image as RLE with their records (empty if it failed)."""
+        k = self._row[int(image_id)]
+        a, n = int(self._start[k]), int(self._count[k])
+        g = self._file["masks"]
+        sl = slice(a, a + n)
+        try:
+            rles: list[bytes] = []
+            if n:
+                ends = g["rle_end"][sl]
+                first = int(g["rle_end"][a - 1]) if a else 0
+                data = g["rle_data"][first:int(ends[-1])].tobytes()
+                bounds = np.concatenate([[0], ends - first])
+                rles = [data[bounds[i]:bounds[i + 1]] for i in range(n)]
+            return MaskSet(int(self._height[k]), int(self._width[k]), rles,
+                           g["box"][sl] if n else np.zeros((0, 4), np.int32),
+                           g["area"][sl] if n else np.zeros(0, np.int64),
+                           g["predicted_iou"][sl] if n else np.zeros(0, np.float32),
+                           g["stability_score"][sl] if n else np.zeros(0, np.float32),
+                           g["point"][sl] if n else np.zeros((0, 2), np.float32))
+        except (KeyError, OSError) as exc:
+            raise ArtifactError(f"{self.path}: corrupt mask shard at image {image_id} "
+                                f"({exc})") from None
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(int(i) for i in self.image_ids)
+
+
+def shard_paths(directory: Path) -> list[Path]:
+    """The complete shards of a segment output folder, in order."""
+    return sorted(Path(directory).glob("shard-*.h5"))

@@ -1,0 +1,202 @@
+"""The segment stage's work: images index -> mask shards, shard by shard through dask.
+
+Images are sorted by id and cut into shards of ``segment.shard_size``. Each shard is a
+task; its file carries a fingerprint of the segment params, the images index, the
+checkpoint's hash and the shard's image ids. A rerun keeps every shard whose fingerprint
+matches and redoes the rest, so an interrupted run resumes and ends with the same bytes.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline import layout
+from pipeline.atomic import atomic_file
+from pipeline.errors import ImageDecodeError, ProtomaskError
+from pipeline.execution import dask_client, map_tasks
+from pipeline.imageio import load_rgb, resolve_inside
+from pipeline.mask_shards import ImageResult, shard_fingerprint, write_shard
+from pipeline.params import Params, SegmentParams, fingerprint
+from pipeline.tables import read_table
+
+_SEGMENTERS: dict[str, object] = {}   # per worker process: the loaded model, built once
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of work: which images, where to write, and what fingerprint to stamp."""
+
+    index: int
+    image_ids: tuple[int, ...]
+    paths: tuple[str, ...]
+    data_root: str
+    out_path: str
+    fingerprint: str
+    checkpoint_sha256: str
+    params: SegmentParams
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """What a finished shard holds."""
+
+    index: int
+    images: int
+    masks: int
+    failures: tuple[tuple[int, str], ...]
+    skipped: bool = False
+
+
+def _segmenter(params: SegmentParams):
+    """The segmenter of this worker process, loaded on first use."""
+    from pipeline.segmenters.loading import build_segmenter
+
+    key = fingerprint(params)
+    if key not in _SEGMENTERS:
+        worker_index = 0
+        try:
+            from dask.distributed import get_worker
+
+            name = get_worker().name
+            worker_index = name if isinstance(name, int) else 0
+        except (ImportError, ValueError):
+            pass
+        _SEGMENTERS.clear()
+        _SEGMENTERS[key] = build_segmenter(params, worker_index)
+    return _SEGMENTERS[key]
+
+
+def segment_shard(task: ShardTask) -> ShardSummary:
+    """Segment the images of one shard and write it (runs on a dask worker)."""
+    segment = _segmenter(task.params)
+    root = Path(task.data_root)
+    results: list[ImageResult] = []
+    batch_size = task.params.sam.images_per_batch if task.params.backend == "sam" else 1
+    pending: list[tuple[int, object]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        try:
+            mask_sets = segment([image for _, image in pending])
+            results.extend(ImageResult(i, m) for (i, _), m in zip(pending, mask_sets))
+        except Exception as exc:  # noqa: BLE001 - one bad batch: retry image by image
+            if len(pending) == 1:
+                results.append(ImageResult(pending[0][0], failure=f"segmenter error: "
+                                           f"{type(exc).__name__}: {exc}"))
+            else:
+                for item in list(pending):
+                    pending[:] = [item]
+                    flush()
+        pending.clear()
+
+    for image_id, rel in zip(task.image_ids, task.paths):
+        try:
+            image = load_rgb(resolve_inside(root, rel))
+        except ImageDecodeError as exc:
+            flush()
+            results.append(ImageResult(image_id, failure=exc.reason))
+            continue
+        pending.append((image_id, image))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    results.sort(key=lambda r: r.image_id)
+    write_shard(Path(task.out_path), results, fingerprint=task.fingerprint,
+                backend=task.params.backend, checkpoint_sha256=task.checkpoint_sha256)
+    return ShardSummary(task.index, len(results),
+                        sum(len(r.masks) for r in results if r.masks is not None),
+                        tuple((r.image_id, r.failure) for r in results if r.failure))
+
+
+def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardTask]:
+    """Cut the images index into shard tasks with their fingerprints."""
+    table, info = read_table(project_root / layout.IMAGES_INDEX, "images")
+    rows = sorted(zip(table.column("image_id").to_pylist(), table.column("path").to_pylist()))
+    seg = params.segment
+    checkpoint_sha = ""
+    if seg.backend == "sam":
+        from pipeline.segmenters.loading import checkpoint_path, file_sha256
+
+        checkpoint_sha = file_sha256(checkpoint_path(seg))
+    # Settings that change the masks; device, workers, scheduler and batch sizes do not.
+    semantic = seg.classical if seg.backend == "classical" else seg.sam
+    base = fingerprint(semantic) + seg.backend + info["fingerprint"] + checkpoint_sha
+    tasks = []
+    for index, start in enumerate(range(0, len(rows), seg.shard_size)):
+        chunk = rows[start:start + seg.shard_size]
+        ids = tuple(int(i) for i, _ in chunk)
+        fp = fingerprint_text(base + json.dumps(ids))
+        tasks.append(ShardTask(index, ids, tuple(p for _, p in chunk),
+                               str(project_root / params.data.root),
+                               str(out_dir / f"shard-{index:05d}.h5"), fp, checkpoint_sha, seg))
+    return tasks
+
+
+def fingerprint_text(text: str) -> str:
+    """A short stable hash of a string."""
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def clean_stale(out_dir: Path, tasks: list[ShardTask]) -> None:
+    """Remove temporary leftovers of a crash and shards beyond the current plan."""
+    wanted = {Path(t.out_path).name for t in tasks}
+    for path in out_dir.iterdir():
+        if path.name.startswith(".shard-") or (path.name.startswith("shard-")
+                                               and path.name not in wanted):
+            path.unlink()
+
+
+def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
+    """Write every shard that is missing or stale; return the stage's summary metrics."""
+    out_dir = project_root / layout.SEGMENT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = plan_tasks(params, project_root, out_dir)
+    clean_stale(out_dir, tasks)
+    todo = [t for t in tasks if shard_fingerprint(Path(t.out_path)) != t.fingerprint]
+    done = [t for t in tasks if t not in todo]
+    summaries = [_summary_of_existing(t) for t in done]
+    started = time.perf_counter()
+    total_images = sum(len(t.image_ids) for t in todo)
+    if todo:
+        with dask_client(params.segment) as client, tqdm(
+                total=total_images, unit="img", desc="segment", dynamic_ncols=True) as bar:
+            for summary in map_tasks(client, segment_shard, todo):
+                summaries.append(summary)
+                bar.update(summary.images)
+                bar.set_postfix(masks_per_image=f"{summary.masks / max(summary.images, 1):.1f}",
+                                failed=sum(len(s.failures) for s in summaries))
+    elapsed = time.perf_counter() - started
+    summaries.sort(key=lambda s: s.index)
+    images = sum(s.images for s in summaries)
+    failures = [f for s in summaries for f in s.failures]
+    metrics = {
+        "images": images, "shards": len(tasks), "shards_reused": len(done),
+        "masks": sum(s.masks for s in summaries),
+        "masks_per_image": round(sum(s.masks for s in summaries) / max(images - len(failures), 1), 3),
+        "failed_images": len(failures), "backend": params.segment.backend,
+    }
+    with atomic_file(project_root / layout.SEGMENT_METRICS) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    with atomic_file(out_dir / "failures.json") as tmp:
+        tmp.write_text(json.dumps([{"image_id": i, "reason": r} for i, r in failures], indent=1))
+    metrics["seconds"] = elapsed
+    metrics["images_per_second"] = total_images / elapsed if todo and elapsed > 0 else None
+    if images and len(failures) == images:
+        raise ProtomaskError(f"segment: every image failed (first: image {failures[0][0]}: "
+                             f"{failures[0][1]}); see {out_dir / 'failures.json'}")
+    return metrics
+
+
+def _summary_of_existing(task: ShardTask) -> ShardSummary:
+    from pipeline.mask_shards import MaskShard
+
+    with MaskShard(Path(task.out_path)) as shard:
+        return ShardSummary(task.index, len(task.image_ids), shard.num_masks,
+                            tuple(shard.failures()), skipped=True)

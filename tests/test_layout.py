@@ -1,0 +1,51 @@
+"""dvc.yaml and pipeline/layout.py name the same paths; the CLI explains every stage."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from pipeline import layout
+from stages.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dvc_stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def test_dvc_outputs_are_the_layout_paths() -> None:
+    stages = dvc_stages()
+    assert stages["synthesize"]["outs"] == [str(layout.SYNTHETIC_ROOT)]
+    assert stages["prepare"]["outs"] == [str(layout.PREPARE_DIR)]
+    assert stages["prepare"]["metrics"] == [str(layout.PREPARE_METRICS)]
+    assert out_paths(stages["segment"]) == [str(layout.SEGMENT_DIR)]
+    assert stages["segment"]["metrics"] == [str(layout.SEGMENT_METRICS)]
+    assert layout.IMAGES_INDEX.parent == layout.PREPARE_DIR
+
+
+def test_every_dvc_stage_is_a_cli_subcommand_with_help() -> None:
+    runner = CliRunner()
+    top = runner.invoke(main, ["--help"])
+    assert top.exit_code == 0
+    for name, stage in dvc_stages().items():
+        assert stage["cmd"].split()[:2] == ["protomask", name]
+        assert name in top.output
+        sub = runner.invoke(main, [name, "--help"])
+        assert sub.exit_code == 0 and "--params" in sub.output
+
+
+def out_paths(stage: dict) -> list[str]:
+    return [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+
+
+def test_code_deps_exist_and_data_deps_are_outputs_of_earlier_stages() -> None:
+    produced: set[str] = set()
+    for stage in dvc_stages().values():
+        for dep in stage.get("deps", []):
+            if dep.startswith("${"):
+                continue
+            assert dep in produced or (REPO / dep).exists(), dep
+        produced.update(out_paths(stage))
