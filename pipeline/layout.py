@@ -20,3 +20,7 @@ PREPARE_METRICS = METRICS / "prepare.json"
 
 SEGMENT_DIR = ARTIFACTS / "segment"          # mask shards (a persistent DVC output)
 SEGMENT_METRICS = METRICS / "segment.json"
+
+CROPS_DIR = ARTIFACTS / "crops"              # crop shards + crops index (persistent output)
+CROPS_INDEX = CROPS_DIR / "crops.parquet"
+CROPS_METRICS = METRICS / "crops.json"

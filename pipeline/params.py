@@ -184,12 +184,51 @@ class SegmentParams:
     classical: ClassicalParams = section(ClassicalParams, "Classical segmenter settings.")
 
 
+# -------------------------------------------------------------------------- crops
+@dataclass(frozen=True)
+class CropsParams:
+    """crops: the M views of every image, cut from mask boxes."""
+
+    num_views: int = param(8, "Views per image (M): the largest masks, cycled when fewer.",
+                           interval=Interval(1, 256))
+    size: int = param(64, "Side of the square crops in pixels (the paper: 224).",
+                      interval=Interval(8, 1024))
+    min_box_size: int = param(1, "Drop masks whose box is at most this many px wide or tall.",
+                              interval=Interval(0, 10000))
+    order: str = param("area", "Which masks come first.",
+                       choices=("area", "predicted_iou", "stability_score"))
+    fill: str = param("original", "Pixels outside the mask: the image itself, zero, or the "
+                      "mask's mean colour.", choices=("original", "zero", "mean"))
+
+
+# -------------------------------------------------------------------------- train
+@dataclass(frozen=True)
+class AugmentParams:
+    """Training augmentation of the views (SPEC section 2); never applied in push or eval."""
+
+    per: str = param("image", "One random transform per image (all its views) or per view.",
+                     choices=("image", "view"))
+    flip: float = param(0.5, "Probability of a horizontal flip.", interval=Interval(0, 1))
+    perspective: float = param(0.1, "Distortion scale of the random perspective (0: off).",
+                               interval=Interval(0, 1))
+    perspective_p: float = param(0.3, "Probability of the random perspective.",
+                                 interval=Interval(0, 1))
+    rotate: float = param(15.0, "Largest rotation in degrees.", interval=Interval(0, 180))
+    shear: float = param(15.0, "Largest shear in degrees.", interval=Interval(0, 89))
+    brightness: float = param(0.2, "Colour jitter: brightness.", interval=Interval(0, 1))
+    contrast: float = param(0.2, "Colour jitter: contrast.", interval=Interval(0, 1))
+    saturation: float = param(0.2, "Colour jitter: saturation.", interval=Interval(0, 1))
+    hue: float = param(0.0, "Colour jitter: hue (keep 0 where colour is the class).",
+                       interval=Interval(0, 0.5))
+
+
 @dataclass(frozen=True)
 class Params:
     """The whole params.yaml, one section per stage."""
 
     data: DataParams = section(DataParams, "Dataset and splits (synthesize, prepare).")
     segment: SegmentParams = section(SegmentParams, "Masks (segment).")
+    crops: CropsParams = section(CropsParams, "Views from mask boxes (crops).")
 
     def check(self) -> None:
         """Rules that tie several keys together."""

@@ -12,18 +12,20 @@ in front of the bird, so no global colour statistic names the class: only the pa
 
 Ground truth, as CUB writes it: a tight object box, one keypoint per part (``0.0 0.0 0``
 when the part is hidden at its keypoint) and a segmentation PNG of the visible object
-pixels. Everything is deterministic from ``SyntheticParams.seed``: each image has its own
-random stream seeded by (seed, class, index), PNGs carry no timestamps, so the same
-params give the same bytes. :func:`generate_synthetic` writes into a temporary sibling
+pixels (255 object, 0 background). Coordinates are 0-based pixel indices (pixel centres
+at integers); a box is ``x_min y_min width height`` with width = x_max - x_min + 1.
+Keypoints sit on whole pixels that show their part (not hidden by a front distractor or
+by another part of the bird).
+
+Everything is deterministic from ``SyntheticParams.seed``: each image has its own random
+stream seeded by (seed, class, index), PNGs carry no timestamps, so the same params give
+the same bytes. :func:`generate_synthetic` writes into a temporary sibling
 folder and renames it onto ``root`` only when complete.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,6 +33,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from pipeline.atomic import atomic_dir
 from pipeline.errors import DatasetError
 from pipeline.params import SyntheticParams, as_dict
 
@@ -188,9 +191,13 @@ def in_frame(points: np.ndarray | list, frame: Frame) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) @ rotation(frame.angle).T + np.array(frame.origin)
 
 
-def image_rng(seed: int, *keys: int) -> np.random.Generator:
-    """An independent random stream for (seed, keys...), whatever the generation order."""
-    return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
+STREAM_DESIGNS, STREAM_SPLIT, STREAM_IMAGE = 1, 2, 3     # keys of the random streams
+
+
+def seeded_rng(seed: int, stream: int, *keys: int) -> np.random.Generator:
+    """An independent random stream for (seed, stream, keys...): each image has its own,
+    so no image depends on the order (or the subset) in which images are generated."""
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, *keys]))
 
 
 # ------------------------------------------------------------- class designs
@@ -203,7 +210,7 @@ def class_designs(cfg: SyntheticParams) -> list[ClassDesign]:
     the one whose values are least used so far, so colours (per part and overall),
     textures and shapes spread evenly over the classes.
     """
-    rng = image_rng(cfg.seed, 0xC1A55)
+    rng = seeded_rng(cfg.seed, STREAM_DESIGNS)
     names = tuple(ATTRIBUTE_VALUES)
     sizes = np.array([len(ATTRIBUTE_VALUES[n]) for n in names])
     chosen = np.zeros((0, len(names)), np.int64)        # value indices, one row per class
@@ -324,7 +331,7 @@ def _wing_polygon(shape: str) -> np.ndarray:
 # ------------------------------------------------------------------ rendering
 def render_image(design: ClassDesign, cfg: SyntheticParams, image_index: int) -> RenderedImage:
     """Draw one image of ``design``; deterministic in (seed, class, image_index)."""
-    rng = image_rng(cfg.seed, design.class_id, image_index)
+    rng = seeded_rng(cfg.seed, STREAM_IMAGE, design.class_id, image_index)
     size = cfg.image_size
     parts = bird_parts(design, *np.deg2rad([rng.uniform(*HEAD_ANGLE_DEG),
                                              rng.uniform(*WING_ANGLE_DEG),
@@ -557,7 +564,8 @@ def _write_dataset(out: Path, cfg: SyntheticParams) -> None:
     for design in designs:
         (out / "images" / design.folder).mkdir(parents=True)
         (out / "segmentations" / design.folder).mkdir(parents=True)
-        order = image_rng(cfg.seed, design.class_id, 0x5B117).permutation(cfg.images_per_class)
+        split_rng = seeded_rng(cfg.seed, STREAM_SPLIT, design.class_id)
+        order = split_rng.permutation(cfg.images_per_class)
         is_test = np.zeros(cfg.images_per_class, bool)
         is_test[order[:held_out_count(cfg.images_per_class, cfg.test_fraction)]] = True
         for index in range(cfg.images_per_class):
@@ -604,27 +612,5 @@ def generate_synthetic(root: Path | str, cfg: SyntheticParams) -> None:
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DatasetError(f"{root}: exists and is not a folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
+    with atomic_dir(root) as tmp:
         _write_dataset(tmp, cfg)
-        os.chmod(tmp, 0o755)
-        _replace_folder(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _replace_folder(new: Path, root: Path) -> None:
-    """Put the complete folder ``new`` at ``root``, removing any previous one."""
-    if not root.exists():
-        os.rename(new, root)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-    os.rename(root, old / "previous")
-    try:
-        os.rename(new, root)
-    except BaseException:
-        os.rename(old / "previous", root)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

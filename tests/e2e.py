@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.params import Params, as_dict
+
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ("dvc.yaml", "pipeline", "model", "stages")
 
@@ -24,8 +26,18 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return proc
 
 
-def make_project(path: Path, params: dict) -> Path:
-    """A git repository with DVC initialised, the pipeline's code and the given params."""
+def merged(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied key by key (nested)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def make_project(path: Path, overrides: dict) -> Path:
+    """A git repository with DVC initialised, the pipeline's code, and the default params
+    with ``overrides`` applied (DVC's templating needs every key written out)."""
+    params = merged(as_dict(Params()), overrides)
     path.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         source = REPO / name
