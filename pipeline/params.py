@@ -163,6 +163,9 @@ class ClassicalParams:
                                      interval=Interval(0, 1))
     dedup_iou: float = param(0.9, "A region found again at a coarser level (mask IoU above "
                              "this) is kept once.", interval=Interval(0, 1))
+    stability_score_thresh: float = param(0.75, "Keep regions whose stability (best IoU with a "
+                                          "region of a neighbouring level) reaches this, as "
+                                          "SAM keeps stable masks.", interval=Interval(0, 1))
     max_masks: int = param(64, "Keep at most this many masks per image (largest first).",
                            interval=Interval(1, 10000))
 
@@ -223,21 +226,99 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
+class ModelParams:
+    """The networks: ProtoMask on views and the ProtoPNet baseline on full images."""
+
+    backbone: str = param("efficientnet_lite0", "Shared CNN trunk (efficientnet_lite0 ships "
+                          "its ImageNet weights; tiny_cnn is for tests and smoke runs).",
+                          choices=("efficientnet_lite0", "resnet18", "resnet34", "resnet50",
+                                   "resnet101", "resnet152", "vgg16", "vgg19", "densenet121",
+                                   "densenet161", "tiny_cnn"))
+    weights: str = param("imagenet", "Trunk weights: imagenet (shipped for efficientnet_lite0, "
+                         "torchvision's cache otherwise), none, or a local file path.")
+    prototypes_per_class: int = param(10, "Prototypes per class.", interval=Interval(1, 100))
+    prototype_dim: int = param(128, "Length of the view embedding and of each prototype (the "
+                               "reference: 1280).", interval=Interval(1, 8192))
+    off_class_weight: float = param(-0.5, "Initial last-layer weight between a prototype and "
+                                    "the other classes (ProtoPNet: -0.5; the reference: 0).",
+                                    interval=Interval(-10, 10))
+    baseline_image_size: int = param(128, "Side of the full image fed to the ProtoPNet "
+                                     "baseline.", interval=Interval(16, 1024))
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """Loss coefficients (SPEC section 2)."""
+
+    cross_entropy: float = param(1.0, "Class-weighted cross-entropy.", interval=Interval(0, 100))
+    cluster: float = param(0.8, "Cluster cost.", interval=Interval(0, 100))
+    separation: float = param(0.2, "Separation cost (subtracted).", interval=Interval(0, 100))
+    diversity: float = param(0.2, "Diversity among a class's prototypes.", interval=Interval(0, 100))
+    l1: float = param(1e-3, "L1 on wrong-class last-layer weights (last-layer period).",
+                      interval=Interval(0, 100))
+
+
+@dataclass(frozen=True)
+class OptimParams:
+    """Learning rates per parameter group and the joint period's StepLR."""
+
+    trunk_lr: float = param(1e-4, "Adam learning rate of the trunk.", interval=Interval(0, 1))
+    add_on_lr: float = param(3e-3, "Adam learning rate of the add-on layers.",
+                             interval=Interval(0, 1))
+    prototypes_lr: float = param(3e-3, "Adam learning rate of the prototypes.",
+                                 interval=Interval(0, 1))
+    last_layer_lr: float = param(3e-4, "Adam learning rate of the last layer.",
+                                 interval=Interval(0, 1))
+    weight_decay: float = param(1e-3, "Weight decay of trunk and add-on.", interval=Interval(0, 1))
+    step_size: int = param(5, "Joint period: halve the learning rates every this many epochs.",
+                           interval=Interval(1, 10000))
+    gamma: float = param(0.5, "Joint period: the StepLR factor.", interval=Interval(0, 1))
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """train: both models, same data, same schedule."""
+
+    seed: int = param(0, "Seed of initialisation, shuffling and augmentation.",
+                      interval=Interval(0, 2**31 - 1))
+    device: str = param("auto", "auto | cpu | cuda | cuda:N.")
+    bf16: bool = param(True, "bf16 autocast on CUDA (ignored on CPU).")
+    channels_last: bool = param(True, "channels_last memory format on CUDA.")
+    batch_size: int = param(16, "Images per step (each with all its views).",
+                            interval=Interval(1, 4096))
+    accumulate: int = param(1, "Gradient accumulation steps per optimiser step.",
+                            interval=Interval(1, 1024))
+    loader_workers: int = param(2, "DataLoader worker processes.", interval=Interval(0, 64))
+    warmup_epochs: int = param(2, "Warm-up: trunk frozen, add-on and prototypes trained.",
+                               interval=Interval(0, 10000))
+    joint_epochs: int = param(12, "Joint: everything trained.", interval=Interval(0, 10000))
+    last_layer_epochs: int = param(5, "After the push: only the last layer trained.",
+                                   interval=Interval(0, 10000))
+    model: ModelParams = section(ModelParams, "The networks.")
+    loss: LossParams = section(LossParams, "Loss coefficients.")
+    optim: OptimParams = section(OptimParams, "Optimisers and schedule.")
+    augment: AugmentParams = section(AugmentParams, "Training augmentation.")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole params.yaml, one section per stage."""
 
     data: DataParams = section(DataParams, "Dataset and splits (synthesize, prepare).")
     segment: SegmentParams = section(SegmentParams, "Masks (segment).")
     crops: CropsParams = section(CropsParams, "Views from mask boxes (crops).")
+    train: TrainParams = section(TrainParams, "Training both models (train).")
 
     def check(self) -> None:
         """Rules that tie several keys together."""
         if self.data.source == "synthetic" and Path(self.data.root) != SYNTHETIC_ROOT:
             raise ParamsError(f"data.root must be {SYNTHETIC_ROOT} when data.source is synthetic, "
                               f"got {self.data.root!r}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.segment.device):
-            raise ParamsError(f"segment.device must be one of auto | cpu | cuda | cuda:N, "
-                              f"got {self.segment.device!r}")
+        for key, value in (("segment.device", self.segment.device),
+                           ("train.device", self.train.device)):
+            if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+                raise ParamsError(f"{key} must be one of auto | cpu | cuda | cuda:N, "
+                                  f"got {value!r}")
         if self.segment.backend == "sam" and not self.segment.sam.checkpoint:
             raise ParamsError("segment.sam.checkpoint must name a local SAM checkpoint file "
                               "when segment.backend is sam, got null")

@@ -10,7 +10,9 @@ stand-ins:
 - ``predicted_iou``: the share of the region's box that the region fills;
 - ``points``: the region's centre of mass (the "prompt").
 
-Regions found at several granularities (IoU above ``dedup_iou``) are kept once.
+Regions less stable than ``stability_score_thresh`` are dropped (SAM drops unstable
+masks the same way); regions found at several granularities (IoU above ``dedup_iou``)
+are kept once.
 """
 from __future__ import annotations
 
@@ -65,7 +67,8 @@ def segment_classical(image: np.ndarray, cfg: ClassicalParams) -> MaskSet:
     for k in range(len(maps)):
         frac = areas[k] / total
         for label in np.flatnonzero((frac >= cfg.min_area_fraction)
-                                    & (frac <= cfg.max_area_fraction)):
+                                    & (frac <= cfg.max_area_fraction)
+                                    & (stability[k] >= cfg.stability_score_thresh)):
             if any(kept_per_level[j] and tables[(k, j)][label, kept_per_level[j]].max()
                    > cfg.dedup_iou for j in range(k)):
                 continue
