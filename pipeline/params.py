@@ -118,8 +118,9 @@ class SamParams:
     checkpoint: Optional[str] = param(None, "Local SAM checkpoint file (e.g. "
                                       "sam_vit_h_4b8939.pth); nothing is ever downloaded.")
     points_per_side: int = param(32, "Point prompts per image side.", interval=Interval(1, 256))
-    points_per_batch: int = param(256, "Prompts decoded in one call (speed only).",
-                                  interval=Interval(1, 65536))
+    points_per_batch: Optional[int] = param(None, "Prompts decoded in one call (speed and "
+                                            "memory only; null: 1024 on CUDA, 256 on CPU).",
+                                            interval=Interval(1, 65536))
     pred_iou_thresh: float = param(0.86, "Keep masks whose predicted IoU exceeds this.",
                                    interval=Interval(0, 1))
     stability_score_thresh: float = param(0.92, "Keep masks whose stability score exceeds this.",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -20,6 +21,7 @@ class MaskSet:
     predicted_iou: np.ndarray    # (N,) float32
     stability_score: np.ndarray  # (N,) float32
     points: np.ndarray           # (N, 2) float32, the prompt (x, y) in image pixels
+    crop_boxes: Optional[np.ndarray] = None   # (N, 4) int32 x, y, w, h of SAM's crop (SAM only)
 
     def __len__(self) -> int:
         return len(self.rles)
