@@ -88,7 +88,10 @@ def write_shard(path: Path, results: Sequence[ImageResult], *, fingerprint: str,
     encoded = [s.encode("utf-8") for s in statuses]
     status = np.asarray(encoded, dtype=f"S{max(map(len, encoded), default=1)}")
     with atomic_file(Path(path)) as tmp:
-        with h5py.File(tmp, "w", track_order=False, libver=("earliest", "v110")) as f:
+        # No raw-data chunk cache: each chunk is written (and placed in the file) when its
+        # dataset is created, not whenever the garbage collector closes the dataset.
+        with h5py.File(tmp, "w", track_order=False, libver=("earliest", "v110"),
+                       rdcc_nbytes=0) as f:
             f.attrs.update({"format": FORMAT, "version": VERSION, "fingerprint": fingerprint,
                             "backend": backend, "checkpoint_sha256": checkpoint_sha256})
             images = f.create_group("images")
