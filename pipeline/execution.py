@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from pipeline.errors import ProtomaskError
@@ -22,20 +23,22 @@ def local_worker_count(params: SegmentParams) -> int:
 
 
 @contextlib.contextmanager
-def dask_client(params: SegmentParams) -> Iterator["object"]:
-    """A dask client: to ``segment.scheduler`` when set, else to a fresh local cluster."""
+def dask_client(workers: int, scheduler: str | None = None, *,
+                scheduler_key: str = "segment.scheduler") -> Iterator["object"]:
+    """A dask client: to ``scheduler`` when set, else to a fresh local cluster of
+    ``workers`` single-threaded processes. ``scheduler_key`` names the param in errors."""
     from dask.distributed import Client, LocalCluster
 
-    if params.scheduler:
+    if scheduler:
         try:
-            client = Client(params.scheduler, timeout="20s")
+            client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:
-            raise ProtomaskError(f"segment.scheduler: cannot reach the dask scheduler at "
-                                 f"{params.scheduler} ({exc})") from None
+            raise ProtomaskError(f"{scheduler_key}: cannot reach the dask scheduler at "
+                                 f"{scheduler} ({exc})") from None
         with client:
             yield client
         return
-    with LocalCluster(n_workers=local_worker_count(params), threads_per_worker=1,
+    with LocalCluster(n_workers=workers, threads_per_worker=1,
                       processes=True, dashboard_address=None, silence_logs=50) as cluster, \
             Client(cluster) as client:
         yield client
@@ -49,3 +52,12 @@ def map_tasks(client: "object", fn: Callable[[T], R], tasks: Sequence[T]) -> Ite
                for i, task in enumerate(tasks)]
     for future in as_completed(futures):
         yield future.result()
+
+
+def remove_stale(out_dir: Path, prefix: str, wanted: set[str]) -> None:
+    """Delete a crash's temporary leftovers (``.<prefix>...``) and ``<prefix>*`` files of
+    ``out_dir`` that the current plan does not name."""
+    for path in out_dir.iterdir():
+        if path.name.startswith(f".{prefix}") or (path.name.startswith(prefix)
+                                                  and path.name not in wanted):
+            path.unlink()

@@ -24,3 +24,10 @@ SEGMENT_METRICS = METRICS / "segment.json"
 CROPS_DIR = ARTIFACTS / "crops"              # crop shards + crops index (persistent output)
 CROPS_INDEX = CROPS_DIR / "crops.parquet"
 CROPS_METRICS = METRICS / "crops.json"
+
+TRAIN_DIR = ARTIFACTS / "train"              # one persistent folder per model
+
+
+def train_metrics(model: str) -> Path:
+    """metrics/train/<model>.json"""
+    return METRICS / "train" / f"{model}.json"

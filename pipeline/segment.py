@@ -17,7 +17,7 @@ from tqdm import tqdm
 from pipeline import layout
 from pipeline.atomic import atomic_file
 from pipeline.errors import ImageDecodeError, ProtomaskError
-from pipeline.execution import dask_client, map_tasks
+from pipeline.execution import dask_client, local_worker_count, map_tasks
 from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.mask_shards import ImageResult, shard_fingerprint, write_shard
 from pipeline.params import Params, SegmentParams, fingerprint
@@ -165,7 +165,8 @@ def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
     started = time.perf_counter()
     total_images = sum(len(t.image_ids) for t in todo)
     if todo:
-        with dask_client(params.segment) as client, tqdm(
+        with dask_client(local_worker_count(params.segment),
+                         params.segment.scheduler) as client, tqdm(
                 total=total_images, unit="img", desc="segment", dynamic_ncols=True) as bar:
             for summary in map_tasks(client, segment_shard, todo):
                 summaries.append(summary)

@@ -53,6 +53,25 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
         pa.field("kept_path", pa.string(), nullable=False),
         pa.field("kept_split", pa.string(), nullable=False),
     ])),
+    # One row per view of every image: M rows per image (pipeline/crops.py, SPEC section 4).
+    "crops": (1, pa.schema([
+        pa.field("image_id", pa.int64(), nullable=False),
+        pa.field("view", pa.int16(), nullable=False),             # 0..M-1
+        pa.field("mask_index", pa.int32(), nullable=False),       # mask row in its image;
+                                                                  # -1: the whole image
+        pa.field("duplicate_of", pa.int16(), nullable=False),     # the view this repeats; -1: none
+        pa.field("box", pa.list_(pa.int32(), 4), nullable=False),  # inclusive x0, y0, x1, y1
+        pa.field("area", pa.int64(), nullable=False),             # mask px (image px if fallback)
+        pa.field("predicted_iou", pa.float32()),                  # null for a fallback view
+        pa.field("stability_score", pa.float32()),                # null for a fallback view
+        pa.field("class_id", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),           # train | val | test
+        pa.field("shard", pa.string(), nullable=False),           # crop shard file name
+        pa.field("row", pa.int32(), nullable=False),              # row in the shard's crops (a
+                                                                  # duplicate: its original's row)
+        pa.field("image_row", pa.int32(), nullable=False),        # row in the shard's full images
+        pa.field("fallback", pa.bool_(), nullable=False),         # the image had no usable mask
+    ])),
 }
 
 SPLITS = ("train", "val", "test")
@@ -66,8 +85,24 @@ def schema_of(kind: str) -> pa.Schema:
 def write_table(rows: list[dict[str, Any]], path: Path, kind: str, *, fingerprint: str,
                 facts: dict[str, Any] | None = None) -> None:
     """Write ``rows`` as a ``kind`` table atomically, with version, fingerprint and facts."""
-    version, schema = SCHEMAS[kind]
-    table = pa.Table.from_pylist(rows, schema=schema)
+    _write(pa.Table.from_pylist(rows, schema=SCHEMAS[kind][1]), path, kind,
+           fingerprint=fingerprint, facts=facts)
+
+
+def write_columns(columns: dict[str, pa.Array], path: Path, kind: str, *, fingerprint: str,
+                  facts: dict[str, Any] | None = None) -> None:
+    """Write Arrow columns (one per schema field, any order) as a ``kind`` table."""
+    schema = SCHEMAS[kind][1]
+    missing = set(schema.names) - set(columns)
+    if missing:
+        raise ValueError(f"'{kind}' columns missing: {sorted(missing)}")
+    table = pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+    _write(table, path, kind, fingerprint=fingerprint, facts=facts)
+
+
+def _write(table: pa.Table, path: Path, kind: str, *, fingerprint: str,
+           facts: dict[str, Any] | None) -> None:
+    version = SCHEMAS[kind][0]
     metadata = {
         b"protomask.kind": kind.encode(),
         b"protomask.version": str(version).encode(),

@@ -1,11 +1,13 @@
-"""A tiny synthetic project (dataset + images index) for stage tests, built in-process."""
+"""A tiny synthetic project (dataset + images index, optionally masks and crops) for stage
+tests, built in-process."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.params import DataParams, Params, SegmentParams, SyntheticParams
+from pipeline.params import CropsParams, DataParams, Params, SegmentParams, SyntheticParams
 from pipeline.prepare import run_prepare
 from pipeline.synthetic import generate_synthetic
 
@@ -23,3 +25,43 @@ def make_tiny_project(root: Path, params: Params) -> Path:
     generate_synthetic(root / layout.SYNTHETIC_ROOT, params.data.synthetic)
     run_prepare(params.data, root)
     return root
+
+
+# ---------------------------------------------------------------- crops helpers
+TINY_CROPS = CropsParams(num_views=6, size=16)
+_SHARED: dict[str, Path] = {}
+
+
+def tiny_crops_params(segment: dict | None = None, **crops: object) -> Params:
+    """tiny_params with small crops (6 views of 16 x 16) and the given crops keys."""
+    return replace(tiny_params(**(segment or {})), crops=replace(TINY_CROPS, **crops))
+
+
+def make_segmented_project(root: Path, params: Params) -> Path:
+    """A tiny project with its images index and mask shards."""
+    from pipeline.segment import run_segment
+
+    make_tiny_project(root, params)
+    run_segment(params, root)
+    return root
+
+
+def shared_cropped_project(tmp_path_factory) -> Path:
+    """One segmented and cropped tiny project per test session (tiny_crops_params()).
+
+    Shared by several test modules: never modify it; copy_project() it first.
+    """
+    if "cropped" not in _SHARED:
+        from pipeline.crops import run_crops
+
+        params = tiny_crops_params()
+        root = make_segmented_project(tmp_path_factory.mktemp("cropped"), params)
+        run_crops(params, root)
+        _SHARED["cropped"] = root
+    return _SHARED["cropped"]
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """A copy of a project folder (to change params or artifacts without side effects)."""
+    shutil.copytree(source, target)
+    return target

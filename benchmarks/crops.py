@@ -1,0 +1,151 @@
+"""Speed and storage of the crops stage against the naive way, and of the view loader.
+
+1. Crops/s: our stage code (pipeline.crops.crop_shard, one process, every mask shard)
+   against the naive way the reference takes: for every crop decode the image again with
+   PIL, crop, resize, write one PNG. Same images, same boxes, one run. Prints the ratio
+   (target >= 5x) and the bytes per image of both (ours includes the whole image that
+   each crop shard also stores for the baseline).
+2. Views/s: ViewDataset through a DataLoader with 2 workers against the same normalised
+   tensors held in memory, batched by a DataLoader in the main process (target: within
+   2x); slicing one big tensor is printed too, as an upper bound.
+
+Run by hand (a throwaway synthetic project is built in a temporary folder):
+
+    python benchmarks/crops.py [--classes 8] [--images-per-class 8] [--image-size 320]
+                               [--size 224] [--views 8]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from pipeline import layout
+from pipeline.crop_shards import crop_shard_paths
+from pipeline.crops import crop_shard, plan_tasks, run_crops
+from pipeline.params import CropsParams, DataParams, Params, SegmentParams, SyntheticParams
+from pipeline.prepare import run_prepare
+from pipeline.segment import run_segment
+from pipeline.synthetic import generate_synthetic
+from pipeline.tables import read_table
+from pipeline.view_datasets import ViewDataset
+
+
+def build_project(root: Path, args: argparse.Namespace) -> Params:
+    """Synthesize, prepare and segment a small project; return its params."""
+    synthetic = SyntheticParams(num_classes=args.classes, images_per_class=args.images_per_class,
+                                image_size=args.image_size)
+    params = replace(Params(), data=replace(DataParams(), synthetic=synthetic),
+                     segment=SegmentParams(workers=2, shard_size=16),
+                     crops=CropsParams(num_views=args.views, size=args.size))
+    generate_synthetic(root / layout.SYNTHETIC_ROOT, synthetic)
+    run_prepare(params.data, root)
+    run_segment(params, root)
+    return params
+
+
+def ours(params: Params, root: Path) -> tuple[float, int, int]:
+    """Seconds, crops written and bytes of our stage code, serially in this process."""
+    out = root / layout.CROPS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = plan_tasks(params, root, out)
+    start = time.perf_counter()
+    crops = sum(crop_shard(task).crops for task in tasks)
+    seconds = time.perf_counter() - start
+    return seconds, crops, sum(p.stat().st_size for p in crop_shard_paths(out))
+
+
+def naive(params: Params, root: Path, out: Path) -> tuple[float, int, int]:
+    """The reference's way for the same distinct views: decode per crop, crop, resize, PNG."""
+    views, _ = read_table(root / layout.CROPS_INDEX, "crops")
+    images, _ = read_table(root / layout.IMAGES_INDEX, "images")
+    path_of = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist()))
+    distinct = views.filter(views["duplicate_of"].to_numpy() < 0).to_pylist()
+    out.mkdir(parents=True, exist_ok=True)
+    size = params.crops.size
+    start = time.perf_counter()
+    for view in distinct:
+        with Image.open(root / params.data.root / path_of[view["image_id"]]) as image:
+            x0, y0, x1, y1 = view["box"]
+            crop = image.convert("RGB").crop((x0, y0, x1 + 1, y1 + 1))
+            crop.resize((size, size), Image.BILINEAR).save(
+                out / f"{view['image_id']}_{view['view']}.png")
+    seconds = time.perf_counter() - start
+    return seconds, len(distinct), sum(p.stat().st_size for p in out.iterdir())
+
+
+def loader_rate(crops_dir: Path, batch_size: int, epochs: int) -> float:
+    """Views/s of ViewDataset (train split) through a DataLoader with 2 workers."""
+    dataset = ViewDataset(crops_dir, "train")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=2, persistent_workers=True)
+    for _ in loader:                       # warm-up epoch: worker start, file opening
+        pass
+    start, views = time.perf_counter(), 0
+    for _ in range(epochs):
+        for batch, _, _ in loader:
+            views += batch.shape[0] * batch.shape[1]
+    return views / (time.perf_counter() - start)
+
+
+def memory_rates(crops_dir: Path, batch_size: int, epochs: int) -> tuple[float, float]:
+    """Views/s of the same normalised views held in memory: through a DataLoader in the
+    main process (indexing + collation), and by slicing one tensor (an upper bound)."""
+    dataset = ViewDataset(crops_dir, "train")
+    items = [dataset[k] for k in range(len(dataset))]
+    held = TensorDataset(torch.stack([views for views, _, _ in items]),
+                         torch.tensor([label for _, label, _ in items]),
+                         torch.tensor([image_id for _, _, image_id in items]))
+    rates = []
+    for batches in (lambda: DataLoader(held, batch_size=batch_size),
+                    lambda: (held.tensors[0][lo:lo + batch_size].clone()
+                             for lo in range(0, len(held), batch_size))):
+        start, views = time.perf_counter(), 0
+        for _ in range(epochs):
+            for batch in batches():
+                batch = batch[0] if isinstance(batch, list) else batch
+                views += batch.shape[0] * batch.shape[1]
+        rates.append(views / (time.perf_counter() - start))
+    return rates[0], rates[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--images-per-class", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=320)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        params = build_project(root, args)
+        run_crops(params, root)            # the index, for the naive run's boxes
+        n_images = len(read_table(root / layout.IMAGES_INDEX, "images")[0])
+        t_ours, c_ours, b_ours = ours(params, root)
+        t_naive, c_naive, b_naive = naive(params, root, root / "naive")
+        print(f"{n_images} images of {args.image_size}px, {args.views} views of {args.size}px, "
+              f"{c_ours} distinct crops")
+        kib = 1024 * n_images
+        print(f"ours : {c_ours / t_ours:8.1f} crops/s  {b_ours / kib:8.1f} KiB/image "
+              f"(crops + the whole image)")
+        print(f"naive: {c_naive / t_naive:8.1f} crops/s  {b_naive / kib:8.1f} KiB/image "
+              f"(one PNG per crop)")
+        print(f"speed-up: {t_naive / t_ours * c_ours / c_naive:.1f}x (target >= 5x)")
+        memory, sliced = memory_rates(root / layout.CROPS_DIR, args.batch_size, args.epochs)
+        loaded = loader_rate(root / layout.CROPS_DIR, args.batch_size, args.epochs)
+        print(f"views/s: DataLoader over the crop shards, 2 workers {loaded:8.0f}; the same "
+              f"tensors from memory through a DataLoader {memory:8.0f} (memory/shards = "
+              f"{memory / loaded:.2f}, target <= 2); slicing one tensor {sliced:8.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""DistributedDataParallel helpers: the same train code runs alone or under ``torchrun``.
+
+Without ``torchrun`` (no WORLD_SIZE > 1 in the environment) every helper is a no-op:
+rank 0 of 1, no sampler, no wrapping.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+
+def active() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init_from_env() -> None:
+    """Join the process group ``torchrun`` describes (nccl on GPUs, gloo on CPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank() % torch.cuda.device_count())
+        dist.init_process_group(backend)
+
+
+def shutdown() -> None:
+    """Leave the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """Rank 0 (or no distribution): the process that writes files."""
+    return not active() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def sampler(dataset: Dataset, shuffle_seed: Optional[int]) -> Optional[DistributedSampler]:
+    """Each rank's share of the data (shuffled by ``shuffle_seed`` when given)."""
+    if not active():
+        return None
+    return DistributedSampler(dataset, shuffle=shuffle_seed is not None,
+                              seed=shuffle_seed or 0, drop_last=False)
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP around ``model`` when distributed, else the model itself."""
+    if not active():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def rewrap(current: nn.Module, model: nn.Module, device: torch.device) -> nn.Module:
+    """A fresh DDP wrapper after requires_grad changed (DDP fixes its parameters at wrap)."""
+    return wrap(model, device) if active() else current
+
+
+def sum_dict(values: dict[str, float]) -> dict[str, float]:
+    """Sum each value over the ranks."""
+    if not active():
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def gather_rows(ids: torch.Tensor, *columns: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Concatenate per-rank rows on every rank, dropping rows repeated by the sampler."""
+    if not active():
+        return (ids, *columns)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (ids, *columns))
+    ids = torch.cat([g[0] for g in gathered])
+    cols = [torch.cat([g[k + 1] for g in gathered]) for k in range(len(columns))]
+    keep = torch.zeros(len(ids), dtype=torch.bool)
+    seen: set[int] = set()
+    for i, v in enumerate(ids.tolist()):
+        if v not in seen:
+            seen.add(v)
+            keep[i] = True
+    return (ids[keep], *[c[keep] for c in cols])

@@ -1,0 +1,58 @@
+"""ProtoPNet baseline (Chen et al. 2019) on full images: patch prototypes on the feature map."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from model.backbones import Trunk
+from model.head import PrototypeHead, ProtoOutput, make_addon
+
+
+class ProtoPNet(nn.Module):
+    """Images (B, 3, H, W) -> trunk -> add-on (1x1 convs, sigmoid) -> map (B, D, h, w) ->
+    squared L2 of every location to every prototype (B, P, h, w) -> minimum over locations
+    (max-pooled similarity) -> log similarity -> linear classifier.
+
+    Prototypes are stored (P, D) in the shared head (ProtoPNet's (P, D, 1, 1) squeezed).
+    ``matched`` is the flat location index h * w_size + w; ``distances`` the (B, P, h, w)
+    maps for the upsampled-similarity explanation. Add-on default: ProtoPNet's
+    conv-ReLU-conv-sigmoid with kaiming init.
+    """
+
+    def __init__(self, trunk: Trunk, num_classes: int, *, prototypes_per_class: int = 10,
+                 prototype_dim: int = 128, addon_layers: int = 2,
+                 off_class_weight: float = -0.5, seed: int = 0) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.add_on = make_addon(trunk.out_channels, prototype_dim, addon_layers, pool=False,
+                                 kaiming=True)
+        self.head = PrototypeHead(num_classes, prototypes_per_class, prototype_dim,
+                                  off_class_weight=off_class_weight, seed=seed)
+        self.channels_last = False
+
+    def features(self, images: Tensor) -> Tensor:
+        """Add-on feature map (B, D, h, w) of images (B, 3, H, W)."""
+        if images.dim() != 4:
+            raise ValueError(f"ProtoPNet expects images (B, 3, H, W), got {tuple(images.shape)}")
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.add_on(self.trunk(images))
+
+    def forward(self, images: Tensor, return_embeddings: bool = False) -> ProtoOutput:
+        """Logits, min distances over locations, matched location, the distance maps."""
+        f = self.features(images)
+        d = self.head.distances(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, P, h, w)
+        min_d, matched = d.flatten(2).min(dim=2)
+        return ProtoOutput(self.head.classify(min_d), min_d, matched, d,
+                           f if return_embeddings else None)
+
+    def push_candidates(self, images: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        """Push candidates (B, h*w, D), one per feature-map location, and the grid (h, w)."""
+        f = self.features(images)
+        return f.flatten(2).transpose(1, 2), (f.shape[2], f.shape[3])
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by optimiser group: trunk, add_on, prototypes, last_layer."""
+        return {"trunk": list(self.trunk.parameters()), "add_on": list(self.add_on.parameters()),
+                "prototypes": [self.head.prototypes],
+                "last_layer": list(self.head.last_layer.parameters())}

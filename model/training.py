@@ -1,0 +1,371 @@
+"""The train stage's work: periods (warm-up, joint, push, last layer), checkpoints, logs.
+
+A run is a fixed list of steps: ``warmup`` epochs (trunk frozen), ``joint`` epochs
+(everything but the last layer; StepLR), one ``push``, ``last_layer`` epochs (only the
+classifier, CE + L1). After every step the whole state (weights, optimisers, schedulers,
+RNG states, step index) is saved atomically to ``latest/``; a rerun with the same
+fingerprint continues after the last finished step, so an interrupted run ends with
+the same weights as an uninterrupted one (on CPU). Each epoch's shuffling and
+augmentation depend only on (seed, step), never on what ran before.
+
+Model selection reads only the validation split: the best validation accuracy among the
+post-push steps (the interpretable model) is kept in ``best/``; ``final/`` holds the
+last step. The test split is never read here.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from model import distributed as dist_utils
+from model.backbones import build_backbone
+from model.checkpoint import load_checkpoint, restore, save_checkpoint
+from model.head import unwrap_model
+from model.losses import LossWeights, class_weights, prototype_loss
+from model.protomask import ProtoMask
+from model.protopnet import ProtoPNet
+from model.push import push_prototypes
+from pipeline import layout
+from pipeline.atomic import atomic_file
+from pipeline.errors import ArtifactError
+from pipeline.params import Params, TrainParams, as_dict, fingerprint
+from pipeline.tables import read_table
+from pipeline.view_datasets import FullImageDataset, ViewDataset
+
+MODELS = ("protomask", "protopnet")
+TRAINED_GROUPS = {
+    "warmup": ("add_on", "prototypes"),
+    "joint": ("trunk", "add_on", "prototypes"),
+    "last_layer": ("last_layer",),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of the schedule: an epoch of a period, or the push."""
+
+    period: str
+    epoch: int
+
+
+def schedule(train: TrainParams) -> list[Step]:
+    """Every step of a run, in order."""
+    steps = [Step("warmup", e) for e in range(train.warmup_epochs)]
+    steps += [Step("joint", e) for e in range(train.joint_epochs)]
+    steps.append(Step("push", 0))
+    steps += [Step("last_layer", e) for e in range(train.last_layer_epochs)]
+    return steps
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> this rank's GPU when there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_utils.local_rank() % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def build_model(kind: str, train: TrainParams, num_classes: int) -> nn.Module:
+    """The network named ``kind`` from params train.model."""
+    m = train.model
+    trunk = build_backbone(m.backbone, m.weights)
+    common = dict(prototypes_per_class=m.prototypes_per_class, prototype_dim=m.prototype_dim,
+                  off_class_weight=m.off_class_weight, seed=train.seed)
+    if kind == "protomask":
+        return ProtoMask(trunk, num_classes, **common)
+    return ProtoPNet(trunk, num_classes, **common)
+
+
+def make_dataset(kind: str, params: Params, split: str, project_root: Path,
+                 augment: bool) -> Dataset:
+    """Views (ProtoMask) or full images (ProtoPNet) of one split."""
+    crops_dir = project_root / layout.CROPS_DIR
+    aug = params.train.augment if augment else None
+    if kind == "protomask":
+        return ViewDataset(crops_dir, split, augment=aug, seed=params.train.seed)
+    return FullImageDataset(crops_dir, split, size=params.train.model.baseline_image_size,
+                            data_root=project_root / params.data.root,
+                            images_index=project_root / layout.IMAGES_INDEX, augment=aug,
+                            seed=params.train.seed)
+
+
+def loader(dataset: Dataset, train: TrainParams, *, shuffle_seed: Optional[int]) -> DataLoader:
+    """A DataLoader; shuffled with a generator seeded per step (None: in order)."""
+    sampler = dist_utils.sampler(dataset, shuffle_seed)
+    generator = None
+    if shuffle_seed is not None and sampler is None:
+        generator = torch.Generator().manual_seed(shuffle_seed)
+    return DataLoader(dataset, batch_size=train.batch_size,
+                      shuffle=shuffle_seed is not None and sampler is None, sampler=sampler,
+                      generator=generator, num_workers=train.loader_workers,
+                      persistent_workers=False, drop_last=False)
+
+
+def make_optimizers(model: nn.Module, train: TrainParams) -> tuple[dict, dict]:
+    """One Adam per period over its parameter groups, and the joint period's StepLR."""
+    groups = unwrap_model(model).parameter_groups()
+    o = train.optim
+    lr = {"trunk": o.trunk_lr, "add_on": o.add_on_lr, "prototypes": o.prototypes_lr,
+          "last_layer": o.last_layer_lr}
+    decay = {"trunk": o.weight_decay, "add_on": o.weight_decay}
+    optimizers = {
+        period: torch.optim.Adam([{"params": groups[g], "lr": lr[g],
+                                   "weight_decay": decay.get(g, 0.0)} for g in names])
+        for period, names in TRAINED_GROUPS.items()
+    }
+    schedulers = {"joint": torch.optim.lr_scheduler.StepLR(
+        optimizers["joint"], step_size=o.step_size, gamma=o.gamma)}
+    return optimizers, schedulers
+
+
+def set_trainable(model: nn.Module, period: str) -> None:
+    """requires_grad for the groups the period trains; frozen trunk keeps its BN statistics."""
+    inner = unwrap_model(model)
+    trained = TRAINED_GROUPS[period]
+    for name, params in inner.parameter_groups().items():
+        for p in params:
+            p.requires_grad_(name in trained)
+    inner.trunk.set_trainable("trunk" in trained)
+
+
+def autocast(device: torch.device, train: TrainParams):
+    """bf16 autocast on CUDA when asked; nothing on the CPU."""
+    if device.type == "cuda" and train.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def run_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
+              weights: LossWeights, class_weight: torch.Tensor, device: torch.device,
+              train: TrainParams) -> dict[str, float]:
+    """One training epoch with gradient accumulation; mean losses and accuracy."""
+    model.train()
+    head = unwrap_model(model).head
+    totals: dict[str, float] = {}
+    correct = seen = pending = 0
+    optimizer.zero_grad(set_to_none=True)
+    for inputs, labels, _ in batches:
+        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device)
+        with autocast(device, train):
+            out = model(inputs)
+        loss, parts = prototype_loss(out, labels, head, weights, class_weight)
+        (loss / train.accumulate).backward()
+        pending += 1
+        if pending == train.accumulate:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            pending = 0
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + v * len(labels)
+        correct += int((out.logits.argmax(1) == labels).sum())
+        seen += len(labels)
+    if pending:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    stats = dist_utils.sum_dict({**totals, "correct": correct, "seen": seen})
+    n = max(stats.pop("seen"), 1)
+    out_stats = {f"train_{k}": v / n for k, v in stats.items() if k != "correct"}
+    out_stats["train_accuracy"] = 100.0 * stats["correct"] / n
+    return out_stats
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable, device: torch.device,
+            train: TrainParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image_ids, labels, logits) over a loader, gathered across ranks, sorted by id."""
+    model.eval()
+    ids, labels, logits = [], [], []
+    for inputs, y, image_ids in batches:
+        with autocast(device, train):
+            out = model(inputs.to(device))
+        ids.append(image_ids)
+        labels.append(y)
+        logits.append(out.logits.float().cpu())
+    ids_t = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long)
+    y_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    l_t = torch.cat(logits) if logits else torch.zeros(0, 0)
+    ids_t, y_t, l_t = dist_utils.gather_rows(ids_t, y_t, l_t)
+    order = torch.argsort(ids_t)
+    return ids_t[order].numpy(), y_t[order].numpy(), l_t[order].numpy()
+
+
+def accuracy(labels: np.ndarray, logits: np.ndarray) -> float:
+    """Top-1 accuracy in percent (0 for no samples)."""
+    return float(100.0 * (logits.argmax(1) == labels).mean()) if len(labels) else 0.0
+
+
+def training_fingerprint(params: Params, kind: str, crops_fp: str) -> str:
+    """What decides the trained weights: train params, the model kind, the crops."""
+    return fingerprint(params.train)[:8] + kind[:4] + crops_fp[:8]
+
+
+def _copy_checkpoint(out_dir: Path, source: str, target: str) -> None:
+    src = out_dir / source / "checkpoint.pt"
+    with atomic_file(out_dir / target / "checkpoint.pt") as tmp:
+        shutil.copyfile(src, tmp)
+
+
+class Logger:
+    """dvclive metrics and plots under the model's output folder (rank 0 only)."""
+
+    def __init__(self, directory: Path, resume: bool) -> None:
+        self.live = None
+        if dist_utils.is_main():
+            from dvclive import Live
+
+            self.live = Live(str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None,
+                             report=None)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if self.live is None:
+            return
+        self.live.step = step
+        for key, value in values.items():
+            self.live.log_metric(key, value)
+        self.live.next_step()
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+
+def run_training(params: Params, kind: str, project_root: Path = Path("."),
+                 resume: bool = True, stop_after: Optional[int] = None) -> dict:
+    """Train ``kind`` (protomask | protopnet); return the stage's metrics.
+
+    ``resume``: continue from ``latest/`` when its fingerprint matches (else start over).
+    ``stop_after``: stop after this many steps of this call (tests of resumption).
+    """
+    train = params.train
+    out_dir = project_root / layout.TRAIN_DIR / kind
+    crops_fp = read_table(project_root / layout.CROPS_INDEX, "crops")[1]["fingerprint"]
+    fp = training_fingerprint(params, kind, crops_fp)
+    metrics_path = project_root / layout.train_metrics(kind)
+    final = out_dir / "final" / "checkpoint.pt"
+    if resume and final.exists() and load_checkpoint(final).fingerprint == fp \
+            and (out_dir / "summary.json").exists():
+        summary = json.loads((out_dir / "summary.json").read_text())
+        _write_json(metrics_path, summary)
+        return summary
+
+    device = resolve_device(train.device)
+    torch.manual_seed(train.seed)
+    np.random.seed(train.seed % 2**32)
+    train_set = make_dataset(kind, params, "train", project_root, augment=True)
+    plain_train = make_dataset(kind, params, "train", project_root, augment=False)
+    val_set = make_dataset(kind, params, "val", project_root, augment=False)
+    num_classes = len(read_table(project_root / layout.IMAGES_INDEX, "images")[1]["facts"]
+                      ["class_names"])
+    model = build_model(kind, train, num_classes).to(device)
+    if device.type == "cuda" and train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        unwrap_model(model).channels_last = True
+    optimizers, schedulers = make_optimizers(model, train)
+    weights = LossWeights(**as_dict(train.loss))
+    class_weight = class_weights(torch.tensor(train_set.labels), num_classes).to(device)
+
+    steps = schedule(train)
+    start, best_val, best_step, history = 0, -1.0, -1, []
+    latest = out_dir / "latest" / "checkpoint.pt"
+    resumed = False
+    if resume and latest.exists():
+        try:
+            ckpt = load_checkpoint(latest)
+        except ArtifactError:
+            ckpt = None
+        if ckpt is not None and ckpt.fingerprint == fp:
+            restore(ckpt, model=model, optimizers=optimizers, schedulers=schedulers)
+            start = int(ckpt.extra["next_step"])
+            best_val, best_step = float(ckpt.extra["best_val"]), int(ckpt.extra["best_step"])
+            history = json.loads(ckpt.extra["history"])
+            resumed = True
+    if not resumed and dist_utils.is_main():
+        shutil.rmtree(out_dir, ignore_errors=True)
+    dist_utils.barrier()
+    ddp_model = dist_utils.wrap(model, device)
+    logger = Logger(out_dir / "dvclive", resume=resumed)
+    started, trained_items = time.perf_counter(), 0
+    done_now = 0
+    for index in range(start, len(steps)):
+        step = steps[index]
+        step_seed = train.seed * 100003 + index
+        if step.period == "push":
+            batches = loader(plain_train, train, shuffle_seed=None)
+            result = push_prototypes(model, batches, device)
+            if dist_utils.is_main():
+                _write_json(out_dir / "push.json", result.records())
+            record = {"step": index, "period": "push"}
+        else:
+            set_trainable(model, step.period)
+            ddp_model = dist_utils.rewrap(ddp_model, model, device)
+            train_set.set_epoch(index)
+            batches = loader(train_set, train, shuffle_seed=step_seed)
+            stats = run_epoch(ddp_model, batches, optimizers[step.period],
+                              weights.for_period(step.period), class_weight, device, train)
+            trained_items += len(train_set)
+            if step.period == "joint":
+                schedulers["joint"].step()
+            _, val_y, val_logits = predict(model, loader(val_set, train, shuffle_seed=None),
+                                           device, train)
+            record = {"step": index, "period": step.period, "epoch": step.epoch, **stats,
+                      "val_accuracy": accuracy(val_y, val_logits)}
+        history.append(record)
+        post_push = index > steps.index(Step("push", 0))
+        selectable = post_push or train.last_layer_epochs == 0
+        is_best = selectable and "val_accuracy" in record and record["val_accuracy"] > best_val
+        if is_best:
+            best_val, best_step = record["val_accuracy"], index
+        if dist_utils.is_main():
+            save_checkpoint(latest, model=model, optimizers=optimizers, schedulers=schedulers,
+                            params=as_dict(params), fingerprint=fp, period=step.period,
+                            epoch=step.epoch, extra={"next_step": index + 1,
+                                                     "best_val": best_val,
+                                                     "best_step": best_step,
+                                                     "history": json.dumps(history)})
+            if is_best or (step.period == "push" and train.last_layer_epochs == 0
+                           and best_step < 0):
+                _copy_checkpoint(out_dir, "latest", "best")
+            logger.log(index, {k: v for k, v in record.items()
+                               if isinstance(v, float)})
+        dist_utils.barrier()
+        done_now += 1
+        if stop_after is not None and done_now >= stop_after and index + 1 < len(steps):
+            logger.close()
+            return {"stopped_at_step": index}
+    if dist_utils.is_main():
+        _copy_checkpoint(out_dir, "latest", "final")
+        if best_step < 0:
+            _copy_checkpoint(out_dir, "latest", "best")
+    elapsed = time.perf_counter() - started
+    logger.close()
+    summary = {
+        "model": kind, "steps": len(steps), "best_step": best_step,
+        "best_val_accuracy": best_val if best_step >= 0 else history[-1].get("val_accuracy"),
+        "final_val_accuracy": next((h["val_accuracy"] for h in reversed(history)
+                                    if "val_accuracy" in h), None),
+        "final_train_accuracy": next((h["train_accuracy"] for h in reversed(history)
+                                      if "train_accuracy" in h), None),
+    }
+    if trained_items:
+        summary["train_images_per_second"] = round(trained_items / elapsed, 2)
+    if dist_utils.is_main():
+        _write_json(out_dir / "summary.json", {k: v for k, v in summary.items()
+                                               if k != "train_images_per_second"})
+        _write_json(metrics_path, summary)
+    return summary
+
+
+def _write_json(path: Path, obj: object) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,312 @@
+"""The crops stage's work: images index + mask shards -> crop shards + crops index.
+
+One task per mask shard, run through dask like segment. Each crop shard carries a
+fingerprint of the crops params, the crop shard format version, the images index
+fingerprint, its mask shard's fingerprint and its images' index rows (path, class, split,
+pixel hash). A rerun keeps every crop shard whose fingerprint matches and redoes the rest;
+the crops index is then assembled from the per-view tables stored in the shards, so a
+resumed run ends with the same bytes as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline import layout
+from pipeline.atomic import atomic_file
+from pipeline.crop_shards import (VERSION, CropShard, crop_shard_fingerprint, crop_shard_name,
+                                  crop_shard_paths, write_crop_shard)
+from pipeline.errors import ArtifactError, ImageDecodeError
+from pipeline.execution import dask_client, map_tasks, remove_stale
+from pipeline.imageio import load_rgb, resolve_inside
+from pipeline.mask_shards import MaskShard, shard_paths
+from pipeline.params import CropsParams, Params, as_dict
+from pipeline.segmenters.base import MaskSet
+from pipeline.tables import read_table, write_columns
+from pipeline.views import ViewPlan, boxes_and_areas, cut_view, decode_masks, plan_views, \
+    resize_square
+
+_MASK_SHARD = re.compile(r"shard-(\d+)\.h5")
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """What the crops of one image need from the images index."""
+
+    image_id: int
+    path: str
+    class_id: int
+    split: str
+
+
+@dataclass(frozen=True)
+class CropTask:
+    """One unit of work: a mask shard's images, where to write, what fingerprint to stamp."""
+
+    index: int
+    mask_path: str
+    out_path: str
+    data_root: str
+    images: tuple[ImageEntry, ...]
+    fingerprint: str
+    params: CropsParams
+
+
+@dataclass(frozen=True)
+class CropSummary:
+    """What a finished crop shard holds."""
+
+    index: int
+    images: int
+    crops: int
+
+
+@dataclass(frozen=True)
+class ImageViews:
+    """One image's views: the plan, its distinct crops and the per-view mask records."""
+
+    plan: ViewPlan
+    crops: np.ndarray            # (distinct, S, S, 3) uint8
+    area: np.ndarray             # (M,) int64
+    predicted_iou: np.ndarray    # (M,) float32, NaN for the whole-image fallback
+    stability_score: np.ndarray  # (M,) float32, NaN for the whole-image fallback
+
+
+def views_of_image(image: np.ndarray, masks: MaskSet, params: CropsParams) -> ImageViews:
+    """Plan and cut the M views of one image from its masks (pure; no I/O)."""
+    height, width = image.shape[:2]
+    boxes, areas = boxes_and_areas(height, width, masks.rles)
+    scores = {"area": areas, "predicted_iou": masks.predicted_iou,
+              "stability_score": masks.stability_score}[params.order]
+    plan = plan_views(boxes, areas, scores, width=width, height=height,
+                      num_views=params.num_views, min_box_size=params.min_box_size)
+    k = plan.distinct
+    if plan.fallback:
+        nan = np.full(params.num_views, np.nan, np.float32)
+        crops = resize_square(image, params.size)[None]
+        return ImageViews(plan, crops, np.full(params.num_views, height * width, np.int64),
+                          nan, nan.copy())
+    shown = plan.mask_index[:k]
+    decoded = (decode_masks(height, width, [masks.rles[i] for i in shown])
+               if params.fill != "original" else [None] * k)
+    crops = np.stack([cut_view(image, plan.boxes[v], params.size, mask=decoded[v],
+                               fill=params.fill) for v in range(k)])
+    idx = plan.mask_index
+    return ImageViews(plan, crops, areas[idx], np.asarray(masks.predicted_iou, np.float32)[idx],
+                      np.asarray(masks.stability_score, np.float32)[idx])
+
+
+def view_rows(entry: ImageEntry, views: ImageViews, first_row: int, image_row: int
+              ) -> dict[str, np.ndarray]:
+    """The per-view columns (crop_shards.VIEW_COLUMNS) of one image whose distinct crops
+    start at ``first_row``; a repeated view points at its original's row."""
+    plan = views.plan
+    m = len(plan.mask_index)
+    own = np.where(plan.duplicate_of < 0, np.arange(m), plan.duplicate_of)
+    return {
+        "image_id": np.full(m, entry.image_id, np.int64),
+        "view": np.arange(m, dtype=np.int16),
+        "mask_index": plan.mask_index, "duplicate_of": plan.duplicate_of, "box": plan.boxes,
+        "area": views.area, "predicted_iou": views.predicted_iou,
+        "stability_score": views.stability_score,
+        "class_id": np.full(m, entry.class_id, np.int32),
+        "split": np.full(m, entry.split.encode(), "S5"),
+        "row": (first_row + own).astype(np.int32),
+        "image_row": np.full(m, image_row, np.int32),
+        "fallback": np.full(m, plan.fallback, np.uint8),
+    }
+
+
+def load_image(root: Path, entry: ImageEntry) -> np.ndarray:
+    """Decode one image of the index; a failure now means the data changed since prepare."""
+    try:
+        return load_rgb(resolve_inside(root, entry.path))
+    except ImageDecodeError as exc:
+        raise ArtifactError(f"{exc}; it decoded when prepare ran: the data changed, "
+                            f"rerun prepare") from None
+
+
+def crop_shard(task: CropTask) -> CropSummary:
+    """Cut the views of one mask shard's images and write its crop shard (a dask task)."""
+    root = Path(task.data_root)
+    crops: list[np.ndarray] = []
+    full: list[np.ndarray] = []
+    columns: dict[str, list[np.ndarray]] = defaultdict(list)
+    next_row = 0
+    with MaskShard(Path(task.mask_path)) as shard:
+        for image_row, entry in enumerate(task.images):
+            image = load_image(root, entry)
+            masks = shard.masks(entry.image_id)
+            if shard.status(entry.image_id) == "ok" and \
+                    (masks.height, masks.width) != image.shape[:2]:
+                raise ArtifactError(
+                    f"{task.mask_path}: image {entry.image_id} is {image.shape[1]}x"
+                    f"{image.shape[0]} but its masks are {masks.width}x{masks.height}; "
+                    f"the masks are stale, rerun segment")
+            views = views_of_image(image, masks, task.params)
+            for name, values in view_rows(entry, views, next_row, image_row).items():
+                columns[name].append(values)
+            crops.append(views.crops)
+            full.append(resize_square(image, task.params.size))
+            next_row += len(views.crops)
+    write_crop_shard(Path(task.out_path), np.concatenate(crops), np.stack(full),
+                     {name: np.concatenate(parts) for name, parts in columns.items()},
+                     fingerprint=task.fingerprint, size=task.params.size,
+                     fill=task.params.fill, num_views=task.params.num_views,
+                     mask_shard=Path(task.mask_path).name)
+    return CropSummary(task.index, len(task.images), next_row)
+
+
+# ------------------------------------------------------------------------ planning
+def text_fingerprint(text: str) -> str:
+    """A short stable hash of a string."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def mask_shard_index(path: Path) -> int:
+    """The number in a mask shard's name (shard-00003.h5 -> 3)."""
+    match = _MASK_SHARD.fullmatch(path.name)
+    if match is None:
+        raise ArtifactError(f"{path}: not a mask shard name (shard-NNNNN.h5)")
+    return int(match.group(1))
+
+
+def _check_coverage(segment_dir: Path, found: dict[int, Path], uncovered: list[int],
+                    expected_shards: int) -> None:
+    """Name the missing mask shards when the images index has images in no shard."""
+    if not uncovered:
+        return
+    expected = range(max(expected_shards, max(found, default=-1) + 1))
+    missing = [f"shard-{i:05d}.h5" for i in expected if i not in found]
+    named = (", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")) if missing else \
+        "unknown shards"
+    raise ArtifactError(f"{segment_dir}: mask shard(s) missing: {named} ({len(uncovered)} "
+                        f"images of the images index have no masks, e.g. image "
+                        f"{uncovered[0]}); rerun segment")
+
+
+def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[CropTask]:
+    """One task per mask shard, with its images' index rows and its fingerprint."""
+    table, info = read_table(project_root / layout.IMAGES_INDEX, "images")
+    rows = {int(r["image_id"]): r for r in table.select(
+        ["image_id", "path", "class_id", "split", "pixel_hash"]).to_pylist()}
+    segment_dir = project_root / layout.SEGMENT_DIR
+    paths = shard_paths(segment_dir)
+    if not paths:
+        raise ArtifactError(f"{segment_dir}: no mask shards; run segment first (dvc repro)")
+    base = json.dumps({"crops": as_dict(params.crops), "format_version": VERSION,
+                       "images_index": info["fingerprint"]}, sort_keys=True)
+    tasks, found, covered = [], {}, set()
+    for path in paths:
+        index = mask_shard_index(path)
+        found[index] = path
+        with MaskShard(path) as shard:
+            ids = [int(i) for i in shard]
+            mask_fp = shard.fingerprint
+        strangers = [i for i in ids if i not in rows]
+        if strangers:
+            raise ArtifactError(f"{path}: image {strangers[0]} is not in the images index; "
+                                f"the masks are stale, rerun segment")
+        covered.update(ids)
+        entries = tuple(ImageEntry(i, rows[i]["path"], int(rows[i]["class_id"]),
+                                   rows[i]["split"]) for i in sorted(ids))
+        own = json.dumps([[rows[i][k] for k in ("image_id", "path", "class_id", "split",
+                                                 "pixel_hash")] for i in sorted(ids)])
+        tasks.append(CropTask(index, str(path), str(out_dir / crop_shard_name(index)),
+                              str(project_root / params.data.root), entries,
+                              text_fingerprint(base + mask_fp + own), params.crops))
+    uncovered = sorted(set(rows) - covered)
+    expected = -(-len(rows) // params.segment.shard_size)
+    _check_coverage(segment_dir, found, uncovered, expected)
+    return tasks
+
+
+# ------------------------------------------------------------------------ assembly
+def assemble_index(tasks: list[CropTask], out_dir: Path) -> dict[str, np.ndarray]:
+    """The per-view tables of every crop shard, concatenated in (image_id, view) order,
+    plus the ``shard`` column."""
+    parts: dict[str, list[np.ndarray]] = defaultdict(list)
+    for task in sorted(tasks, key=lambda t: t.index):
+        path = Path(task.out_path)
+        with CropShard(path) as shard:
+            views = shard.views()
+        for name, values in views.items():
+            parts[name].append(values)
+        parts["shard"].append(np.full(len(views["image_id"]), path.name))
+    columns = {name: np.concatenate(values) for name, values in parts.items()}
+    order = np.lexsort((columns["view"], columns["image_id"]))
+    return {name: values[order] for name, values in columns.items()}
+
+
+def index_arrays(columns: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """Arrow columns of the crops table from the assembled numpy columns."""
+    fallback = columns["fallback"].astype(bool)
+    arrays = {name: pa.array(columns[name]) for name in
+              ("image_id", "view", "mask_index", "duplicate_of", "area", "class_id", "row",
+               "image_row")}
+    arrays["box"] = pa.FixedSizeListArray.from_arrays(
+        pa.array(columns["box"].reshape(-1).astype(np.int32)), 4)
+    for name in ("predicted_iou", "stability_score"):
+        arrays[name] = pa.array(columns[name], mask=fallback)
+    arrays["split"] = pa.array(np.char.decode(columns["split"], "ascii").tolist(), pa.string())
+    arrays["shard"] = pa.array(columns["shard"].tolist(), pa.string())
+    arrays["fallback"] = pa.array(fallback)
+    return arrays
+
+
+def crops_metrics(columns: dict[str, np.ndarray], num_views: int) -> dict:
+    """Images, views, fallback images, duplicate view share, mean distinct views."""
+    views = len(columns["image_id"])
+    images = views // num_views
+    duplicates = int((columns["duplicate_of"] >= 0).sum())
+    return {
+        "images": images, "views": views,
+        "fallback_images": int(columns["fallback"].sum()) // num_views,
+        "duplicate_view_share": round(duplicates / max(views, 1), 4),
+        "mean_distinct_views": round((views - duplicates) / max(images, 1), 3),
+    }
+
+
+def run_crops(params: Params, project_root: Path = Path(".")) -> dict:
+    """Write every crop shard that is missing or stale, then the crops index and metrics."""
+    out_dir = project_root / layout.CROPS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = plan_tasks(params, project_root, out_dir)
+    remove_stale(out_dir, "crops", {Path(t.out_path).name for t in tasks}
+                 | {layout.CROPS_INDEX.name})
+    todo = [t for t in tasks if crop_shard_fingerprint(Path(t.out_path)) != t.fingerprint]
+    started = time.perf_counter()
+    if todo:
+        with dask_client(params.segment.workers, params.segment.scheduler) as client, tqdm(
+                total=sum(len(t.images) for t in todo), unit="img", desc="crops",
+                dynamic_ncols=True) as bar:
+            for summary in map_tasks(client, crop_shard, todo):
+                bar.update(summary.images)
+    elapsed = time.perf_counter() - started
+    columns = assemble_index(tasks, out_dir)
+    fingerprint = text_fingerprint("".join(t.fingerprint for t in tasks))
+    facts = {"num_views": params.crops.num_views, "size": params.crops.size,
+             "fill": params.crops.fill, "order": params.crops.order,
+             "min_box_size": params.crops.min_box_size}
+    write_columns(index_arrays(columns), project_root / layout.CROPS_INDEX, "crops",
+                  fingerprint=fingerprint, facts=facts)
+    metrics = crops_metrics(columns, params.crops.num_views)
+    metrics["shards"] = len(tasks)
+    metrics["bytes_per_image"] = round(sum(p.stat().st_size for p in crop_shard_paths(out_dir))
+                                       / max(metrics["images"], 1))
+    with atomic_file(project_root / layout.CROPS_METRICS) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    metrics["shards_reused"] = len(tasks) - len(todo)
+    metrics["seconds"] = elapsed
+    new_images = sum(len(t.images) for t in todo)
+    metrics["images_per_second"] = new_images / elapsed if todo and elapsed > 0 else None
+    return metrics
