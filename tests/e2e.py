@@ -72,4 +72,12 @@ TINY = {
         "val_fraction": 0.25,
         "synthetic": {"num_classes": 3, "images_per_class": 8, "image_size": 64},
     },
+    "segment": {"workers": 1, "shard_size": 8},
+    "crops": {"num_views": 4, "size": 16},
+    "train": {
+        "warmup_epochs": 1, "joint_epochs": 1, "last_layer_epochs": 1, "batch_size": 4,
+        "loader_workers": 0, "device": "cpu",
+        "model": {"backbone": "tiny_cnn", "weights": "none", "prototypes_per_class": 2,
+                  "prototype_dim": 8, "baseline_image_size": 32},
+    },
 }

@@ -23,6 +23,10 @@ def test_dvc_outputs_are_the_layout_paths() -> None:
     assert stages["prepare"]["metrics"] == [str(layout.PREPARE_METRICS)]
     assert out_paths(stages["segment"]) == [str(layout.SEGMENT_DIR)]
     assert stages["segment"]["metrics"] == [str(layout.SEGMENT_METRICS)]
+    assert out_paths(stages["crops"]) == [str(layout.CROPS_DIR)]
+    assert stages["crops"]["metrics"] == [str(layout.CROPS_METRICS)]
+    assert out_paths(stages["train"]) == [str(layout.TRAIN_DIR / "${item.model}")]
+    assert stages["train"]["metrics"] == [str(layout.train_metrics("${item.model}"))]
     assert layout.IMAGES_INDEX.parent == layout.PREPARE_DIR
 
 
@@ -32,6 +36,8 @@ def test_every_dvc_stage_is_a_cli_subcommand_with_help() -> None:
     assert top.exit_code == 0
     for name, stage in dvc_stages().items():
         assert stage["cmd"].split()[:2] == ["protomask", name]
+        if "matrix" in stage:
+            assert set(stage["matrix"]["model"]) == {"protomask", "protopnet"}
         assert name in top.output
         sub = runner.invoke(main, [name, "--help"])
         assert sub.exit_code == 0 and "--params" in sub.output
@@ -45,7 +51,7 @@ def test_code_deps_exist_and_data_deps_are_outputs_of_earlier_stages() -> None:
     produced: set[str] = set()
     for stage in dvc_stages().values():
         for dep in stage.get("deps", []):
-            if dep.startswith("${"):
+            if "${" in dep:
                 continue
             assert dep in produced or (REPO / dep).exists(), dep
         produced.update(out_paths(stage))
