@@ -22,11 +22,12 @@ def train(params: Params, kind: str, resume: bool) -> None:
     from model.training import run_training
 
     distributed.init_from_env()
+    main_process = distributed.is_main()
     try:
         m = run_training(params, kind, resume=resume)
     finally:
         distributed.shutdown()
-    if distributed.is_main():
+    if main_process:
         speed = m.get("train_images_per_second")
         click.echo(f"train {kind}: best validation accuracy {m['best_val_accuracy']:.1f}% "
                    f"(step {m['best_step']} of {m['steps']})"
