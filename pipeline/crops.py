@@ -278,6 +278,7 @@ def crops_metrics(columns: dict[str, np.ndarray], num_views: int) -> dict:
 
 def run_crops(params: Params, project_root: Path = Path(".")) -> dict:
     """Write every crop shard that is missing or stale, then the crops index and metrics."""
+    project_root = Path(project_root).resolve()   # workers may run elsewhere
     out_dir = project_root / layout.CROPS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)

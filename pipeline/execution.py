@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -48,7 +49,8 @@ def map_tasks(client: "object", fn: Callable[[T], R], tasks: Sequence[T]) -> Ite
     """Submit every task (pure=False: each runs once) and yield results as they finish."""
     from dask.distributed import as_completed
 
-    futures = [client.submit(fn, task, pure=False, key=f"{fn.__name__}-{i}")
+    run = uuid.uuid4().hex[:8]      # a shared scheduler may serve several runs at once
+    futures = [client.submit(fn, task, pure=False, key=f"{fn.__name__}-{run}-{i}")
                for i, task in enumerate(tasks)]
     for future in as_completed(futures):
         yield future.result()

@@ -155,6 +155,7 @@ def clean_stale(out_dir: Path, tasks: list[ShardTask]) -> None:
 
 def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
     """Write every shard that is missing or stale; return the stage's summary metrics."""
+    project_root = Path(project_root).resolve()   # workers may run elsewhere
     out_dir = project_root / layout.SEGMENT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)
