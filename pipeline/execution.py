@@ -32,7 +32,7 @@ def dask_client(workers: int, scheduler: str | None = None, *,
 
     if scheduler:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError) as exc:
             raise ProtomaskError(f"{scheduler_key}: cannot reach the dask scheduler at "
                                  f"{scheduler} ({exc})") from None

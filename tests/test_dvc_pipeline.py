@@ -42,6 +42,19 @@ def test_metrics_of_every_stage_are_listed(project: Path) -> None:
         assert name in shown
 
 
+def test_a_dvc_remote_round_trip_needs_no_rerun(project: Path, tmp_path: Path) -> None:
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "pipeline results"], project)
+    run(["dvc", "push"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
+    assert stages_run(run(["dvc", "repro"], clone).stdout) == set()
+    assert (clone / "artifacts" / "train" / "protomask" / "final" / "checkpoint.pt").exists()
+
+
 def test_a_crops_param_reruns_crops_and_what_follows_only(project: Path) -> None:
     set_param(project, "crops.size", 24)
     changed = changed_stages(project)
