@@ -17,7 +17,7 @@ from tqdm import tqdm
 from pipeline import layout
 from pipeline.atomic import atomic_file
 from pipeline.errors import ImageDecodeError, ProtomaskError
-from pipeline.execution import dask_client, local_worker_count, map_tasks
+from pipeline.execution import dask_client, local_worker_count, map_tasks, remove_stale
 from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.mask_shards import ImageResult, shard_fingerprint, write_shard
 from pipeline.params import Params, SegmentParams, fingerprint
@@ -144,22 +144,13 @@ def fingerprint_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def clean_stale(out_dir: Path, tasks: list[ShardTask]) -> None:
-    """Remove temporary leftovers of a crash and shards beyond the current plan."""
-    wanted = {Path(t.out_path).name for t in tasks}
-    for path in out_dir.iterdir():
-        if path.name.startswith(".shard-") or (path.name.startswith("shard-")
-                                               and path.name not in wanted):
-            path.unlink()
-
-
 def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
     """Write every shard that is missing or stale; return the stage's summary metrics."""
     project_root = Path(project_root).resolve()   # workers may run elsewhere
     out_dir = project_root / layout.SEGMENT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)
-    clean_stale(out_dir, tasks)
+    remove_stale(out_dir, "shard-", {Path(t.out_path).name for t in tasks})
     todo = [t for t in tasks if shard_fingerprint(Path(t.out_path)) != t.fingerprint]
     done = [t for t in tasks if t not in todo]
     summaries = [_summary_of_existing(t) for t in done]
