@@ -79,7 +79,7 @@ def resolve_device(name: str) -> torch.device:
 def build_model(kind: str, train: TrainParams, num_classes: int) -> nn.Module:
     """The network named ``kind`` from params train.model."""
     m = train.model
-    trunk = build_backbone(m.backbone, m.weights)
+    trunk = build_backbone(m.backbone, m.weights, freeze_bn=m.freeze_bn)
     common = dict(prototypes_per_class=m.prototypes_per_class, prototype_dim=m.prototype_dim,
                   off_class_weight=m.off_class_weight, seed=train.seed)
     if kind == "protomask":

@@ -31,3 +31,16 @@ TRAIN_DIR = ARTIFACTS / "train"              # one persistent folder per model
 def train_metrics(model: str) -> Path:
     """metrics/train/<model>.json"""
     return METRICS / "train" / f"{model}.json"
+
+EVALUATE_DIR = ARTIFACTS / "evaluate"        # one report folder per model, and the comparison
+COMPARISON = EVALUATE_DIR / "comparison.md"
+
+
+def evaluate_dir(model: str) -> Path:
+    """artifacts/evaluate/<model> (the report: index.html, PNGs, metrics.json, timings)"""
+    return EVALUATE_DIR / model
+
+
+def evaluate_metrics(model: str) -> Path:
+    """metrics/evaluate/<model>.json"""
+    return METRICS / "evaluate" / f"{model}.json"

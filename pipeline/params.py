@@ -160,7 +160,9 @@ class ClassicalParams:
     levels: int = param(3, "Granularities segmented (finest first).", interval=Interval(1, 6))
     min_area_fraction: float = param(0.002, "Drop regions smaller than this share of the image.",
                                      interval=Interval(0, 1))
-    max_area_fraction: float = param(0.95, "Drop regions larger than this share of the image.",
+    max_area_fraction: float = param(0.1, "Drop regions larger than this share of the image "
+                                     "(0.1: background regions, whose boxes span the whole "
+                                     "image, do not crowd the parts out of the views).",
                                      interval=Interval(0, 1))
     dedup_iou: float = param(0.9, "A region found again at a coarser level (mask IoU above "
                              "this) is kept once.", interval=Interval(0, 1))
@@ -201,7 +203,9 @@ class CropsParams:
                               interval=Interval(0, 10000))
     order: str = param("area", "Which masks come first.",
                        choices=("area", "predicted_iou", "stability_score"))
-    fill: str = param("original", "Pixels outside the mask: the image itself, zero, or the "
+    fill: str = param("zero", "Pixels outside the mask: the image itself (SPEC's reference "
+                      "setting), zero (the default: the clutter and distractors around a part "
+                      "are blanked out), or the "
                       "mask's mean colour.", choices=("original", "zero", "mean"))
 
 
@@ -238,11 +242,16 @@ class ModelParams:
     weights: str = param("imagenet", "Trunk weights: imagenet (shipped for efficientnet_lite0, "
                          "torchvision's cache otherwise), none, or a local file path.")
     prototypes_per_class: int = param(10, "Prototypes per class.", interval=Interval(1, 100))
-    prototype_dim: int = param(128, "Length of the view embedding and of each prototype (the "
+    prototype_dim: int = param(32, "Length of the view embedding and of each prototype (the "
                                "reference: 1280).", interval=Interval(1, 8192))
     off_class_weight: float = param(-0.5, "Initial last-layer weight between a prototype and "
                                     "the other classes (ProtoPNet: -0.5; the reference: 0).",
                                     interval=Interval(-10, 10))
+    freeze_bn: bool = param(True, "Keep the trunk's BatchNorm in eval mode (ImageNet running "
+                            "statistics, affine weights still trained). EfficientNet-Lite0's "
+                            "BatchNorm momentum is 0.01: in a short run its running statistics "
+                            "lag the batch statistics it trains with, so evaluation and push "
+                            "see other features than training did.")
     baseline_image_size: int = param(128, "Side of the full image fed to the ProtoPNet "
                                      "baseline.", interval=Interval(16, 1024))
 
@@ -301,6 +310,62 @@ class TrainParams:
     augment: AugmentParams = section(AugmentParams, "Training augmentation.")
 
 
+# ----------------------------------------------------------------------- evaluate
+@dataclass(frozen=True)
+class PerturbParams:
+    """The perturbed copy of every test image (stability, PSC, PRC, CRC): all four steps in
+    this order, as the reference's continuity pipeline (colour jitter, noise, blur, JPEG)."""
+
+    brightness: float = param(1.125, "Colour jitter: brightness factor (1: unchanged).",
+                              interval=Interval(0, 10))
+    contrast: float = param(1.125, "Colour jitter: contrast factor (1: unchanged).",
+                            interval=Interval(0, 10))
+    saturation: float = param(1.125, "Colour jitter: saturation factor (1: unchanged).",
+                              interval=Interval(0, 10))
+    hue: float = param(0.0, "Colour jitter: hue shift in turns (the reference: 0.05; 0 here "
+                       "because colour names the class in the synthetic set).",
+                       interval=Interval(-0.5, 0.5))
+    noise_sigma: float = param(2.24, "Gaussian noise standard deviation in grey levels "
+                               "(the reference: variance 5).", interval=Interval(0, 255))
+    blur: int = param(3, "Box blur kernel side in pixels (1: none).", interval=Interval(1, 31))
+    jpeg_quality: Optional[int] = param(90, "JPEG re-encoding quality (null: none).",
+                                        interval=Interval(1, 100))
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """evaluate: explainability metrics (SPEC section 3) and the visual report, on test."""
+
+    device: str = param("auto", "auto (the GPU if there is one), cpu, cuda or cuda:N.")
+    checkpoint: str = param("best", "Which checkpoint of the train stage is evaluated.",
+                            choices=("best", "final"))
+    saliency: str = param("prp", "Saliency of a prototype: PRP (LRP rules, zennit) or "
+                          "input x gradient (plain autograd).", choices=("prp", "gradient"))
+    lrp_composite: str = param("epsilon_plus_box", "PRP rules: ZBox first conv + ZPlus convs "
+                               "(the reference's), or zennit's EpsilonGammaBox / "
+                               "EpsilonPlusFlat.", choices=("epsilon_plus_box",
+                                                            "epsilon_gamma_box",
+                                                            "epsilon_plus_flat"))
+    top_k: int = param(5, "Prototypes explained per test image (SPEC: 5).",
+                       interval=Interval(1, 100))
+    top_fraction: float = param(0.05, "Share of the saliency pixels forming the mask S "
+                                "(SPEC: top 5 %).", interval=Interval(0, 1, lo_closed=False))
+    batch_size: int = param(16, "Test images per batch (saliency runs on twice as many "
+                            "rows at a time: memory).", interval=Interval(1, 4096))
+    max_images: Optional[int] = param(None, "Evaluate only the first this many test images "
+                                      "(null: all).", interval=Interval(1, 10_000_000))
+    sanity_images: int = param(16, "Test images of the model-randomisation check (their top-1 "
+                               "prototype; 0: skip).", interval=Interval(0, 100000))
+    report_prototypes: Optional[int] = param(20, "Prototypes shown in the report, round-robin "
+                                             "over the classes (null: all).",
+                                             interval=Interval(0, 100000))
+    report_images: int = param(8, "Test images shown in the report.",
+                               interval=Interval(0, 100000))
+    seed: int = param(0, "Seed of the perturbation noise and of the randomised weights.",
+                      interval=Interval(0, 2**31 - 1))
+    perturb: PerturbParams = section(PerturbParams, "The perturbed copy of each test image.")
+
+
 @dataclass(frozen=True)
 class Params:
     """The whole params.yaml, one section per stage."""
@@ -309,6 +374,8 @@ class Params:
     segment: SegmentParams = section(SegmentParams, "Masks (segment).")
     crops: CropsParams = section(CropsParams, "Views from mask boxes (crops).")
     train: TrainParams = section(TrainParams, "Training both models (train).")
+    evaluate: EvaluateParams = section(EvaluateParams, "Explainability metrics and report "
+                                       "(evaluate, compare).")
 
     def check(self) -> None:
         """Rules that tie several keys together."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from stages.crops import crops
+from stages.evaluate import compare, evaluate
 from stages.prepare import prepare
 from stages.segment import segment
 from stages.show import show
@@ -24,6 +25,8 @@ main.add_command(prepare)
 main.add_command(segment)
 main.add_command(crops)
 main.add_command(train)
+main.add_command(evaluate)
+main.add_command(compare)
 main.add_command(show)
 
 if __name__ == "__main__":

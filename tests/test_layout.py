@@ -47,6 +47,12 @@ def out_paths(stage: dict) -> list[str]:
     return [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
 
 
+def expanded(stage: dict, paths: list[str]) -> list[str]:
+    """Paths with a matrix stage's ${item.model} replaced by each model."""
+    models = stage.get("matrix", {}).get("model", [None])
+    return [p.replace("${item.model}", m) if m else p for p in paths for m in models]
+
+
 def test_code_deps_exist_and_data_deps_are_outputs_of_earlier_stages() -> None:
     produced: set[str] = set()
     for stage in dvc_stages().values():
@@ -54,4 +60,4 @@ def test_code_deps_exist_and_data_deps_are_outputs_of_earlier_stages() -> None:
             if "${" in dep:
                 continue
             assert dep in produced or (REPO / dep).exists(), dep
-        produced.update(out_paths(stage))
+        produced.update(expanded(stage, out_paths(stage) + stage.get("metrics", [])))

@@ -250,3 +250,29 @@ def test_protopnet_min_over_locations_matches_brute_force() -> None:
 def test_both_models_share_the_head_code() -> None:
     assert type(tiny_protomask().head) is type(tiny_protopnet().head) is PrototypeHead
     assert isinstance(tiny_protopnet().add_on[-1], nn.Sigmoid)
+
+
+def test_build_model_freezes_batchnorm_by_default_param() -> None:
+    """train.model.freeze_bn (default on): BatchNorm stays in eval mode in model.train(), so
+    training, evaluation and push see the same features (EfficientNet-Lite0's momentum 0.01
+    lets running statistics lag far behind the batch statistics in a short run)."""
+    from dataclasses import replace
+
+    from model.training import build_model
+    from pipeline.params import ModelParams, TrainParams
+
+    def bn_training(model: nn.Module) -> set[bool]:
+        return {m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+
+    tiny = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2,
+                       prototype_dim=4)
+    assert tiny.freeze_bn
+    frozen = build_model("protomask", replace(TrainParams(), model=tiny), 3).train()
+    assert bn_training(frozen) == {False} and frozen.add_on.training
+    assert all(p.requires_grad for p in frozen.trunk.parameters())
+    stats = frozen.trunk.bn1.running_mean.clone()
+    frozen(torch.randn(2, 3, 3, 16, 16))
+    assert torch.equal(frozen.trunk.bn1.running_mean, stats)
+    trains = build_model("protomask", replace(TrainParams(),
+                                              model=replace(tiny, freeze_bn=False)), 3).train()
+    assert bn_training(trains) == {True}

@@ -65,3 +65,29 @@ def copy_project(source: Path, target: Path) -> Path:
     """A copy of a project folder (to change params or artifacts without side effects)."""
     shutil.copytree(source, target)
     return target
+
+
+# ---------------------------------------------------------------- trained helpers
+def tiny_trained_params() -> Params:
+    """tiny_crops_params with a 2-step training (1 joint epoch, push) of a tiny_cnn network."""
+    from pipeline.params import ModelParams, TrainParams
+
+    model = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2,
+                        prototype_dim=8, baseline_image_size=32)
+    train = replace(TrainParams(), warmup_epochs=0, joint_epochs=1, last_layer_epochs=0,
+                    batch_size=4, loader_workers=0, device="cpu", model=model)
+    return replace(tiny_crops_params(), train=train)
+
+
+def shared_trained_project(tmp_path_factory) -> Path:
+    """One cropped tiny project with both models trained (tiny_trained_params()), per test
+    session. Never modify it; copy_project() it first."""
+    if "trained" not in _SHARED:
+        from model.training import run_training
+
+        root = copy_project(shared_cropped_project(tmp_path_factory),
+                            tmp_path_factory.mktemp("trained") / "p")
+        for kind in ("protomask", "protopnet"):
+            run_training(tiny_trained_params(), kind, root)
+        _SHARED["trained"] = root
+    return _SHARED["trained"]

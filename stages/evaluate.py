@@ -1,0 +1,52 @@
+"""``protomask evaluate`` (one model's explainability metrics and report) and
+``protomask compare`` (the two models side by side)."""
+from __future__ import annotations
+
+import click
+
+from pipeline import layout
+from pipeline.params import Params
+from stages.common import stage_command
+
+
+@stage_command("evaluate", help=(
+    "Evaluate one trained model on the test split: accuracy, compactness and every "
+    "explainability metric of SPEC section 3 from PRP (or gradient) saliency of each image's "
+    "top-k prototypes, against the ground-truth segmentation and part keypoints; a perturbed "
+    "copy of each image for stability/PSC/PRC/CRC; a model-randomisation sanity check. Writes "
+    "metrics/evaluate/<model>.json and the report artifacts/evaluate/<model>/index.html "
+    "(+ PNGs), as params evaluate says."))
+@click.option("--model", "kind", type=click.Choice(["protomask", "protopnet"]),
+              default="protomask", show_default=True, help="Which trained network.")
+def evaluate(params: Params, kind: str) -> None:
+    from model.evaluation import run_evaluation
+
+    result = run_evaluation(params, kind)
+    m = result.metrics
+    click.echo(f"evaluate {kind}: {m['test_images']} test images, balanced accuracy "
+               f"{_short(m['accuracy'])}%, object overlap {_short(m['object_overlap'])}, "
+               f"background overlap {_short(m['background_overlap'])}, consistency "
+               f"{_short(m['consistency'])} in {result.timings['total_with_report']:.0f} s; "
+               f"report {layout.evaluate_dir(kind) / 'index.html'}")
+
+
+@stage_command("compare", help=(
+    "Write artifacts/evaluate/comparison.md: the metrics of ProtoMask and the ProtoPNet "
+    "baseline side by side, and whether ProtoMask's background overlap is lower and its "
+    "object overlap and consistency higher (computed from metrics/evaluate/*.json)."))
+def compare(params: Params) -> None:
+    from model.evaluation import claim_sentence, run_compare
+    import json
+
+    run_compare()
+    docs = {k: json.loads((layout.evaluate_metrics(k)).read_text())
+            for k in ("protomask", "protopnet")}
+    click.echo(f"compare: {layout.COMPARISON}: {claim_sentence(docs)}")
+
+
+def _short(value: object) -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:.1f}"
+    if isinstance(value, dict) and "absent" in value:
+        return "absent"
+    return str(value)
