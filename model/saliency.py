@@ -309,19 +309,22 @@ def upsampled_similarity(distances: Tensor, height: int, width: int,
 
 
 def randomised_copy(model: nn.Module, seed: int) -> nn.Module:
-    """A deep copy of ``model`` whose trunk weights are re-initialised (BatchNorm included),
-    from a generator seeded with ``seed``; add-on, prototypes and last layer are kept."""
+    """A deep copy of ``model`` whose trunk parameters are randomised by shuffling the entries
+    of every parameter tensor (a seeded permutation each; BatchNorm running statistics kept);
+    add-on, prototypes and last layer are kept.
+
+    Shuffling keeps each layer's weight distribution, so activations keep their scale and
+    the saliency stays defined, while whatever the trunk learned is destroyed. (Re-running
+    the layers' default initialisers instead makes the activations of a deep trunk vanish,
+    e.g. to ~1e-8 at EfficientNet-Lite0's output, and every saliency map becomes 0.)
+    """
     import copy
 
     clone = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in clone.trunk.modules():
-            if module is clone.trunk:
-                continue
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                reset()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for param in clone.trunk.parameters():
+            flat = param.detach().reshape(-1)
+            order = torch.randperm(flat.numel(), generator=gen).to(flat.device)
+            param.copy_(flat[order].reshape(param.shape))
     return clone
