@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
+# PyTorch threads spin while waiting by default; on a shared or small CPU that alone
+# made saliency ~10x slower. Passive waiting costs nothing measurable when idle.
+export OMP_WAIT_POLICY := PASSIVE
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install repro test lock clean-venv

@@ -301,8 +301,8 @@ class TrainParams:
     loader_workers: int = param(2, "DataLoader worker processes.", interval=Interval(0, 64))
     warmup_epochs: int = param(2, "Warm-up: trunk frozen, add-on and prototypes trained.",
                                interval=Interval(0, 10000))
-    joint_epochs: int = param(12, "Joint: everything trained.", interval=Interval(0, 10000))
-    last_layer_epochs: int = param(5, "After the push: only the last layer trained.",
+    joint_epochs: int = param(8, "Joint: everything trained.", interval=Interval(0, 10000))
+    last_layer_epochs: int = param(3, "After the push: only the last layer trained.",
                                    interval=Interval(0, 10000))
     model: ModelParams = section(ModelParams, "The networks.")
     loss: LossParams = section(LossParams, "Loss coefficients.")
