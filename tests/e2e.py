@@ -81,3 +81,23 @@ TINY = {
                   "prototype_dim": 8, "baseline_image_size": 32},
     },
 }
+
+
+def stage_env() -> dict[str, str]:
+    """Environment for running ``python -m stages.cli`` on this checkout's code."""
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 120,
+              poll: float = 0.02) -> None:
+    """Start ``cmd`` in its own session, SIGKILL the whole group once ``ready()`` holds."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=stage_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not ready():
+        time.sleep(poll)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

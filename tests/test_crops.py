@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ from pipeline.tables import read_table
 from pipeline.view_datasets import ViewDataset
 from pipeline.views import resize_square
 from stages.cli import main
+from tests.e2e import kill_when, stage_env
 from tests.tiny_project import (copy_project, make_segmented_project, shared_cropped_project,
                                 tiny_crops_params)
 
@@ -149,20 +147,13 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_bytes(tmp_path) -> None:
     run_crops(params, reference)
     project = copy_project(segmented, tmp_path / "project")
     write_params(project, params)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     cmd = [sys.executable, "-m", "stages.cli", "crops"]
-    proc = subprocess.Popen(cmd, cwd=project, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = project / layout.CROPS_DIR
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out.exists() and crop_shard_paths(out)):
-        time.sleep(0.002)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, project, lambda: out.exists() and bool(crop_shard_paths(out)), poll=0.002)
     written = len(crop_shard_paths(out))
     assert 1 <= written < 18, f"the kill must land mid-run ({written} of 18 written)"
     assert not (project / layout.CROPS_INDEX).exists()
-    rerun = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+    rerun = subprocess.run(cmd, cwd=project, env=stage_env(), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"({written} reused" in rerun.stdout
     assert artifact_bytes(project) == artifact_bytes(reference)

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from model.checkpoint import load_checkpoint
 from model.training import run_training, schedule
 from pipeline import layout
 from pipeline.params import ModelParams, Params, TrainParams, as_dict
+from tests.e2e import kill_when, stage_env
 from tests.tiny_project import copy_project, shared_cropped_project, tiny_crops_params
 
 TINY_MODEL = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2,
@@ -99,22 +97,17 @@ def test_sigkill_then_rerun_equals_uninterrupted(trained: Path, tmp_path: Path) 
     shutil_rm(project / layout.TRAIN_DIR / "protomask")
     params = tiny_train_params()
     (project / "params.yaml").write_text(yaml.safe_dump(as_dict(params)))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = stage_env()
     cmd = [sys.executable, "-m", "stages.cli", "train", "--model", "protomask"]
-    proc = subprocess.Popen(cmd, cwd=project, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = project / layout.TRAIN_DIR / "protomask" / "latest" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if latest.exists():
-            try:
-                if load_checkpoint(latest).extra["next_step"] >= 2:
-                    break
-            except Exception:  # noqa: BLE001 - being replaced right now
-                pass
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+
+    def two_steps_saved() -> bool:
+        try:
+            return latest.exists() and load_checkpoint(latest).extra["next_step"] >= 2
+        except Exception:  # noqa: BLE001 - being replaced right now
+            return False
+
+    kill_when(cmd, project, two_steps_saved)
     assert load_checkpoint(latest).extra["next_step"] < len(schedule(params.train))
     rerun = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
