@@ -20,10 +20,12 @@ class ProtoMask(nn.Module):
 
     def __init__(self, trunk: Trunk, num_classes: int, *, prototypes_per_class: int = 10,
                  prototype_dim: int = 1280, addon_layers: int = 1,
-                 off_class_weight: float = -0.5, seed: int = 0) -> None:
+                 off_class_weight: float = -0.5, addon_init: str = "default",
+                 seed: int = 0) -> None:
         super().__init__()
         self.trunk = trunk
-        self.add_on = make_addon(trunk.out_channels, prototype_dim, addon_layers, pool=True)
+        self.add_on = make_addon(trunk.out_channels, prototype_dim, addon_layers, pool=True,
+                                 kaiming=addon_init == "kaiming")
         self.head = PrototypeHead(num_classes, prototypes_per_class, prototype_dim,
                                   off_class_weight=off_class_weight, seed=seed)
         self.channels_last = False

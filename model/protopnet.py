@@ -16,16 +16,18 @@ class ProtoPNet(nn.Module):
     Prototypes are stored (P, D) in the shared head (ProtoPNet's (P, D, 1, 1) squeezed).
     ``matched`` is the flat location index h * w_size + w; ``distances`` the (B, P, h, w)
     maps for the upsampled-similarity explanation. Add-on default: ProtoPNet's
-    conv-ReLU-conv-sigmoid with kaiming init.
+    conv-ReLU-conv-sigmoid; ``addon_init`` "kaiming" gives ProtoPNet's kaiming normal
+    (fan_out) init, "default" PyTorch's (see params train.model.addon_init).
     """
 
     def __init__(self, trunk: Trunk, num_classes: int, *, prototypes_per_class: int = 10,
                  prototype_dim: int = 128, addon_layers: int = 2,
-                 off_class_weight: float = -0.5, seed: int = 0) -> None:
+                 off_class_weight: float = -0.5, addon_init: str = "default",
+                 seed: int = 0) -> None:
         super().__init__()
         self.trunk = trunk
         self.add_on = make_addon(trunk.out_channels, prototype_dim, addon_layers, pool=False,
-                                 kaiming=True)
+                                 kaiming=addon_init == "kaiming")
         self.head = PrototypeHead(num_classes, prototypes_per_class, prototype_dim,
                                   off_class_weight=off_class_weight, seed=seed)
         self.channels_last = False

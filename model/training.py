@@ -81,7 +81,8 @@ def build_model(kind: str, train: TrainParams, num_classes: int) -> nn.Module:
     m = train.model
     trunk = build_backbone(m.backbone, m.weights, freeze_bn=m.freeze_bn)
     common = dict(prototypes_per_class=m.prototypes_per_class, prototype_dim=m.prototype_dim,
-                  off_class_weight=m.off_class_weight, seed=train.seed)
+                  off_class_weight=m.off_class_weight, addon_init=m.addon_init,
+                  seed=train.seed)
     if kind == "protomask":
         return ProtoMask(trunk, num_classes, **common)
     return ProtoPNet(trunk, num_classes, **common)

@@ -252,8 +252,14 @@ class ModelParams:
                             "BatchNorm momentum is 0.01: in a short run its running statistics "
                             "lag the batch statistics it trains with, so evaluation and push "
                             "see other features than training did.")
-    baseline_image_size: int = param(128, "Side of the full image fed to the ProtoPNet "
-                                     "baseline.", interval=Interval(16, 1024))
+    baseline_image_size: int = param(160, "Side of the full image fed to the ProtoPNet "
+                                     "baseline (the synthetic images' own size: nothing is "
+                                     "lost to resizing).", interval=Interval(16, 1024))
+    addon_init: str = param("default", "Initialisation of the add-on's 1x1 convs of both "
+                            "models: PyTorch's default, or ProtoPNet's kaiming normal (fan_out). "
+                            "With a 1280-channel trunk kaiming puts two thirds of the sigmoid "
+                            "outputs in saturation at the start and the baseline does not learn "
+                            "in a short schedule.", choices=("default", "kaiming"))
 
 
 @dataclass(frozen=True)

@@ -276,3 +276,34 @@ def test_build_model_freezes_batchnorm_by_default_param() -> None:
     trains = build_model("protomask", replace(TrainParams(),
                                               model=replace(tiny, freeze_bn=False)), 3).train()
     assert bn_training(trains) == {True}
+
+
+def test_addon_init_param_reaches_both_models_and_default_avoids_saturation() -> None:
+    """train.model.addon_init: with a wide trunk (1280 channels, activations up to 6 like
+    EfficientNet-Lite0's) ProtoPNet's kaiming fan_out init saturates most sigmoid outputs
+    at the start (the baseline then stayed at chance); PyTorch's default init does not."""
+    from dataclasses import replace
+
+    from model.head import make_addon
+    from model.training import build_model
+    from pipeline.params import ModelParams, TrainParams
+
+    torch.manual_seed(0)
+    trunk_out = torch.rand(4, 1280, 4, 4) * 2     # non-negative, mean 1, like a ReLU6 trunk
+
+    def saturated(kaiming: bool) -> float:
+        torch.manual_seed(0)
+        out = make_addon(1280, 32, 2, pool=False, kaiming=kaiming)(trunk_out)
+        return float(((out < 0.01) | (out > 0.99)).float().mean())
+
+    assert saturated(kaiming=True) > 0.5
+    assert saturated(kaiming=False) < 0.05
+    tiny = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2,
+                       prototype_dim=4)
+    assert tiny.addon_init == "default"
+    for kind in ("protomask", "protopnet"):
+        torch.manual_seed(0)
+        default = build_model(kind, replace(TrainParams(), model=tiny), 3).add_on[0]
+        kaiming = build_model(kind, replace(TrainParams(), model=replace(
+            tiny, addon_init="kaiming")), 3).add_on[0]
+        assert torch.count_nonzero(kaiming.bias) == 0 and torch.count_nonzero(default.bias) > 0
