@@ -12,7 +12,9 @@
 Run by hand (a throwaway synthetic project is built in a temporary folder):
 
     python benchmarks/crops.py [--classes 8] [--images-per-class 8] [--image-size 320]
-                               [--size 224] [--views 8]
+                               [--size 224] [--views 8] [--compression gzip lzf none]
+
+Each compression of param crops.compression is measured on the same views.
 """
 from __future__ import annotations
 
@@ -123,6 +125,8 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--compression", nargs="+", default=["gzip", "lzf", "none"],
+                        choices=["gzip", "lzf", "none"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,21 +134,25 @@ def main() -> None:
         params = build_project(root, args)
         run_crops(params, root)            # the index, for the naive run's boxes
         n_images = len(read_table(root / layout.IMAGES_INDEX, "images")[0])
-        t_ours, c_ours, b_ours = ours(params, root)
-        t_naive, c_naive, b_naive = naive(params, root, root / "naive")
-        print(f"{n_images} images of {args.image_size}px, {args.views} views of {args.size}px, "
-              f"{c_ours} distinct crops")
         kib = 1024 * n_images
-        print(f"ours : {c_ours / t_ours:8.1f} crops/s  {b_ours / kib:8.1f} KiB/image "
-              f"(crops + the whole image)")
+        t_naive, c_naive, b_naive = naive(params, root, root / "naive")
+        memory, sliced = memory_rates(root / layout.CROPS_DIR, args.batch_size, args.epochs)
+        print(f"{n_images} images of {args.image_size}px, {args.views} views of {args.size}px, "
+              f"{c_naive} distinct crops")
         print(f"naive: {c_naive / t_naive:8.1f} crops/s  {b_naive / kib:8.1f} KiB/image "
               f"(one PNG per crop)")
-        print(f"speed-up: {t_naive / t_ours * c_ours / c_naive:.1f}x (target >= 5x)")
-        memory, sliced = memory_rates(root / layout.CROPS_DIR, args.batch_size, args.epochs)
-        loaded = loader_rate(root / layout.CROPS_DIR, args.batch_size, args.epochs)
-        print(f"views/s: DataLoader over the crop shards, 2 workers {loaded:8.0f}; the same "
-              f"tensors from memory through a DataLoader {memory:8.0f} (memory/shards = "
-              f"{memory / loaded:.2f}, target <= 2); slicing one tensor {sliced:8.0f}")
+        print(f"views/s from memory: through a DataLoader {memory:8.0f}; slicing one tensor "
+              f"{sliced:8.0f}")
+        print("ours (crops + the whole image per shard), DataLoader with 2 workers:")
+        for compression in args.compression:
+            run = replace(params, crops=replace(params.crops, compression=compression))
+            run_crops(run, root)
+            t_ours, c_ours, b_ours = ours(run, root)
+            loaded = loader_rate(root / layout.CROPS_DIR, args.batch_size, args.epochs)
+            print(f"  {compression:5s}: {c_ours / t_ours:8.1f} crops/s "
+                  f"(speed-up {t_naive / t_ours * c_ours / c_naive:.1f}x, target >= 5x)  "
+                  f"{b_ours / kib:8.1f} KiB/image  loader {loaded:8.0f} views/s "
+                  f"(memory/shards = {memory / loaded:.2f}, target <= 2)")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def overlay(rgb: np.ndarray, saliency: np.ndarray, top_fraction: float,
     peak = float(np.percentile(positive, 99.5)) if positive.size else 0.0
     norm = np.clip(sal / peak, 0, 1) if peak > 0 else sal
     heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-    alpha = (0.85 * norm ** 0.7)[:, :, None]
+    alpha = (0.85 * norm)[:, :, None]     # linear: weak diffuse relevance stays faint
     out = (rgb * (1 - alpha) + heat * alpha).astype(np.uint8)
     f = max(1, int(np.ceil(TILE / max(rgb.shape[:2]))))
     out = cv2.resize(out, (rgb.shape[1] * f, rgb.shape[0] * f), interpolation=cv2.INTER_NEAREST)

@@ -4,7 +4,8 @@ One crop shard per mask shard (``crops-00003.h5`` from ``shard-00003.h5``). Layo
 
     attrs: format, version, fingerprint, size, fill, num_views, mask_shard
            (fixed-length strings and integers)
-    crops (R, S, S, 3) uint8   the distinct views, one chunk per crop (gzip), so one crop
+    crops (R, S, S, 3) uint8   the distinct views, one chunk per crop (gzip level 1, lzf or
+                               uncompressed: param crops.compression), so one crop
                                reads without its neighbours; an image's distinct views
                                are consecutive rows, in view order
     full  (N, S, S, 3) uint8   every image, whole, resized to S x S (the baseline's input)
@@ -57,15 +58,23 @@ def crop_shard_paths(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob("crops-*.h5"))
 
 
-def _images_dataset(f: h5py.File, name: str, images: np.ndarray) -> None:
-    """(n, S, S, 3) uint8, one gzip chunk per image."""
-    f.create_dataset(name, data=images, chunks=(1,) + images.shape[1:], compression="gzip",
-                     compression_opts=1, track_times=False)
+COMPRESSION = {"gzip": {"compression": "gzip", "compression_opts": 1},
+               "lzf": {"compression": "lzf"}, "none": {}}
+
+
+def _images_dataset(f: h5py.File, name: str, images: np.ndarray, compression: str) -> None:
+    """(n, S, S, 3) uint8, one chunk per image, compressed as ``compression`` says."""
+    if compression not in COMPRESSION:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSION)}, "
+                         f"got {compression!r}")
+    f.create_dataset(name, data=images, chunks=(1,) + images.shape[1:], track_times=False,
+                     **COMPRESSION[compression])
 
 
 def write_crop_shard(path: Path, crops: np.ndarray, full: np.ndarray,
                      views: Mapping[str, np.ndarray], *, fingerprint: str, size: int,
-                     fill: str, num_views: int, mask_shard: str) -> None:
+                     fill: str, num_views: int, mask_shard: str,
+                     compression: str = "gzip") -> None:
     """Write one crop shard atomically; identical inputs give identical bytes."""
     missing = set(VIEW_COLUMNS) - set(views)
     if missing or len(crops) == 0 or len(full) == 0:
@@ -80,8 +89,8 @@ def write_crop_shard(path: Path, crops: np.ndarray, full: np.ndarray,
                             "fingerprint": np.bytes_(fingerprint), "size": np.int32(size),
                             "fill": np.bytes_(fill), "num_views": np.int32(num_views),
                             "mask_shard": np.bytes_(mask_shard)})
-            _images_dataset(f, "crops", crops)
-            _images_dataset(f, "full", full)
+            _images_dataset(f, "crops", crops, compression)
+            _images_dataset(f, "full", full, compression)
             group = f.create_group("views")
             for name, (dtype, tail) in VIEW_COLUMNS.items():
                 data = np.asarray(views[name]).astype(dtype, copy=False)

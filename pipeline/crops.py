@@ -162,6 +162,7 @@ def crop_shard(task: CropTask) -> CropSummary:
                      {name: np.concatenate(parts) for name, parts in columns.items()},
                      fingerprint=task.fingerprint, size=task.params.size,
                      fill=task.params.fill, num_views=task.params.num_views,
+                     compression=task.params.compression,
                      mask_shard=Path(task.mask_path).name)
     return CropSummary(task.index, len(task.images), next_row)
 

@@ -207,6 +207,9 @@ class CropsParams:
                       "setting), zero (the default: the clutter and distractors around a part "
                       "are blanked out), or the "
                       "mask's mean colour.", choices=("original", "zero", "mean"))
+    compression: str = param("gzip", "Compression of the crop shards' images: gzip (level 1, the "
+                             "smallest files), lzf (faster to read and write, larger), none.",
+                             choices=("gzip", "lzf", "none"))
 
 
 # -------------------------------------------------------------------------- train
