@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+from pipeline import layout
 from tests.e2e import TINY, make_project, run, set_param
+
+EVALUATE = {"evaluate@protomask", "evaluate@protopnet"}
 
 
 def stages_run(output: str) -> set[str]:
@@ -19,6 +25,23 @@ def changed_stages(project: Path) -> set[str]:
     out = run(["dvc", "status"], project).stdout
     return {line.rstrip(":").strip() for line in out.splitlines()
             if line and not line.startswith(("\t", " ")) and line.rstrip().endswith(":")}
+
+
+def snapshot(project: Path, target: Path) -> Path:
+    """A copy of the shared project (workspace, git history, DVC cache) with its current,
+    reproduced state committed: experiments need a baseline commit, and whatever a test does
+    to the copy leaves the shared project and the other tests' order alone."""
+    shutil.copytree(project, target, symlinks=True)
+    run(["git", "add", "-A"], target)
+    run(["git", "commit", "-qm", "baseline", "--allow-empty"], target)
+    return target
+
+
+def digests(root: Path, paths: list[Path]) -> dict[str, str]:
+    """sha256 of every file under ``paths`` (files or folders), by path relative to root."""
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in files if f.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +86,52 @@ def test_a_crops_param_reruns_crops_and_what_follows_only(project: Path) -> None
     rerun = stages_run(run(["dvc", "repro"], project).stdout)
     assert {"crops", "train@protomask", "train@protopnet"} <= rerun
     assert not {"synthesize", "prepare", "segment"} & rerun
+
+
+def test_an_experiment_on_a_train_param_retrains_from_the_cached_crops(project: Path,
+                                                                       tmp_path: Path) -> None:
+    """`dvc exp run -S train.seed=1` reruns train, evaluate and compare only, and
+    `dvc exp show` lists the experiment with its param and train metrics beside the baseline."""
+    repo = snapshot(project, tmp_path / "repo")
+    ran = stages_run(run(["dvc", "exp", "run", "-n", "seed1", "-S", "train.seed=1"],
+                         repo).stdout)
+    assert ran == {"train@protomask", "train@protopnet", "compare"} | EVALUATE
+    rows = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    baseline = next(row for row in rows if row["rev"] != "workspace")
+    experiments = {e["name"]: e["revs"][0]["data"] for e in baseline["experiments"] or []}
+    assert set(experiments) == {"seed1"}
+    base, exp = baseline["data"], experiments["seed1"]
+    assert base["params"]["params.yaml"]["data"]["train"]["seed"] == 0
+    assert exp["params"]["params.yaml"]["data"]["train"]["seed"] == 1
+    for model in ("protomask", "protopnet"):
+        metrics = exp["metrics"][f"metrics/train/{model}.json"]["data"]
+        assert {"best_val_accuracy", "best_step", "steps"} <= set(metrics)
+        trained = f"artifacts/train/{model}"
+        assert exp["outs"][trained]["hash"] != base["outs"][trained]["hash"]
+    assert exp["outs"]["artifacts/crops"]["hash"] == base["outs"]["artifacts/crops"]["hash"]
+
+
+def test_an_evaluate_param_changes_only_the_evaluate_stages(project: Path,
+                                                            tmp_path: Path) -> None:
+    """Each stage depends on its own params section only: a new `evaluate.top_k` leaves
+    synthesize to train up to date (`dvc status`, `dvc repro --dry`)."""
+    repo = snapshot(project, tmp_path / "repo")
+    set_param(repo, "evaluate.top_k", 3)
+    assert changed_stages(repo) == EVALUATE
+    dry = stages_run(run(["dvc", "repro", "--dry"], repo).stdout)
+    assert EVALUATE <= dry <= EVALUATE | {"compare"}
+
+
+def test_a_stage_run_by_hand_writes_what_dvc_repro_wrote(project: Path,
+                                                         tmp_path: Path) -> None:
+    """`protomask crops` run by hand from scratch writes the bytes `dvc repro` wrote, so
+    `dvc status` finds the stage up to date afterwards."""
+    repo = snapshot(project, tmp_path / "repo")
+    outputs = [repo / layout.CROPS_DIR, repo / layout.CROPS_METRICS]
+    by_dvc = digests(repo, outputs)
+    assert any(name.endswith(".h5") for name in by_dvc)
+    shutil.rmtree(outputs[0])
+    outputs[1].unlink()
+    run(["protomask", "crops"], repo)
+    assert digests(repo, outputs) == by_dvc
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
