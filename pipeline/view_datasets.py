@@ -64,10 +64,14 @@ def build_augmentation(params: AugmentParams) -> v2.Compose:
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float32, scaled to [0, 1] and ImageNet-normalised."""
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
     scale = 1.0 / (255.0 * std)
-    shift = -torch.tensor(IMAGENET_MEAN).view(3, 1, 1) / std
-    return images.contiguous().to(torch.float32).mul_(scale).add_(shift)
+    shift = -torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1) / std
+    # one strided uint8 -> float32 copy into a contiguous tensor, then two in-place ops:
+    # half the time of contiguous() + to() on (M, 3, 224, 224) views permuted from HWC
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    out.copy_(images)
+    return out.mul_(scale).add_(shift)
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
