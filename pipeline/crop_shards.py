@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
+from pipeline.hdf5_files import attr_text, open_stamped, stamped_fingerprint
 
 FORMAT = "protomask.crops"
 VERSION = 1
@@ -99,19 +100,9 @@ def write_crop_shard(path: Path, crops: np.ndarray, full: np.ndarray,
                 group.create_dataset(name, data=data, track_times=False)
 
 
-def _text(value: object) -> str:
-    return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
-
-
 def crop_shard_fingerprint(path: Path) -> str | None:
     """The fingerprint a complete crop shard was written with, or None if unreadable."""
-    try:
-        with h5py.File(path, "r") as f:
-            if _text(f.attrs.get("format")) != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
-                return None
-            return _text(f.attrs["fingerprint"])
-    except (OSError, KeyError, ValueError):
-        return None
+    return stamped_fingerprint(path, FORMAT, VERSION)
 
 
 class CropShard:
@@ -119,25 +110,14 @@ class CropShard:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        try:
-            self._file = h5py.File(self.path, "r")
-            fmt, version = _text(self._file.attrs.get("format")), self._file.attrs.get("version")
-        except OSError as exc:
-            raise ArtifactError(f"{self.path}: not a readable crop shard ({exc})") from None
-        if fmt != FORMAT:
-            self._file.close()
-            raise ArtifactError(f"{self.path}: not a protomask crop shard (format {fmt!r})")
-        if int(version) != VERSION:
-            self._file.close()
-            raise ArtifactError(f"{self.path}: crop shard version {version} is not known to "
-                                f"this code (it reads version {VERSION}); rerun crops")
+        self._file = open_stamped(self.path, FORMAT, VERSION, "crop shard", "crops")
         try:
             self.crops = self._file["crops"]
             self.full = self._file["full"]
         except KeyError as exc:
             self._file.close()
             raise ArtifactError(f"{self.path}: corrupt crop shard ({exc})") from None
-        self.fingerprint = _text(self._file.attrs["fingerprint"])
+        self.fingerprint = attr_text(self._file.attrs["fingerprint"])
         self.size = int(self._file.attrs["size"])
 
     def __enter__(self) -> "CropShard":

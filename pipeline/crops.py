@@ -9,7 +9,6 @@ resumed run ends with the same bytes as an uninterrupted one.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -29,7 +28,7 @@ from pipeline.errors import ArtifactError, ImageDecodeError
 from pipeline.execution import dask_client, map_tasks, remove_stale
 from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.mask_shards import MaskShard, shard_paths
-from pipeline.params import CropsParams, Params, as_dict
+from pipeline.params import CropsParams, Params, as_dict, text_fingerprint
 from pipeline.segmenters.base import MaskSet
 from pipeline.tables import read_table, write_columns
 from pipeline.views import ViewPlan, boxes_and_areas, cut_view, decode_masks, plan_views, \
@@ -168,11 +167,6 @@ def crop_shard(task: CropTask) -> CropSummary:
 
 
 # ------------------------------------------------------------------------ planning
-def text_fingerprint(text: str) -> str:
-    """A short stable hash of a string."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def mask_shard_index(path: Path) -> int:
     """The number in a mask shard's name (shard-00003.h5 -> 3)."""
     match = _MASK_SHARD.fullmatch(path.name)

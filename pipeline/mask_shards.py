@@ -28,6 +28,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
+from pipeline.hdf5_files import open_stamped, stamped_fingerprint
 from pipeline.segmenters.base import MaskSet
 
 FORMAT = "protomask.masks"
@@ -114,13 +115,7 @@ def write_shard(path: Path, results: Sequence[ImageResult], *, fingerprint: str,
 
 def shard_fingerprint(path: Path) -> str | None:
     """The fingerprint a complete shard was written with, or None if unreadable."""
-    try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
-                return None
-            return str(f.attrs["fingerprint"])
-    except (OSError, KeyError):
-        return None
+    return stamped_fingerprint(path, FORMAT, VERSION)
 
 
 class MaskShard:
@@ -128,18 +123,7 @@ class MaskShard:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        try:
-            self._file = h5py.File(self.path, "r")
-            fmt, version = self._file.attrs.get("format"), self._file.attrs.get("version")
-        except OSError as exc:
-            raise ArtifactError(f"{self.path}: not a readable mask shard ({exc})") from None
-        if fmt != FORMAT:
-            self._file.close()
-            raise ArtifactError(f"{self.path}: not a protomask mask shard (format {fmt!r})")
-        if int(version) != VERSION:
-            self._file.close()
-            raise ArtifactError(f"{self.path}: mask shard version {version} is not known to "
-                                f"this code (it reads version {VERSION}); rerun segment")
+        self._file = open_stamped(self.path, FORMAT, VERSION, "mask shard", "segment")
         try:
             images = self._file["images"]
             self.image_ids = images["image_id"][:]

@@ -490,10 +490,15 @@ def as_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
 
 
+def text_fingerprint(text: str) -> str:
+    """A short stable hash of a string (16 hex digits of its SHA-256)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def fingerprint(*sections: Any) -> str:
     """A short stable hash of one or more sections' values (order of keys ignored)."""
-    payload = json.dumps([as_dict(s) for s in sections], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return text_fingerprint(json.dumps([as_dict(s) for s in sections], sort_keys=True,
+                                       separators=(",", ":")))
 
 
 def defaults_yaml() -> str:

@@ -20,7 +20,7 @@ from pipeline.errors import ImageDecodeError, ProtomaskError
 from pipeline.execution import dask_client, local_worker_count, map_tasks, remove_stale
 from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.mask_shards import ImageResult, shard_fingerprint, write_shard
-from pipeline.params import Params, SegmentParams, fingerprint
+from pipeline.params import Params, SegmentParams, fingerprint, text_fingerprint
 from pipeline.tables import read_table
 
 _SEGMENTERS: dict[str, object] = {}   # per worker process: the loaded model, built once
@@ -130,18 +130,11 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardT
     for index, start in enumerate(range(0, len(rows), seg.shard_size)):
         chunk = rows[start:start + seg.shard_size]
         ids = tuple(int(i) for i, _ in chunk)
-        fp = fingerprint_text(base + json.dumps(ids))
+        fp = text_fingerprint(base + json.dumps(ids))
         tasks.append(ShardTask(index, ids, tuple(p for _, p in chunk),
                                str(project_root / params.data.root),
                                str(out_dir / f"shard-{index:05d}.h5"), fp, checkpoint_sha, seg))
     return tasks
-
-
-def fingerprint_text(text: str) -> str:
-    """A short stable hash of a string."""
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
