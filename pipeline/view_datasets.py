@@ -202,7 +202,9 @@ class FullImageDataset(_CropsDataset):
         else:
             image = load_rgb(resolve_inside(self.data_root, str(self.paths[index])))
             pixels = resize_square(image, self.out_size)
-        return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        # a decoded image at its own size comes back unresized and read-only: copy it
+        pixels = np.require(pixels, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+        return torch.from_numpy(pixels).permute(2, 0, 1)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         image = self._augmented(self.raw_image(index), index, per_view=False)

@@ -123,3 +123,29 @@ def test_full_images_stored_or_decoded_at_another_size(crops_dir) -> None:
                                              .permute(2, 0, 1)))
     with pytest.raises(ValueError, match="give data_root"):
         FullImageDataset(crops_dir, "val", size=40)
+
+
+def test_full_images_at_their_own_size_are_writable_copies(crops_dir, monkeypatch) -> None:
+    """The baseline's default size is the images' own: the decoded image comes back
+    unresized, and a decoder may return it read-only; torch must get a writable copy
+    (never the decoder's buffer: augmentation writes in place)."""
+    import pipeline.view_datasets as view_datasets
+
+    project = crops_dir.parent.parent
+    decoded = []
+
+    def read_only_rgb(path):
+        pixels = load_rgb(path)
+        pixels.flags.writeable = False
+        decoded.append(pixels)
+        return pixels
+
+    monkeypatch.setattr(view_datasets, "load_rgb", read_only_rgb)
+    probe = FullImageDataset(crops_dir, "val", size=17, data_root=project / "data/synthetic")
+    probe.raw_image(0)
+    side = decoded[0].shape[0]
+    dataset = FullImageDataset(crops_dir, "val", size=side, data_root=project / "data/synthetic")
+    raw = dataset.raw_image(0)
+    assert raw.shape == (3, side, side)
+    assert torch.equal(raw, torch.from_numpy(decoded[-1].copy()).permute(2, 0, 1))
+    assert raw.data_ptr() != decoded[-1].ctypes.data
