@@ -206,10 +206,32 @@ class MBConvSkipCanonizer(AttributeCanonizer):
         return self.canonizer_sum(torch.stack([inputs, x], dim=-1))
 
 
+class ExactMergeBatchNorm(SequentialMergeBatchNorm):
+    """zennit's BatchNorm merge, with the merged BatchNorm an exact identity on every
+    zennit and torch version, and its ``eps`` restored on removal.
+
+    zennit 0.5 leaves ``eps`` as it was (the merged BatchNorm then divides by
+    sqrt(1 + eps), not by 1); zennit 1.0 sets it to 0, which torch 2.11 rejects in eval mode
+    too ("batch_norm eps must be positive"). A positive ``eps`` far below float32's
+    resolution at 1 gives sqrt(1 + eps) == 1 exactly.
+    """
+
+    IDENTITY_EPS = 1e-20
+
+    def register(self, linears, batch_norm) -> None:
+        self.saved_eps = batch_norm.eps
+        super().register(linears, batch_norm)
+        batch_norm.eps = self.IDENTITY_EPS
+
+    def remove(self) -> None:
+        super().remove()
+        self.batch_norm.eps = self.saved_eps
+
+
 def canonizers() -> list:
     """BatchNorm merged into the preceding conv; residual sums of ResNet and EfficientNet as
     ``Sum`` modules. Each applies only where its pattern occurs."""
-    return [SequentialMergeBatchNorm(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer(),
+    return [ExactMergeBatchNorm(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer(),
             MBConvSkipCanonizer()]
 
 

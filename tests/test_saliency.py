@@ -172,3 +172,30 @@ def test_report_shows_prototypes_round_robin_over_classes() -> None:
     assert shown_prototypes(classes, 4) == [0, 1, 3, 6]
     assert shown_prototypes(classes, None) == list(range(9))
     assert shown_prototypes(classes, 0) == []
+
+
+def test_merged_batchnorm_is_an_exact_identity_with_positive_eps() -> None:
+    """The canonizer folds BatchNorm into the conv: same outputs (zennit 0.5 left the BN
+    dividing by sqrt(1 + eps)), a positive eps (zennit 1.0's 0 fails on torch 2.11), and
+    every attribute restored on removal."""
+    from torch import nn
+
+    from model.saliency import ExactMergeBatchNorm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, eps=1e-3), nn.ReLU()).eval()
+    bn = net[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 2)
+    bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(2, 3, 8, 8)
+    before = net(x)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    instances = ExactMergeBatchNorm().apply(net)
+    assert len(instances) == 1 and 0 < bn.eps < 1e-12
+    assert torch.allclose(net(x), before, rtol=1e-6, atol=1e-6)
+    for instance in instances:
+        instance.remove()
+    assert bn.eps == 1e-3
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
