@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -88,10 +89,6 @@ def gather_rows(ids: torch.Tensor, *columns: torch.Tensor) -> tuple[torch.Tensor
     dist.all_gather_object(gathered, (ids, *columns))
     ids = torch.cat([g[0] for g in gathered])
     cols = [torch.cat([g[k + 1] for g in gathered]) for k in range(len(columns))]
-    keep = torch.zeros(len(ids), dtype=torch.bool)
-    seen: set[int] = set()
-    for i, v in enumerate(ids.tolist()):
-        if v not in seen:
-            seen.add(v)
-            keep[i] = True
+    _, first = np.unique(ids.cpu().numpy(), return_index=True)   # first occurrence of each id
+    keep = torch.from_numpy(np.sort(first))
     return (ids[keep], *[c[keep] for c in cols])
