@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import cv2
-import h5py
 import numpy as np
 import pyarrow.compute as pc
 import torch
@@ -72,6 +71,7 @@ from model.saliency import (PrototypeSimilarity, paste_back, prototype_saliency,
 from model.training import MODELS, build_model, resolve_device
 from pipeline import layout
 from pipeline.atomic import atomic_file
+from pipeline.crop_shards import CropShard
 from pipeline.errors import ArtifactError, ParamsError
 from pipeline.imageio import load_rgb, read_mask_png, resolve_inside
 from pipeline.mask_shards import MaskShard
@@ -237,10 +237,10 @@ class Inputs:
         return out
 
 
-def _shard_attr(path: Path, name: str) -> Any:
-    with h5py.File(path, "r") as f:
-        value = f.attrs[name]
-    return value.decode() if isinstance(value, bytes) else value
+def _shard_attr(path: Path, name: str) -> str:
+    """A crop shard's ``fill`` or ``mask_shard`` (CropShard names a missing/damaged file)."""
+    with CropShard(path) as shard:
+        return str(getattr(shard, name))
 
 
 def _mask_shard_path(project_root: Path, crops_dir: Path, crop_shard: str) -> Path:
@@ -512,14 +512,7 @@ def _finite(maps: Tensor) -> Tensor:
 
 
 def _device(ev: EvaluateParams) -> torch.device:
-    import re
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", ev.device):
-        raise ParamsError(f"evaluate.device must be one of auto | cpu | cuda | cuda:N, "
-                          f"got {ev.device!r}")
-    device = resolve_device(ev.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ParamsError(f"evaluate.device is {ev.device} but no CUDA device is available")
-    return device
+    return resolve_device(ev.device, "evaluate.device")
 
 
 # ------------------------------------------------------------------ randomisation check

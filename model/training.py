@@ -15,6 +15,7 @@ last step. The test split is never read here.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from contextlib import nullcontext
@@ -37,7 +38,7 @@ from model.protopnet import ProtoPNet
 from model.push import push_prototypes
 from pipeline import layout
 from pipeline.atomic import atomic_file
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, ParamsError
 from pipeline.params import Params, TrainParams, as_dict, fingerprint
 from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset
@@ -67,12 +68,17 @@ def schedule(train: TrainParams) -> list[Step]:
     return steps
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto -> this rank's GPU when there is one, else the CPU."""
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """auto -> this rank's GPU when there is one, else the CPU; ``key`` names the param in
+    the one-line error for a malformed value or a GPU asked for on a machine without one."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ParamsError(f"{key} must be one of auto | cpu | cuda | cuda:N, got {name!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", dist_utils.local_rank() % torch.cuda.device_count())
         return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamsError(f"{key} is {name} but no CUDA device is available")
     return torch.device(name)
 
 

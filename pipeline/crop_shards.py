@@ -119,6 +119,8 @@ class CropShard:
             raise ArtifactError(f"{self.path}: corrupt crop shard ({exc})") from None
         self.fingerprint = attr_text(self._file.attrs["fingerprint"])
         self.size = int(self._file.attrs["size"])
+        self.fill = attr_text(self._file.attrs["fill"])
+        self.mask_shard = attr_text(self._file.attrs["mask_shard"])
 
     def __enter__(self) -> "CropShard":
         return self

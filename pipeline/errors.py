@@ -17,8 +17,9 @@ class DatasetError(ProtomaskError):
 class ImageDecodeError(ProtomaskError):
     """A file is not a decodable image; ``reason`` says why."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: str, reason: str | None = None) -> None:
+        # one argument: a whole message (how torch's DataLoader re-raises a worker's error)
+        super().__init__(path if reason is None else f"{path}: {reason}")
         self.path = path
         self.reason = reason
 

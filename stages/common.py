@@ -12,6 +12,16 @@ from pipeline.errors import ProtomaskError
 from pipeline.params import Params, load_params
 
 
+def one_line(exc: ProtomaskError) -> str:
+    """The error's message; for one re-raised by a DataLoader worker (torch wraps the
+    worker's traceback into the message), the original message from its last line."""
+    text = str(exc)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def stage_command(name: str, help: str) -> Callable[[Callable[..., Any]], click.Command]:
     """Turn ``fn(params, **options)`` into a click command with ``--params PATH``.
 
@@ -30,7 +40,7 @@ def stage_command(name: str, help: str) -> Callable[[Callable[..., Any]], click.
                 params: Params = load_params(params_path)
                 fn(params, **options)
             except ProtomaskError as exc:
-                click.echo(f"protomask {name}: {exc}", err=True)
+                click.echo(f"protomask {name}: {one_line(exc)}", err=True)
                 sys.exit(1)
 
         return command
