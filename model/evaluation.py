@@ -206,8 +206,10 @@ class Inputs:
                 crops_dir, "test", size=train.model.baseline_image_size, data_root=self.data_root,
                 images_index=project_root / layout.IMAGES_INDEX)
         self.size = self.dataset.size if kind == "protomask" else self.dataset.out_size
-        self.fill = str(_shard_attr(crops_dir / str(self.dataset.shard_names[0]), "fill")) \
-            if len(self.dataset) else "original"
+        self.fill = "original"
+        if len(self.dataset):
+            with CropShard(crops_dir / str(self.dataset.shard_names[0])) as shard:
+                self.fill = shard.fill
         self.crops_dir = crops_dir
 
     def raw(self, index: int) -> Tensor:
@@ -237,15 +239,9 @@ class Inputs:
         return out
 
 
-def _shard_attr(path: Path, name: str) -> str:
-    """A crop shard's ``fill`` or ``mask_shard`` (CropShard names a missing/damaged file)."""
-    with CropShard(path) as shard:
-        return str(getattr(shard, name))
-
-
 def _mask_shard_path(project_root: Path, crops_dir: Path, crop_shard: str) -> Path:
-    name = _shard_attr(crops_dir / crop_shard, "mask_shard")
-    return project_root / layout.SEGMENT_DIR / str(name)
+    with CropShard(crops_dir / crop_shard) as shard:
+        return project_root / layout.SEGMENT_DIR / shard.mask_shard
 
 
 def load_image(data_root: Path, path: str) -> np.ndarray:

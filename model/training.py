@@ -15,7 +15,6 @@ last step. The test split is never read here.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from contextlib import nullcontext
@@ -36,14 +35,14 @@ from model.losses import LossWeights, class_weights, prototype_loss
 from model.protomask import ProtoMask
 from model.protopnet import ProtoPNet
 from model.push import push_prototypes
-from pipeline import layout
+from pipeline import devices, layout
 from pipeline.atomic import atomic_file
-from pipeline.errors import ArtifactError, ParamsError
+from pipeline.errors import ArtifactError
 from pipeline.params import Params, TrainParams, as_dict, fingerprint
 from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset
 
-MODELS = ("protomask", "protopnet")
+MODELS = layout.MODELS
 TRAINED_GROUPS = {
     "warmup": ("add_on", "prototypes"),
     "joint": ("trunk", "add_on", "prototypes"),
@@ -69,17 +68,8 @@ def schedule(train: TrainParams) -> list[Step]:
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
-    """auto -> this rank's GPU when there is one, else the CPU; ``key`` names the param in
-    the one-line error for a malformed value or a GPU asked for on a machine without one."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise ParamsError(f"{key} must be one of auto | cpu | cuda | cuda:N, got {name!r}")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist_utils.local_rank() % torch.cuda.device_count())
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ParamsError(f"{key} is {name} but no CUDA device is available")
-    return torch.device(name)
+    """auto -> this rank's GPU when there is one, else the CPU (see pipeline.devices)."""
+    return torch.device(devices.resolve_device(name, key, dist_utils.local_rank()))
 
 
 def build_model(kind: str, train: TrainParams, num_classes: int) -> nn.Module:

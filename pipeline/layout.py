@@ -25,6 +25,7 @@ CROPS_DIR = ARTIFACTS / "crops"              # crop shards + crops index (persis
 CROPS_INDEX = CROPS_DIR / "crops.parquet"
 CROPS_METRICS = METRICS / "crops.json"
 
+MODELS = ("protomask", "protopnet")          # the trained networks, one folder each
 TRAIN_DIR = ARTIFACTS / "train"              # one persistent folder per model
 
 

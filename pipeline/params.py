@@ -392,7 +392,8 @@ class Params:
             raise ParamsError(f"data.root must be {SYNTHETIC_ROOT} when data.source is synthetic, "
                               f"got {self.data.root!r}")
         for key, value in (("segment.device", self.segment.device),
-                           ("train.device", self.train.device)):
+                           ("train.device", self.train.device),
+                           ("evaluate.device", self.evaluate.device)):
             if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
                 raise ParamsError(f"{key} must be one of auto | cpu | cuda | cuda:N, "
                                   f"got {value!r}")

@@ -8,8 +8,15 @@ from typing import Any, Callable
 
 import click
 
+from pipeline import layout
 from pipeline.errors import ProtomaskError
 from pipeline.params import Params, load_params
+
+
+def model_option(help: str) -> Callable:
+    """``--model protomask|protopnet`` (default protomask), shared by train and evaluate."""
+    return click.option("--model", "kind", type=click.Choice(list(layout.MODELS)),
+                        default=layout.MODELS[0], show_default=True, help=help)
 
 
 def one_line(exc: ProtomaskError) -> str:

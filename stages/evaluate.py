@@ -6,7 +6,7 @@ import click
 
 from pipeline import layout
 from pipeline.params import Params
-from stages.common import stage_command
+from stages.common import model_option, stage_command
 
 
 @stage_command("evaluate", help=(
@@ -16,8 +16,7 @@ from stages.common import stage_command
     "copy of each image for stability/PSC/PRC/CRC; a model-randomisation sanity check. Writes "
     "metrics/evaluate/<model>.json and the report artifacts/evaluate/<model>/index.html "
     "(+ PNGs), as params evaluate says."))
-@click.option("--model", "kind", type=click.Choice(["protomask", "protopnet"]),
-              default="protomask", show_default=True, help="Which trained network.")
+@model_option("Which trained network.")
 def evaluate(params: Params, kind: str) -> None:
     from model.evaluation import run_evaluation
 
@@ -40,7 +39,7 @@ def compare(params: Params) -> None:
 
     run_compare()
     docs = {k: json.loads((layout.evaluate_metrics(k)).read_text())
-            for k in ("protomask", "protopnet")}
+            for k in layout.MODELS}
     click.echo(f"compare: {layout.COMPARISON}: {claim_sentence(docs)}")
 
 

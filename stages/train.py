@@ -5,7 +5,7 @@ import click
 
 from pipeline import layout
 from pipeline.params import Params
-from stages.common import stage_command
+from stages.common import model_option, stage_command
 
 
 @stage_command("train", help=(
@@ -13,8 +13,7 @@ from stages.common import stage_command
     "params train says. Checkpoints go to artifacts/train/<model>/{latest,best,final}; a "
     "rerun continues an interrupted run (same params), dvclive logs go to "
     "artifacts/train/<model>/dvclive. Under torchrun it trains with DistributedDataParallel."))
-@click.option("--model", "kind", type=click.Choice(["protomask", "protopnet"]),
-              default="protomask", show_default=True, help="Which network to train.")
+@model_option("Which network to train.")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue from latest/ when its params match, or start over.")
 def train(params: Params, kind: str, resume: bool) -> None:

@@ -33,12 +33,17 @@ def test_an_image_error_in_a_dataloader_worker_ends_the_stage_in_one_line(tmp_pa
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.parametrize("key", ["train.device", "evaluate.device"])
+@pytest.mark.parametrize("key", ["segment.device", "train.device", "evaluate.device"])
 def test_a_gpu_asked_for_without_one_is_named(key: str) -> None:
+    from dataclasses import replace
+
     from model.training import resolve_device
+    from pipeline.params import Params
 
     with pytest.raises(ParamsError, match=f"^{key} is cuda:1 but no CUDA device is available"):
         resolve_device("cuda:1", key)
+    section, name = key.split(".")
+    bad = replace(Params(), **{section: replace(getattr(Params(), section), **{name: "gpu"})})
     with pytest.raises(ParamsError, match=f"^{key} must be one of auto"):
-        resolve_device("gpu", key)
+        bad.check()
     assert resolve_device("auto", key) == torch.device("cpu")

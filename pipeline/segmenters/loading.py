@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 
+from pipeline.devices import resolve_device
 from pipeline.errors import ProtomaskError
 from pipeline.params import SegmentParams
 from pipeline.segmenters.base import MaskSet
@@ -39,18 +40,6 @@ def checkpoint_path(params: SegmentParams) -> Path:
     return path
 
 
-def resolve_device(name: str, worker_index: int = 0) -> str:
-    """auto -> cuda:<worker_index mod GPUs> when GPUs exist, else cpu; others unchanged."""
-    import torch
-
-    if name == "auto":
-        count = torch.cuda.device_count()
-        return f"cuda:{worker_index % count}" if count else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ProtomaskError(f"segment.device is {name} but no CUDA device is available")
-    return name
-
-
 def load_sam(params: SegmentParams, device: str):
     """A SAM model from ``segment.sam.checkpoint`` (loaded with weights_only=True)."""
     import torch
@@ -78,7 +67,7 @@ def build_segmenter(params: SegmentParams, worker_index: int = 0) -> Segmenter:
         return lambda images: [segment_classical(image, params.classical) for image in images]
     from pipeline.segmenters.sam_batched import BatchedSamGenerator
 
-    device = resolve_device(params.device, worker_index)
+    device = resolve_device(params.device, "segment.device", worker_index)
     s = params.sam
     generator = BatchedSamGenerator(
         load_sam(params, device), points_per_side=s.points_per_side,
