@@ -45,3 +45,12 @@ def evaluate_dir(model: str) -> Path:
 def evaluate_metrics(model: str) -> Path:
     """metrics/evaluate/<model>.json"""
     return METRICS / "evaluate" / f"{model}.json"
+
+# Wall-clock facts of the last run of each stage (seconds, images/s, shards reused): not a
+# DVC output and not in git, so a rerun with the same inputs changes no tracked hash.
+RUN_LOGS = Path("logs")
+
+
+def run_log(name: str) -> Path:
+    """logs/<name>.json (e.g. logs/segment.json, logs/train-protomask.json)"""
+    return RUN_LOGS / f"{name}.json"
