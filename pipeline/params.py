@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -50,9 +51,18 @@ class Interval:
 
 
 def param(default: Any, doc: str, *, choices: tuple | None = None,
-          interval: Interval | None = None) -> Any:
-    """A schema field: default, one-line documentation and allowed values."""
-    meta = {"doc": doc, "choices": choices, "interval": interval}
+          interval: Interval | None = None, speed_only: bool = False,
+          stage: str | None = None) -> Any:
+    """A schema field: default, one-line documentation and allowed values.
+
+    ``speed_only`` marks a key that changes only speed or placement (threads, devices,
+    batch sizes), never a result: :func:`result_fingerprint` and :func:`result_keys` (the
+    DVC params lists) leave it out, so changing it invalidates no finished work.
+    ``stage`` names the DVC stage that reads the key when it is not the stage of its
+    section (e.g. compare reads some evaluate keys): only that stage's params list has it.
+    """
+    meta = {"doc": doc, "choices": choices, "interval": interval, "speed_only": speed_only,
+            "stage": stage}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -60,7 +70,8 @@ def param(default: Any, doc: str, *, choices: tuple | None = None,
 
 def section(cls: type, doc: str) -> Any:
     """A nested section (a dataclass) with its defaults."""
-    return field(default_factory=cls, metadata={"doc": doc, "choices": None, "interval": None})
+    return field(default_factory=cls, metadata={"doc": doc, "choices": None, "interval": None,
+                                                "speed_only": False, "stage": None})
 
 
 # --------------------------------------------------------------------------- data
@@ -100,7 +111,7 @@ class DataParams:
     max_reject_fraction: float = param(0.05, "prepare fails when more than this share of "
                                        "images cannot be decoded.", interval=Interval(0, 1))
     decode_workers: int = param(2, "Threads decoding images in prepare.",
-                                interval=Interval(1, 256))
+                                interval=Interval(1, 256), speed_only=True)
     synthetic: SyntheticParams = section(SyntheticParams, "The synthetic dataset generator.")
 
 
@@ -118,9 +129,9 @@ class SamParams:
     checkpoint: Optional[str] = param(None, "Local SAM checkpoint file (e.g. "
                                       "sam_vit_h_4b8939.pth); nothing is ever downloaded.")
     points_per_side: int = param(32, "Point prompts per image side.", interval=Interval(1, 256))
-    points_per_batch: Optional[int] = param(None, "Prompts decoded in one call (speed and "
-                                            "memory only; null: 1024 on CUDA, 256 on CPU).",
-                                            interval=Interval(1, 65536))
+    points_per_batch: Optional[int] = param(None, "Prompts decoded in one call (memory; "
+                                            "null: 1024 on CUDA, 256 on CPU).",
+                                            interval=Interval(1, 65536), speed_only=True)
     pred_iou_thresh: float = param(0.86, "Keep masks whose predicted IoU exceeds this.",
                                    interval=Interval(0, 1))
     stability_score_thresh: float = param(0.92, "Keep masks whose stability score exceeds this.",
@@ -140,7 +151,7 @@ class SamParams:
     min_mask_region_area: int = param(0, "Remove holes and islands smaller than this (px).",
                                       interval=Interval(0, 1_000_000))
     images_per_batch: int = param(4, "Images whose encoder pass runs as one batch.",
-                                  interval=Interval(1, 256))
+                                  interval=Interval(1, 256), speed_only=True)
     bf16: bool = param(False, "bf16 autocast on CUDA (fp32 otherwise).")
 
 
@@ -179,13 +190,15 @@ class SegmentParams:
 
     backend: str = param("classical", "Segmenter: sam (needs segment.sam.checkpoint) or the "
                          "offline scikit-image one.", choices=("classical", "sam"))
-    device: str = param("auto", "auto | cpu | cuda | cuda:N (auto: every GPU if any, else CPU).")
+    device: str = param("auto", "auto | cpu | cuda | cuda:N (auto: every GPU if any, else CPU).",
+                        speed_only=True)
     shard_size: int = param(32, "Images per HDF5 shard (the unit of work and of resume).",
                             interval=Interval(1, 1_000_000))
     workers: int = param(2, "Local dask worker processes on CPU (one per GPU on GPUs).",
-                         interval=Interval(1, 1024))
+                         interval=Interval(1, 1024), speed_only=True)
     scheduler: Optional[str] = param(None, "Address of an existing dask scheduler "
-                                     "(e.g. tcp://10.0.0.5:8786); null: a local cluster.")
+                                     "(e.g. tcp://10.0.0.5:8786); null: a local cluster.",
+                                     speed_only=True)
     sam: SamParams = section(SamParams, "Segment Anything settings.")
     classical: ClassicalParams = section(ClassicalParams, "Classical segmenter settings.")
 
@@ -300,14 +313,15 @@ class TrainParams:
 
     seed: int = param(0, "Seed of initialisation, shuffling and augmentation.",
                       interval=Interval(0, 2**31 - 1))
-    device: str = param("auto", "auto | cpu | cuda | cuda:N.")
+    device: str = param("auto", "auto | cpu | cuda | cuda:N.", speed_only=True)
     bf16: bool = param(True, "bf16 autocast on CUDA (ignored on CPU).")
-    channels_last: bool = param(True, "channels_last memory format on CUDA.")
+    channels_last: bool = param(True, "channels_last memory format on CUDA.", speed_only=True)
     batch_size: int = param(16, "Images per step (each with all its views).",
                             interval=Interval(1, 4096))
     accumulate: int = param(1, "Gradient accumulation steps per optimiser step.",
                             interval=Interval(1, 1024))
-    loader_workers: int = param(2, "DataLoader worker processes.", interval=Interval(0, 64))
+    loader_workers: int = param(2, "DataLoader worker processes.", interval=Interval(0, 64),
+                                speed_only=True)
     warmup_epochs: int = param(2, "Warm-up: trunk frozen, add-on and prototypes trained.",
                                interval=Interval(0, 10000))
     joint_epochs: int = param(8, "Joint: everything trained.", interval=Interval(0, 10000))
@@ -345,7 +359,8 @@ class PerturbParams:
 class EvaluateParams:
     """evaluate: explainability metrics (SPEC section 3) and the visual report, on test."""
 
-    device: str = param("auto", "auto (the GPU if there is one), cpu, cuda or cuda:N.")
+    device: str = param("auto", "auto (the GPU if there is one), cpu, cuda or cuda:N.",
+                        speed_only=True)
     checkpoint: str = param("best", "Which checkpoint of the train stage is evaluated.",
                             choices=("best", "final"))
     saliency: str = param("prp", "Saliency of a prototype: PRP (LRP rules, zennit) or "
@@ -360,7 +375,8 @@ class EvaluateParams:
     top_fraction: float = param(0.05, "Share of the saliency pixels forming the mask S "
                                 "(SPEC: top 5 %).", interval=Interval(0, 1, lo_closed=False))
     batch_size: int = param(16, "Test images per batch (saliency runs on twice as many "
-                            "rows at a time: memory).", interval=Interval(1, 4096))
+                            "rows at a time: memory).", interval=Interval(1, 4096),
+                            speed_only=True)
     max_images: Optional[int] = param(None, "Evaluate only the first this many test images "
                                       "(null: all).", interval=Interval(1, 10_000_000))
     sanity_images: int = param(16, "Test images of the model-randomisation check (their top-1 "
@@ -372,6 +388,16 @@ class EvaluateParams:
                                interval=Interval(0, 100000))
     seed: int = param(0, "Seed of the perturbation noise and of the randomised weights.",
                       interval=Interval(0, 2**31 - 1))
+    verdict_min_test_images: int = param(30, "compare: no verdict on the paper's claim with "
+                                         "fewer test images than this.",
+                                         interval=Interval(1, 10_000_000), stage="compare")
+    verdict_min_seeds: int = param(3, "compare: no verdict with fewer training seeds per model "
+                                   "than this (one seed's differences are within seed noise).",
+                                   interval=Interval(1, 1000), stage="compare")
+    verdict_max_fallback_share: float = param(50.0, "compare: no verdict when more than this "
+                                              "share (%) of test images has only whole-image "
+                                              "views (no usable mask).",
+                                              interval=Interval(0, 100), stage="compare")
     perturb: PerturbParams = section(PerturbParams, "The perturbed copy of each test image.")
 
 
@@ -387,10 +413,20 @@ class Params:
                                        "(evaluate, compare).")
 
     def check(self) -> None:
-        """Rules that tie several keys together."""
+        """Rules that tie several keys together (relative paths: from the project root)."""
+        _check_path_length("data.root", self.data.root)
         if self.data.source == "synthetic" and Path(self.data.root) != SYNTHETIC_ROOT:
             raise ParamsError(f"data.root must be {SYNTHETIC_ROOT} when data.source is synthetic, "
                               f"got {self.data.root!r}")
+        if self.data.source != "synthetic" and _within(self.data.root, SYNTHETIC_ROOT):
+            raise ParamsError(f"data.root {self.data.root!r} lies in {SYNTHETIC_ROOT}, which the "
+                              f"synthesize stage replaces when data.source is "
+                              f"{self.data.source}: move your dataset elsewhere and point "
+                              "data.root at it")
+        if self.data.source == "folder" and _within(SYNTHETIC_ROOT, self.data.root):
+            raise ParamsError(f"data.root {self.data.root!r} holds {SYNTHETIC_ROOT}, which the "
+                              "synthesize stage writes and the folder reader would take for a "
+                              "class: put your class folders in a folder of their own")
         for key, value in (("segment.device", self.segment.device),
                            ("train.device", self.train.device),
                            ("evaluate.device", self.evaluate.device)):
@@ -400,6 +436,44 @@ class Params:
         if self.segment.backend == "sam" and not self.segment.sam.checkpoint:
             raise ParamsError("segment.sam.checkpoint must name a local SAM checkpoint file "
                               "when segment.backend is sam, got null")
+
+
+# ----------------------------------------------------------------- path rules
+NAME_MAX = 255      # bytes of one path component (Linux, macOS, Windows)
+PATH_MAX = 4096     # bytes of a whole path (Linux)
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted, shortened to ``limit`` characters for a one-line message."""
+    return repr(text if len(text) <= limit else text[:limit - 3] + "...")
+
+
+def _check_path_length(key: str, value: str) -> None:
+    """Refuse a path no filesystem can hold: a component over NAME_MAX or the whole path
+    over PATH_MAX bytes (as the filesystem encodes it)."""
+    encoded = os.fsencode(value)
+    if len(encoded) > PATH_MAX:
+        raise ParamsError(f"{key} is {len(encoded)} bytes long, more than a path may have "
+                          f"({PATH_MAX}): use a shorter path, got {_shown(value)}")
+    for part in encoded.split(b"/"):
+        if len(part) > NAME_MAX:
+            raise ParamsError(f"{key} has a path component of {len(part)} bytes, more than a "
+                              f"file name may have ({NAME_MAX}): use a shorter path, got "
+                              f"{_shown(value)}")
+
+
+def _within(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it: by the text of both paths, and by
+    their real locations seen from the current folder (symlinks followed)."""
+    def inside(a: Path, b: Path) -> bool:
+        return a == b or b in a.parents
+
+    if inside(Path(os.path.normpath(path)), Path(os.path.normpath(folder))):
+        return True
+    try:
+        return inside(Path(path).resolve(), Path(folder).resolve())
+    except (OSError, RuntimeError):    # unreadable or a symlink loop: the text decided
+        return False
 
 
 # ----------------------------------------------------------------- validation
@@ -465,19 +539,88 @@ def build_section(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; errors are one line prefixed with the file name."""
-    path = Path(path)
+# ------------------------------------------------------------------- reading
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of the params file names one key twice."""
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two changes for params files.
+
+    - A key written twice in one mapping (at any depth) is an error naming the dotted key
+      and both lines, where plain PyYAML silently keeps the last value.
+    - Scientific notation without a dot or without an exponent sign (``1e-4``, ``3E5``,
+      ``1.5e3``) is a float, as in YAML 1.2, which DVC reads; YAML 1.1 (PyYAML) reads
+      it as a string.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_duplicate_keys(node, "", set())
+        return super().construct_document(node)
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _refuse_duplicate_keys(node: yaml.Node, prefix: str, seen: set[int]) -> None:
+    """Raise DuplicateKeyError for the first key written twice in a mapping below ``node``."""
+    if id(node) in seen:           # an alias to a node already checked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{prefix.rstrip('.')}[{index}].", seen)
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    lines: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            _refuse_duplicate_keys(value_node, prefix, seen)
+            continue
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            raise DuplicateKeyError(f"key {prefix}{key} is written twice (lines {lines[key]} "
+                                    f"and {line}): keep one")
+        lines[key] = line
+        _refuse_duplicate_keys(value_node, f"{prefix}{key}.", seen)
+
+
+def read_params_yaml(path: Path) -> Any:
+    """The parsed params file; every problem is a one-line ParamsError naming ``path``."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
-        raise ParamsError(f"{path}: cannot read the params file ({exc.strerror})") from None
+        raise ParamsError(f"{path}: cannot read the params file "
+                          f"({exc.strerror or exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ParamsError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}): save it "
+                          "as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=ParamsLoader)
+    except DuplicateKeyError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ParamsError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        raise ParamsError(f"{path}: the file holds no settings (empty or only comments); "
+                          "write the defaults with: python -m pipeline.params > params.yaml")
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; errors are one line prefixed with the file name."""
+    path = Path(path)
+    raw = read_params_yaml(path)
     try:
         params = build_section(Params, raw, "")
         params.check()
@@ -498,8 +641,108 @@ def text_fingerprint(text: str) -> str:
 
 def fingerprint(*sections: Any) -> str:
     """A short stable hash of one or more sections' values (order of keys ignored)."""
-    return text_fingerprint(json.dumps([as_dict(s) for s in sections], sort_keys=True,
-                                       separators=(",", ":")))
+    return _hash_json([as_dict(s) for s in sections])
+
+
+def _hash_json(data: Any) -> str:
+    return text_fingerprint(json.dumps(data, sort_keys=True, separators=(",", ":")))
+
+
+def is_speed_only(f: dataclasses.Field) -> bool:
+    """Whether a schema field changes only speed or placement, never a result."""
+    return bool(f.metadata.get("speed_only"))
+
+
+def result_dict(obj: Any) -> dict:
+    """A section as plain data without its speed-only keys (at any depth)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        if is_speed_only(f):
+            continue
+        value = getattr(obj, f.name)
+        out[f.name] = result_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def result_fingerprint(*sections: Any) -> str:
+    """Like :func:`fingerprint`, but blind to speed-only keys: a cached result stays valid
+    when only threads, devices or batch sizes change. Equal to :func:`fingerprint` for
+    sections without speed-only keys."""
+    return _hash_json([result_dict(s) for s in sections])
+
+
+def _section_class(dotted: str) -> type:
+    """The dataclass of a dotted section name, e.g. ``segment.sam``."""
+    cls: Any = Params
+    for name in dotted.split("."):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hint = typing.get_type_hints(cls).get(name)
+        if name not in fields or not dataclasses.is_dataclass(hint):
+            raise KeyError(f"{dotted} is not a section of the params schema")
+        cls = hint
+    return cls
+
+
+def _is_plain(cls: type) -> bool:
+    """A section without speed-only keys and without keys read by another stage."""
+    hints = typing.get_type_hints(cls)
+    return all(not is_speed_only(f) and f.metadata.get("stage") is None and
+               (not dataclasses.is_dataclass(hints[f.name]) or _is_plain(hints[f.name]))
+               for f in dataclasses.fields(cls))
+
+
+def result_keys(section: str, stage: str | None = None) -> list[str]:
+    """The dotted keys of ``section`` that can change a result, in schema order.
+
+    A subsection without speed-only keys is named whole (``segment.classical``), as DVC
+    tracks a mapping; a section without any is just its own name (``crops``). With
+    ``stage``, only the keys marked as read by that stage (``param(stage=...)``); without,
+    only the unmarked ones (read by the section's own stage).
+    """
+    cls = _section_class(section)
+    if _is_plain(cls):
+        return [section] if stage is None else []
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        dotted = f"{section}.{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(result_keys(dotted, stage))
+        elif not is_speed_only(f) and f.metadata.get("stage") == stage:
+            keys.append(dotted)
+    return keys
+
+
+def speed_only_keys(section: str = "") -> list[str]:
+    """The dotted speed-only keys below ``section`` (all of them by default)."""
+    cls = _section_class(section) if section else Params
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        dotted = f"{section}.{f.name}" if section else f.name
+        if is_speed_only(f):
+            keys.append(dotted)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(speed_only_keys(dotted))
+    return keys
+
+
+def dvc_stage_params() -> dict[str, list[str]]:
+    """Each DVC stage's ``params:`` list in dvc.yaml: exactly the keys that change its
+    results, so a speed-only change (``dvc exp run -S train.loader_workers=4``) reruns
+    nothing. prepare reads the dataset at data.root (a dep), not the generator's settings."""
+    return {
+        "synthesize": ["data.source", "data.synthetic"],
+        "prepare": [k for k in result_keys("data") if k != "data.synthetic"],
+        "segment": result_keys("segment"),
+        "crops": result_keys("crops"),
+        "train": result_keys("train"),
+        "evaluate": result_keys("evaluate"),
+        "compare": result_keys("evaluate", stage="compare"),
+    }
+
+
+SPEED_ONLY_NOTE = "Speed only: changes no result, so DVC reruns nothing for it."
 
 
 def defaults_yaml() -> str:
@@ -516,6 +759,7 @@ def defaults_yaml() -> str:
             if allowed is not None and not isinstance(allowed, Interval):
                 allowed = " | ".join(map(str, allowed))
             comment = doc + (f" Allowed: {allowed}." if allowed is not None else "")
+            comment += f" {SPEED_ONLY_NOTE}" if is_speed_only(f) else ""
             lines.append(f"{indent}# {comment}")
             if dataclasses.is_dataclass(value):
                 lines.append(f"{indent}{f.name}:")
@@ -541,8 +785,10 @@ def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str, str]]:
         allowed = (" \\| ".join(map(str, choices)) if choices else
                    str(interval) if interval else "")
         default = getattr(defaults, f.name)
+        meaning = f.metadata["doc"] + (f" {SPEED_ONLY_NOTE}" if is_speed_only(f) else "")
+        meaning = meaning.replace("|", "\\|")       # a literal bar, not a new cell
         rows.append((f"{prefix}{f.name}", _type_name(tp), f"`{default!r}`" if default is not None
-                     else "`null`", allowed, f.metadata["doc"]))
+                     else "`null`", allowed, meaning))
     return rows
 
 
