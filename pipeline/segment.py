@@ -20,7 +20,8 @@ from pipeline.errors import ImageDecodeError, ProtomaskError
 from pipeline.execution import dask_client, local_worker_count, map_tasks, remove_stale
 from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.mask_shards import ImageResult, shard_fingerprint, write_shard
-from pipeline.params import Params, SegmentParams, fingerprint, text_fingerprint
+from pipeline.params import (Params, SegmentParams, fingerprint, result_fingerprint,
+                             text_fingerprint)
 from pipeline.tables import read_table
 
 _SEGMENTERS: dict[str, object] = {}   # per worker process: the loaded model, built once
@@ -125,7 +126,7 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardT
         checkpoint_sha = file_sha256(checkpoint_path(seg))
     # Settings that change the masks; device, workers, scheduler and batch sizes do not.
     semantic = seg.classical if seg.backend == "classical" else seg.sam
-    base = fingerprint(semantic) + seg.backend + info["fingerprint"] + checkpoint_sha
+    base = result_fingerprint(semantic) + seg.backend + info["fingerprint"] + checkpoint_sha
     tasks = []
     for index, start in enumerate(range(0, len(rows), seg.shard_size)):
         chunk = rows[start:start + seg.shard_size]
