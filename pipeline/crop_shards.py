@@ -10,7 +10,11 @@ One crop shard per mask shard (``crops-00003.h5`` from ``shard-00003.h5``). Layo
                                are consecutive rows, in view order
     full  (N, S, S, 3) uint8   every image, whole, resized to S x S (the baseline's input)
     views/<column> (N*M, ...)  one row per view: the crops index rows of this shard
-                               (VIEW_COLUMNS), fixed-size types only
+                               (VIEW_COLUMNS), fixed-size types only, one chunk each
+
+Every dataset is chunked with a Fletcher-32 checksum per chunk, and the attribute
+content_sha256 digests the whole content (pipeline/hdf5_files.py): a damaged shard fails
+its reuse check and every read of a damaged chunk.
 
 A repeated view (duplicate_of >= 0) is not stored again: its ``row`` is the row of the
 view it repeats. No variable-length HDF5 type is used (their global heap leaves
@@ -26,10 +30,12 @@ import numpy as np
 
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
-from pipeline.hdf5_files import attr_text, open_stamped, stamped_fingerprint
+from pipeline.hdf5_files import (CheckedWriter, ShardCheck, attr_text, check_shard, open_stamped,
+                                 reading, stamped_fingerprint)
 
 FORMAT = "protomask.crops"
-VERSION = 1
+VERSION = 2      # 2: Fletcher-32 on every chunk, content digest
+KIND, STAGE = "crop shard", "crops"
 
 # Per-view columns stored in every shard, with their fixed-size dtypes and trailing shape.
 VIEW_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -63,13 +69,13 @@ COMPRESSION = {"gzip": {"compression": "gzip", "compression_opts": 1},
                "lzf": {"compression": "lzf"}, "none": {}}
 
 
-def _images_dataset(f: h5py.File, name: str, images: np.ndarray, compression: str) -> None:
+def _images_dataset(writer: CheckedWriter, name: str, images: np.ndarray,
+                    compression: str) -> None:
     """(n, S, S, 3) uint8, one chunk per image, compressed as ``compression`` says."""
     if compression not in COMPRESSION:
         raise ValueError(f"compression must be one of {', '.join(COMPRESSION)}, "
                          f"got {compression!r}")
-    f.create_dataset(name, data=images, chunks=(1,) + images.shape[1:], track_times=False,
-                     **COMPRESSION[compression])
+    writer.dataset(name, images, rows_per_chunk=1, **COMPRESSION[compression])
 
 
 def write_crop_shard(path: Path, crops: np.ndarray, full: np.ndarray,
@@ -90,14 +96,15 @@ def write_crop_shard(path: Path, crops: np.ndarray, full: np.ndarray,
                             "fingerprint": np.bytes_(fingerprint), "size": np.int32(size),
                             "fill": np.bytes_(fill), "num_views": np.int32(num_views),
                             "mask_shard": np.bytes_(mask_shard)})
-            _images_dataset(f, "crops", crops, compression)
-            _images_dataset(f, "full", full, compression)
-            group = f.create_group("views")
+            writer = CheckedWriter(f)
+            _images_dataset(writer, "crops", crops, compression)
+            _images_dataset(writer, "full", full, compression)
             for name, (dtype, tail) in VIEW_COLUMNS.items():
                 data = np.asarray(views[name]).astype(dtype, copy=False)
                 if data.shape[1:] != tail:
                     raise ValueError(f"view column {name} has shape {data.shape}")
-                group.create_dataset(name, data=data, track_times=False)
+                writer.dataset(f"views/{name}", data, rows_per_chunk=len(data))
+            writer.stamp()
 
 
 def crop_shard_fingerprint(path: Path) -> str | None:
@@ -105,22 +112,28 @@ def crop_shard_fingerprint(path: Path) -> str | None:
     return stamped_fingerprint(path, FORMAT, VERSION)
 
 
+def check_crop_shard(path: Path, fingerprint: str) -> ShardCheck:
+    """Whether the crop shard at ``path`` can be reused for ``fingerprint`` (full read)."""
+    return check_shard(path, FORMAT, VERSION, fingerprint)
+
+
 class CropShard:
     """Read access to one crop shard. Opens the file on construction; close() or ``with``."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._file = open_stamped(self.path, FORMAT, VERSION, "crop shard", "crops")
+        self._file = open_stamped(self.path, FORMAT, VERSION, KIND, STAGE)
         try:
-            self.crops = self._file["crops"]
-            self.full = self._file["full"]
-        except KeyError as exc:
+            with reading(self.path, KIND, STAGE, "its datasets and attributes"):
+                self.crops = self._file["crops"]
+                self.full = self._file["full"]
+                self.fingerprint = attr_text(self._file.attrs["fingerprint"])
+                self.size = int(self._file.attrs["size"])
+                self.fill = attr_text(self._file.attrs["fill"])
+                self.mask_shard = attr_text(self._file.attrs["mask_shard"])
+        except ArtifactError:
             self._file.close()
-            raise ArtifactError(f"{self.path}: corrupt crop shard ({exc})") from None
-        self.fingerprint = attr_text(self._file.attrs["fingerprint"])
-        self.size = int(self._file.attrs["size"])
-        self.fill = attr_text(self._file.attrs["fill"])
-        self.mask_shard = attr_text(self._file.attrs["mask_shard"])
+            raise
 
     def __enter__(self) -> "CropShard":
         return self
@@ -133,15 +146,19 @@ class CropShard:
 
     def views(self) -> dict[str, np.ndarray]:
         """Every per-view column (VIEW_COLUMNS) as arrays."""
-        try:
+        with reading(self.path, KIND, STAGE, "the views table"):
             group = self._file["views"]
             return {name: group[name][:] for name in VIEW_COLUMNS}
-        except (KeyError, OSError) as exc:
-            raise ArtifactError(f"{self.path}: corrupt crop shard ({exc})") from None
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Crops of the given rows (any order, repeats allowed) as (len, S, S, 3) uint8,
         reading the one contiguous block that spans them."""
         rows = np.asarray(rows, np.int64)
         lo, hi = int(rows.min()), int(rows.max()) + 1
-        return self.crops[lo:hi][rows - lo]
+        with reading(self.path, KIND, STAGE, f"crops rows {lo}..{hi - 1}"):
+            return self.crops[lo:hi][rows - lo]
+
+    def image(self, row: int) -> np.ndarray:
+        """The whole image of ``row`` (of ``full``) as (S, S, 3) uint8."""
+        with reading(self.path, KIND, STAGE, f"full image row {row}"):
+            return self.full[int(row)]

@@ -3,9 +3,13 @@
 One task per mask shard, run through dask like segment. Each crop shard carries a
 fingerprint of the crops params, the crop shard format version, the images index
 fingerprint, its mask shard's fingerprint and its images' index rows (path, class, split,
-pixel hash). A rerun keeps every crop shard whose fingerprint matches and redoes the rest;
+pixel hash). A rerun keeps every crop shard whose fingerprint matches and that reads back
+intact (a full, checksummed read; a damaged one is named and rebuilt), and redoes the rest;
 the crops index is then assembled from the per-view tables stored in the shards, so a
 resumed run ends with the same bytes as an uninterrupted one.
+
+metrics/crops.json holds only what the inputs and params decide; wall-clock facts
+(seconds, images/s, shards reused) go to the run log logs/crops.json.
 """
 from __future__ import annotations
 
@@ -22,13 +26,15 @@ from tqdm import tqdm
 
 from pipeline import layout
 from pipeline.atomic import atomic_file
-from pipeline.crop_shards import (VERSION, CropShard, crop_shard_fingerprint, crop_shard_name,
+from pipeline.crop_shards import (VERSION, CropShard, check_crop_shard, crop_shard_name,
                                   crop_shard_paths, write_crop_shard)
 from pipeline.errors import ArtifactError, ImageDecodeError
-from pipeline.execution import dask_client, map_tasks, remove_stale
+from pipeline.execution import (dask_client, degenerate_warning, map_tasks, percent, remove_stale,
+                                shards_to_build)
 from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.mask_shards import MaskShard, shard_paths
 from pipeline.params import CropsParams, Params, as_dict, text_fingerprint
+from pipeline.run_log import write_run_log
 from pipeline.segmenters.base import MaskSet
 from pipeline.tables import read_table, write_columns
 from pipeline.views import ViewPlan, boxes_and_areas, cut_view, decode_masks, plan_views, \
@@ -259,28 +265,34 @@ def index_arrays(columns: dict[str, np.ndarray]) -> dict[str, pa.Array]:
 
 
 def crops_metrics(columns: dict[str, np.ndarray], num_views: int) -> dict:
-    """Images, views, fallback images, duplicate view share, mean distinct views."""
+    """Images, views, fallback images (every view the whole image) and their share,
+    duplicate view share, mean distinct views per image."""
     views = len(columns["image_id"])
     images = views // num_views
     duplicates = int((columns["duplicate_of"] >= 0).sum())
+    fallbacks = int(columns["fallback"].sum()) // num_views
     return {
         "images": images, "views": views,
-        "fallback_images": int(columns["fallback"].sum()) // num_views,
+        "fallback_images": fallbacks,
+        "fallback_share": round(fallbacks / max(images, 1), 4),
         "duplicate_view_share": round(duplicates / max(views, 1), 4),
         "mean_distinct_views": round((views - duplicates) / max(images, 1), 3),
     }
 
 
 def run_crops(params: Params, project_root: Path = Path(".")) -> dict:
-    """Write every crop shard that is missing or stale, then the crops index and metrics."""
+    """Write every crop shard that is missing, stale or damaged, then the crops index and
+    metrics; return the metrics (as in metrics/crops.json) and this run's wall-clock facts
+    (as in logs/crops.json)."""
     project_root = Path(project_root).resolve()   # workers may run elsewhere
     out_dir = project_root / layout.CROPS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)
     remove_stale(out_dir, "crops", {Path(t.out_path).name for t in tasks}
                  | {layout.CROPS_INDEX.name})
-    todo = [t for t in tasks if crop_shard_fingerprint(Path(t.out_path)) != t.fingerprint]
     started = time.perf_counter()
+    todo, damaged = shards_to_build("crops", tasks, check_crop_shard, project_root)
+    verified = time.perf_counter()
     if todo:
         with dask_client(params.segment.workers, params.segment.scheduler) as client, tqdm(
                 total=sum(len(t.images) for t in todo), unit="img", desc="crops",
@@ -301,8 +313,23 @@ def run_crops(params: Params, project_root: Path = Path(".")) -> dict:
                                        / max(metrics["images"], 1))
     with atomic_file(project_root / layout.CROPS_METRICS) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    metrics["shards_reused"] = len(tasks) - len(todo)
-    metrics["seconds"] = elapsed
     new_images = sum(len(t.images) for t in todo)
-    metrics["images_per_second"] = new_images / elapsed if todo and elapsed > 0 else None
-    return metrics
+    run = {"shards_reused": len(tasks) - len(todo), "shards_damaged": damaged,
+           "seconds": elapsed, "verify_seconds": verified - started,
+           "images_per_second": new_images / elapsed if todo and elapsed > 0 else None}
+    write_run_log(project_root, "crops", run)
+    return {**metrics, **run}
+
+
+def summary_line(m: dict, num_views: int) -> str:
+    """The stage's one-line summary of run_crops's result, with a warning when most
+    images fell back to whole-image views."""
+    speed = f", {m['images_per_second']:.1f} images/s" if m["images_per_second"] else ""
+    damaged = f", {len(m['shards_damaged'])} damaged rebuilt" if m["shards_damaged"] else ""
+    return (f"crops: {m['images']} images x {num_views} views in {m['shards']} shards "
+            f"({m['shards_reused']} reused{damaged}{speed}); {m['mean_distinct_views']} "
+            f"distinct views per image; {m['fallback_images']} whole-image fallbacks "
+            f"({percent(m['fallback_share'])})"
+            + degenerate_warning(m["fallback_share"], "have no usable mask",
+                                 "every view of theirs is the whole image; check segment "
+                                 "params and crops.min_box_size"))

@@ -1,16 +1,23 @@
-"""Running shard tasks through dask: a local cluster, or an existing scheduler."""
+"""Running shard tasks through dask (a local cluster, or an existing scheduler), which
+shards a rerun keeps, and how a stage says that a run is degenerate."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 
 from pipeline.errors import ProtomaskError
+from pipeline.hdf5_files import ShardCheck
 from pipeline.params import SegmentParams
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# Above this share of images without a mask (segment) or with whole-image views only
+# (crops), a stage's summary line carries a warning: the run goes on but says so.
+DEGENERATE_SHARE = 0.5
 
 
 def local_worker_count(params: SegmentParams) -> int:
@@ -63,3 +70,53 @@ def remove_stale(out_dir: Path, prefix: str, wanted: set[str]) -> None:
         if path.name.startswith(f".{prefix}") or (path.name.startswith(prefix)
                                                   and path.name not in wanted):
             path.unlink()
+
+
+class ShardWork(Protocol):
+    """A task that writes one shard: where, and the fingerprint it stamps."""
+
+    out_path: str
+    fingerprint: str
+
+
+W = TypeVar("W", bound=ShardWork)
+
+
+def shards_to_build(stage: str, tasks: Sequence[W], check: Callable[[Path, str], ShardCheck],
+                    project_root: Path) -> tuple[list[W], list[str]]:
+    """The tasks whose shard is missing, stale or damaged (``check`` reads each existing
+    shard in full), and the damaged shards' paths. Each damaged shard is named on stderr
+    in one line as it is found."""
+    todo, damaged = [], []
+    for task in tasks:
+        found = check(Path(task.out_path), task.fingerprint)
+        if found.reusable:
+            continue
+        todo.append(task)
+        if found.damage is not None:
+            shown = _shown_path(Path(task.out_path), project_root)
+            damaged.append(shown)
+            print(f"{stage}: {shown} is damaged ({found.damage}); rebuilding it",
+                  file=sys.stderr, flush=True)
+    return todo, damaged
+
+
+def _shown_path(path: Path, project_root: Path) -> str:
+    """``path`` relative to the project root when it is inside it."""
+    try:
+        return str(path.relative_to(project_root))
+    except ValueError:
+        return str(path)
+
+
+def percent(share: float) -> str:
+    """0.5 -> '50 %', 1 -> '100 %', 0.0417 -> '4.17 %'."""
+    return f"{100 * share:.3g} %"
+
+
+def degenerate_warning(share: float, what: str, advice: str) -> str:
+    """'; WARNING: <share> of images <what>; <advice>' when ``share`` is over
+    DEGENERATE_SHARE, else '' (appended to a stage's summary line)."""
+    if share <= DEGENERATE_SHARE:
+        return ""
+    return f"; WARNING: {percent(share)} of images {what}; {advice}"

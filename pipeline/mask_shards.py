@@ -2,7 +2,7 @@
 
 Layout of one shard::
 
-    attrs: format, version, fingerprint, backend, checkpoint_sha256, created_by
+    attrs: format, version, fingerprint, backend, checkpoint_sha256, content_sha256
     images/image_id (n,) int64      images/status (n,) fixed-length UTF-8 ("ok" or "failed: <reason>")
     images/height, images/width (n,) int32
     images/mask_start (n,) int64    images/mask_count (n,) int32
@@ -12,6 +12,9 @@ Layout of one shard::
     masks/box (m, 4) int32 inclusive x_min, y_min, x_max, y_max
     masks/area (m,) int64           masks/predicted_iou, masks/stability_score (m,) float32
     masks/point (m, 2) float32      (the prompt point; the region centre for classical)
+
+    (every dataset chunked with a Fletcher-32 checksum per chunk, plus the content digest
+    attribute content_sha256: pipeline/hdf5_files.py)
 
 Shards are written to a temporary name and renamed when complete. No variable-length
 HDF5 types are used: their heap leaves uninitialised bytes, and same inputs must give the
@@ -28,11 +31,13 @@ import numpy as np
 
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
-from pipeline.hdf5_files import open_stamped, stamped_fingerprint
+from pipeline.hdf5_files import (CheckedWriter, ShardCheck, check_shard, open_stamped, reading,
+                                 stamped_fingerprint)
 from pipeline.segmenters.base import MaskSet
 
 FORMAT = "protomask.masks"
-VERSION = 1
+VERSION = 2      # 2: Fletcher-32 on every chunk, content digest
+KIND, STAGE = "mask shard", "segment"
 
 
 @dataclass(frozen=True)
@@ -44,15 +49,11 @@ class ImageResult:
     failure: str | None = None
 
 
-def _dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
-    """A chunked, compressed dataset (contiguous when empty: HDF5 cannot chunk nothing)."""
+def _dataset(writer: CheckedWriter, name: str, data: np.ndarray) -> None:
+    """A chunked, compressed, checksummed dataset."""
     data = np.asarray(data)
-    if len(data) == 0:
-        group.create_dataset(name, data=data, track_times=False)
-        return
-    chunks = (min(len(data), 65536 if data.ndim == 1 else 4096),) + data.shape[1:]
-    group.create_dataset(name, data=data, chunks=chunks, compression="gzip",
-                         compression_opts=4, shuffle=True, track_times=False)
+    writer.dataset(name, data, rows_per_chunk=65536 if data.ndim == 1 else 4096,
+                   compression="gzip", compression_opts=4, shuffle=True)
 
 
 def write_shard(path: Path, results: Sequence[ImageResult], *, fingerprint: str, backend: str,
@@ -95,22 +96,23 @@ def write_shard(path: Path, results: Sequence[ImageResult], *, fingerprint: str,
                        rdcc_nbytes=0) as f:
             f.attrs.update({"format": FORMAT, "version": VERSION, "fingerprint": fingerprint,
                             "backend": backend, "checkpoint_sha256": checkpoint_sha256})
-            images = f.create_group("images")
-            _dataset(images, "image_id", np.asarray([r.image_id for r in results], np.int64))
-            _dataset(images, "status", status)
-            _dataset(images, "height", np.asarray(heights, np.int32))
-            _dataset(images, "width", np.asarray(widths, np.int32))
-            _dataset(images, "mask_start", np.asarray(starts, np.int64))
-            _dataset(images, "mask_count", np.asarray(counts, np.int32))
-            masks = f.create_group("masks")
-            _dataset(masks, "image_id", cat("image_id", np.int64, (0,)))
-            _dataset(masks, "rle_data", rle_data)
-            _dataset(masks, "rle_end", rle_end)
-            _dataset(masks, "box", cat("box", np.int32, (0, 4)))
-            _dataset(masks, "area", cat("area", np.int64, (0,)))
-            _dataset(masks, "predicted_iou", cat("iou", np.float32, (0,)))
-            _dataset(masks, "stability_score", cat("stab", np.float32, (0,)))
-            _dataset(masks, "point", cat("point", np.float32, (0, 2)))
+            writer = CheckedWriter(f)
+            _dataset(writer, "images/image_id", np.asarray([r.image_id for r in results],
+                                                           np.int64))
+            _dataset(writer, "images/status", status)
+            _dataset(writer, "images/height", np.asarray(heights, np.int32))
+            _dataset(writer, "images/width", np.asarray(widths, np.int32))
+            _dataset(writer, "images/mask_start", np.asarray(starts, np.int64))
+            _dataset(writer, "images/mask_count", np.asarray(counts, np.int32))
+            _dataset(writer, "masks/image_id", cat("image_id", np.int64, (0,)))
+            _dataset(writer, "masks/rle_data", rle_data)
+            _dataset(writer, "masks/rle_end", rle_end)
+            _dataset(writer, "masks/box", cat("box", np.int32, (0, 4)))
+            _dataset(writer, "masks/area", cat("area", np.int64, (0,)))
+            _dataset(writer, "masks/predicted_iou", cat("iou", np.float32, (0,)))
+            _dataset(writer, "masks/stability_score", cat("stab", np.float32, (0,)))
+            _dataset(writer, "masks/point", cat("point", np.float32, (0, 2)))
+            writer.stamp()
 
 
 def shard_fingerprint(path: Path) -> str | None:
@@ -118,26 +120,32 @@ def shard_fingerprint(path: Path) -> str | None:
     return stamped_fingerprint(path, FORMAT, VERSION)
 
 
+def check_mask_shard(path: Path, fingerprint: str) -> ShardCheck:
+    """Whether the shard at ``path`` can be reused for ``fingerprint`` (full read)."""
+    return check_shard(path, FORMAT, VERSION, fingerprint)
+
+
 class MaskShard:
     """Read access to one mask shard: the images in it and each image's masks."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._file = open_stamped(self.path, FORMAT, VERSION, "mask shard", "segment")
+        self._file = open_stamped(self.path, FORMAT, VERSION, KIND, STAGE)
         try:
-            images = self._file["images"]
-            self.image_ids = images["image_id"][:]
-            self._status = [s.decode("utf-8") for s in images["status"][:]]
-            self._start = images["mask_start"][:]
-            self._count = images["mask_count"][:]
-            self._height = images["height"][:]
-            self._width = images["width"][:]
-        except (KeyError, OSError) as exc:
+            with reading(self.path, KIND, STAGE, "the images table"):
+                images = self._file["images"]
+                self.image_ids = images["image_id"][:]
+                self._status = [s.decode("utf-8") for s in images["status"][:]]
+                self._start = images["mask_start"][:]
+                self._count = images["mask_count"][:]
+                self._height = images["height"][:]
+                self._width = images["width"][:]
+                self.fingerprint = str(self._file.attrs["fingerprint"])
+                self.backend = str(self._file.attrs["backend"])
+        except ArtifactError:
             self._file.close()
-            raise ArtifactError(f"{self.path}: corrupt mask shard ({exc})") from None
+            raise
         self._row = {int(i): k for k, i in enumerate(self.image_ids)}
-        self.fingerprint = str(self._file.attrs["fingerprint"])
-        self.backend = str(self._file.attrs["backend"])
 
     def __enter__(self) -> "MaskShard":
         return self
@@ -153,6 +161,11 @@ class MaskShard:
         """Masks of all images in the shard."""
         return int(self._count.sum())
 
+    @property
+    def images_without_masks(self) -> int:
+        """Images of the shard with no mask (failed ones included)."""
+        return int((self._count == 0).sum())
+
     def failures(self) -> list[tuple[int, str]]:
         """(image_id, reason) of every image that failed."""
         return [(int(i), s[len("failed: "):]) for i, s in zip(self.image_ids, self._status)
@@ -166,9 +179,9 @@ class MaskShard:
         """The masks of one image as RLE with their records (empty if it failed)."""
         k = self._row[int(image_id)]
         a, n = int(self._start[k]), int(self._count[k])
-        g = self._file["masks"]
         sl = slice(a, a + n)
-        try:
+        with reading(self.path, KIND, STAGE, f"the masks of image {image_id}"):
+            g = self._file["masks"]
             rles: list[bytes] = []
             if n:
                 ends = g["rle_end"][sl]
@@ -182,9 +195,6 @@ class MaskShard:
                            g["predicted_iou"][sl] if n else np.zeros(0, np.float32),
                            g["stability_score"][sl] if n else np.zeros(0, np.float32),
                            g["point"][sl] if n else np.zeros((0, 2), np.float32))
-        except (KeyError, OSError) as exc:
-            raise ArtifactError(f"{self.path}: corrupt mask shard at image {image_id} "
-                                f"({exc})") from None
 
     def __iter__(self) -> Iterator[int]:
         return iter(int(i) for i in self.image_ids)

@@ -3,7 +3,11 @@
 Images are sorted by id and cut into shards of ``segment.shard_size``. Each shard is a
 task; its file carries a fingerprint of the segment params, the images index, the
 checkpoint's hash and the shard's image ids. A rerun keeps every shard whose fingerprint
-matches and redoes the rest, so an interrupted run resumes and ends with the same bytes.
+matches and that reads back intact (a full, checksummed read; a damaged one is named and
+rebuilt), and redoes the rest, so an interrupted run resumes and ends with the same bytes.
+
+metrics/segment.json holds only what the inputs and params decide; wall-clock facts
+(seconds, images/s, shards reused) go to the run log logs/segment.json.
 """
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ from tqdm import tqdm
 from pipeline import layout
 from pipeline.atomic import atomic_file
 from pipeline.errors import ImageDecodeError, ProtomaskError
-from pipeline.execution import dask_client, local_worker_count, map_tasks, remove_stale
+from pipeline.execution import (dask_client, degenerate_warning, local_worker_count, map_tasks,
+                                percent, remove_stale, shards_to_build)
 from pipeline.imageio import load_rgb, resolve_inside
-from pipeline.mask_shards import ImageResult, shard_fingerprint, write_shard
+from pipeline.mask_shards import ImageResult, check_mask_shard, write_shard
 from pipeline.params import (Params, SegmentParams, fingerprint, result_fingerprint,
                              text_fingerprint)
+from pipeline.run_log import write_run_log
 from pipeline.tables import read_table
 
 _SEGMENTERS: dict[str, object] = {}   # per worker process: the loaded model, built once
@@ -48,6 +54,7 @@ class ShardSummary:
     index: int
     images: int
     masks: int
+    without_masks: int           # images with no mask, failed ones included
     failures: tuple[tuple[int, str], ...]
     skipped: bool = False
 
@@ -111,6 +118,7 @@ def segment_shard(task: ShardTask) -> ShardSummary:
                 backend=task.params.backend, checkpoint_sha256=task.checkpoint_sha256)
     return ShardSummary(task.index, len(results),
                         sum(len(r.masks) for r in results if r.masks is not None),
+                        sum(1 for r in results if r.masks is None or len(r.masks) == 0),
                         tuple((r.image_id, r.failure) for r in results if r.failure))
 
 
@@ -121,9 +129,10 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardT
     seg = params.segment
     checkpoint_sha = ""
     if seg.backend == "sam":
-        from pipeline.segmenters.loading import checkpoint_path, file_sha256
+        from pipeline.segmenters.loading import check_checkpoint, file_sha256
 
-        checkpoint_sha = file_sha256(checkpoint_path(seg))
+        # before any worker starts: a wrong model_type is one line, not a worker's traceback
+        checkpoint_sha = file_sha256(check_checkpoint(seg))
     # Settings that change the masks; device, workers, scheduler and batch sizes do not.
     semantic = seg.classical if seg.backend == "classical" else seg.sam
     base = result_fingerprint(semantic) + seg.backend + info["fingerprint"] + checkpoint_sha
@@ -139,16 +148,18 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardT
 
 
 def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
-    """Write every shard that is missing or stale; return the stage's summary metrics."""
+    """Write every shard that is missing, stale or damaged; return the stage's metrics
+    (as in metrics/segment.json) and this run's wall-clock facts (as in logs/segment.json)."""
     project_root = Path(project_root).resolve()   # workers may run elsewhere
     out_dir = project_root / layout.SEGMENT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)
     remove_stale(out_dir, "shard-", {Path(t.out_path).name for t in tasks})
-    todo = [t for t in tasks if shard_fingerprint(Path(t.out_path)) != t.fingerprint]
-    done = [t for t in tasks if t not in todo]
-    summaries = [_summary_of_existing(t) for t in done]
     started = time.perf_counter()
+    todo, damaged = shards_to_build("segment", tasks, check_mask_shard, project_root)
+    verified = time.perf_counter()
+    rebuilt = {t.index for t in todo}
+    summaries = [_summary_of_existing(t) for t in tasks if t.index not in rebuilt]
     total_images = sum(len(t.image_ids) for t in todo)
     if todo:
         with dask_client(local_worker_count(params.segment),
@@ -161,24 +172,48 @@ def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
                                 failed=sum(len(s.failures) for s in summaries))
     elapsed = time.perf_counter() - started
     summaries.sort(key=lambda s: s.index)
-    images = sum(s.images for s in summaries)
     failures = [f for s in summaries for f in s.failures]
-    metrics = {
-        "images": images, "shards": len(tasks), "shards_reused": len(done),
-        "masks": sum(s.masks for s in summaries),
-        "masks_per_image": round(sum(s.masks for s in summaries) / max(images - len(failures), 1), 3),
-        "failed_images": len(failures), "backend": params.segment.backend,
-    }
+    metrics = segment_metrics(summaries, len(tasks), params.segment.backend)
     with atomic_file(project_root / layout.SEGMENT_METRICS) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     with atomic_file(out_dir / "failures.json") as tmp:
         tmp.write_text(json.dumps([{"image_id": i, "reason": r} for i, r in failures], indent=1))
-    metrics["seconds"] = elapsed
-    metrics["images_per_second"] = total_images / elapsed if todo and elapsed > 0 else None
+    run = {"shards_reused": len(tasks) - len(todo), "shards_damaged": damaged,
+           "seconds": elapsed, "verify_seconds": verified - started,
+           "images_per_second": total_images / elapsed if todo and elapsed > 0 else None}
+    write_run_log(project_root, "segment", run)
+    images = metrics["images"]
     if images and len(failures) == images:
         raise ProtomaskError(f"segment: every image failed (first: image {failures[0][0]}: "
                              f"{failures[0][1]}); see {out_dir / 'failures.json'}")
-    return metrics
+    return {**metrics, **run}
+
+
+def segment_metrics(summaries: list[ShardSummary], shards: int, backend: str) -> dict:
+    """What the inputs and params decide: images, masks, masks per image (of the images
+    that did not fail), the share of images without any mask, failures."""
+    images = sum(s.images for s in summaries)
+    failed = sum(len(s.failures) for s in summaries)
+    masks = sum(s.masks for s in summaries)
+    without = sum(s.without_masks for s in summaries)
+    return {"images": images, "shards": shards, "masks": masks,
+            "masks_per_image": round(masks / max(images - failed, 1), 3),
+            "images_without_masks": without,
+            "no_mask_share": round(without / max(images, 1), 4),
+            "failed_images": failed, "backend": backend}
+
+
+def summary_line(m: dict) -> str:
+    """The stage's one-line summary of run_segment's result, with a warning when most
+    images have no mask (the views of such an image are the whole image)."""
+    speed = f", {m['images_per_second']:.2f} images/s" if m["images_per_second"] else ""
+    damaged = f", {len(m['shards_damaged'])} damaged rebuilt" if m["shards_damaged"] else ""
+    return (f"segment: {m['images']} images in {m['shards']} shards ({m['shards_reused']} "
+            f"reused{damaged}{speed}); {m['masks_per_image']} masks per image; "
+            f"{percent(m['no_mask_share'])} of images without a mask; "
+            f"{m['failed_images']} failed"
+            + degenerate_warning(m["no_mask_share"], "have no mask",
+                                 "their views will be the whole image; check segment params"))
 
 
 def _summary_of_existing(task: ShardTask) -> ShardSummary:
@@ -186,4 +221,4 @@ def _summary_of_existing(task: ShardTask) -> ShardSummary:
 
     with MaskShard(Path(task.out_path)) as shard:
         return ShardSummary(task.index, len(task.image_ids), shard.num_masks,
-                            tuple(shard.failures()), skipped=True)
+                            shard.images_without_masks, tuple(shard.failures()), skipped=True)

@@ -6,9 +6,11 @@
   ``full`` images that the crops stage stored in each crop shard; at any other ``size``
   it decodes the image file and resizes it (give ``data_root``).
 
-Both are ImageNet-normalised and read HDF5 lazily: a dataset holds no open file when it
-is pickled (DataLoader workers under spawn) and reopens its files in any new process
-(workers under fork), once per process.
+Both are ImageNet-normalised and read HDF5 lazily through :class:`CropShard`: a dataset
+holds no open file when it is pickled (DataLoader workers under spawn) and reopens its
+files in any new process (workers under fork), once per process. A damaged shard (a chunk
+failing its checksum) ends in one ArtifactError naming the file and the fix, never in
+damaged pixels.
 
 Augmentation (``augment``: AugmentParams; None for push and evaluation) applies flip,
 perspective, affine (rotation, shear) and colour jitter from torchvision.transforms.v2,
@@ -29,7 +31,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pyarrow.compute as pc
 import torch
@@ -37,7 +38,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from pipeline import layout
-from pipeline.errors import ArtifactError
+from pipeline.crop_shards import CropShard
 from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.params import AugmentParams
 from pipeline.tables import SPLITS, read_table
@@ -85,18 +86,14 @@ class ShardFiles:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self._files: dict[str, h5py.File] = {}
+        self._files: dict[str, CropShard] = {}
         self._pid = os.getpid()
 
-    def __call__(self, name: str) -> h5py.File:
+    def __call__(self, name: str) -> CropShard:
         if self._pid != os.getpid():    # a forked worker: never share the parent's handles
             self._files, self._pid = {}, os.getpid()
         if name not in self._files:
-            path = self.directory / name
-            try:
-                self._files[name] = h5py.File(path, "r")
-            except OSError as exc:
-                raise ArtifactError(f"{path}: not a readable crop shard ({exc})") from None
+            self._files[name] = CropShard(self.directory / name)
         return self._files[name]
 
     def __getstate__(self) -> dict:
@@ -139,7 +136,7 @@ class _CropsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def _shard(self, index: int) -> h5py.File:
+    def _shard(self, index: int) -> CropShard:
         return self.files(str(self.shard_names[self.shard_of[index]]))
 
     def _augmented(self, images: torch.Tensor, index: int, per_view: bool) -> torch.Tensor:
@@ -161,10 +158,7 @@ class ViewDataset(_CropsDataset):
 
     def raw_views(self, index: int) -> torch.Tensor:
         """The stored M views as uint8 (M, 3, S, S), duplicates included."""
-        rows = self.rows[index]
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        block = self._shard(index)["crops"][lo:hi]
-        return torch.from_numpy(block[rows - lo]).permute(0, 3, 1, 2)
+        return torch.from_numpy(self._shard(index).rows(self.rows[index])).permute(0, 3, 1, 2)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         per_view = self.augment is not None and self.augment.per == "view"
@@ -198,7 +192,7 @@ class FullImageDataset(_CropsDataset):
     def raw_image(self, index: int) -> torch.Tensor:
         """The whole image as uint8 (3, size, size)."""
         if self.paths is None:
-            pixels = self._shard(index)["full"][int(self.image_rows[index])]
+            pixels = self._shard(index).image(int(self.image_rows[index]))
         else:
             image = load_rgb(resolve_inside(self.data_root, str(self.paths[index])))
             pixels = resize_square(image, self.out_size)

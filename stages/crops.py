@@ -13,12 +13,9 @@ from stages.common import stage_command
     f"{layout.SEGMENT_DIR}: one HDF5 crop shard per mask shard and the crops index "
     f"{layout.CROPS_INDEX} (one row per view), plus {layout.CROPS_METRICS}. Runs through "
     "dask like segment (segment.workers, segment.scheduler); finished shards are kept on a "
-    "rerun; an interrupted run resumes."))
+    "rerun when they read back intact (a damaged one is named and rebuilt); an interrupted "
+    "run resumes. Wall-clock facts go to logs/crops.json."))
 def crops(params: Params) -> None:
-    from pipeline.crops import run_crops
+    from pipeline.crops import run_crops, summary_line
 
-    m = run_crops(params)
-    speed = f", {m['images_per_second']:.1f} images/s" if m["images_per_second"] else ""
-    click.echo(f"crops: {m['images']} images x {params.crops.num_views} views in {m['shards']} "
-               f"shards ({m['shards_reused']} reused{speed}); {m['mean_distinct_views']} "
-               f"distinct views per image; {m['fallback_images']} whole-image fallbacks")
+    click.echo(summary_line(run_crops(params), params.crops.num_views))

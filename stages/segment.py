@@ -12,12 +12,9 @@ from stages.common import stage_command
     "Segment every image of the images index with the backend of params segment (Segment "
     "Anything from a local checkpoint, or the offline classical segmenter) into HDF5 mask "
     f"shards under {layout.SEGMENT_DIR}, through dask (a local cluster or segment.scheduler). "
-    "Finished shards are kept on a rerun; an interrupted run resumes."))
+    "Finished shards are kept on a rerun when they read back intact (a damaged one is "
+    "named and rebuilt); an interrupted run resumes. Wall-clock facts go to logs/segment.json."))
 def segment(params: Params) -> None:
-    from pipeline.segment import run_segment
+    from pipeline.segment import run_segment, summary_line
 
-    m = run_segment(params)
-    speed = (f", {m['images_per_second']:.2f} images/s" if m["images_per_second"] else "")
-    click.echo(f"segment: {m['images']} images in {m['shards']} shards "
-               f"({m['shards_reused']} reused{speed}); {m['masks_per_image']} masks per image; "
-               f"{m['failed_images']} failed")
+    click.echo(summary_line(run_segment(params)))

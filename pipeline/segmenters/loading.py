@@ -1,7 +1,10 @@
 """Build the segmenter that params name: SAM from a local checkpoint, or the classical one."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +41,101 @@ def checkpoint_path(params: SegmentParams) -> Path:
     except OSError as exc:
         raise ProtomaskError(f"segment.sam.checkpoint: cannot read {path} ({exc.strerror})") from None
     return path
+
+
+Shapes = dict[str, tuple[int, ...]]
+_PATCH_EMBED = "image_encoder.patch_embed.proj.weight"
+
+
+def _sam_model_types() -> tuple[str, ...]:
+    """The architectures segment.sam.model_type may name: segment_anything's registry
+    (without its alias ``default``) and ``tiny``."""
+    from segment_anything import sam_model_registry
+
+    return tuple(k for k in sam_model_registry if k != "default") + ("tiny",)
+
+
+@functools.lru_cache(maxsize=None)
+def expected_shapes(model_type: str) -> Shapes:
+    """Name -> shape of every tensor of a ``model_type`` SAM's state dict (the vit_*
+    models are built on the meta device: no weights, no memory)."""
+    import torch
+    from segment_anything import sam_model_registry
+
+    from pipeline.segmenters.tiny_sam import build_tiny_sam
+
+    if model_type == "tiny":
+        model = build_tiny_sam()
+    else:
+        with torch.device("meta"):
+            model = sam_model_registry[model_type](checkpoint=None)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _checkpoint_shapes(path: Path, model_type: str) -> Shapes:
+    """Name -> shape of the tensors of a checkpoint, without reading their data
+    (memory-mapped); a one-line error when it is not a state dict of tensors."""
+    import torch
+
+    def load(mmap: bool) -> object:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            state = load(mmap=True)
+        except RuntimeError as exc:   # a legacy (non-zip) torch.save file cannot be mapped
+            if "mmap" not in str(exc):
+                raise
+            state = load(mmap=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the user's file
+        raise ProtomaskError(f"segment.sam.checkpoint: {path} is not a {model_type} SAM "
+                             f"checkpoint ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
+                                                 for v in state.values()):
+        raise ProtomaskError(f"segment.sam.checkpoint: {path} is not a {model_type} SAM "
+                             f"checkpoint (not a state dict of tensors)")
+    return {str(k): tuple(v.shape) for k, v in state.items()}
+
+
+def describe_encoder(shapes: Shapes) -> str:
+    """'image encoder width 1280, 32 blocks' from a state dict's shapes."""
+    if _PATCH_EMBED not in shapes:
+        return f"no {_PATCH_EMBED}"
+    blocks = {m.group(1) for k in shapes if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))}
+    return f"image encoder width {shapes[_PATCH_EMBED][0]}, {len(blocks)} blocks"
+
+
+def _first_difference(found: Shapes, expected: Shapes) -> str:
+    """The first tensor that is missing, extra or of another shape."""
+    for name in sorted(set(found) | set(expected)):
+        if found.get(name) != expected.get(name):
+            return (f"{name}: {found[name] if name in found else 'missing'}, expected "
+                    f"{expected[name] if name in expected else 'none'}")
+    return "none"
+
+
+def check_checkpoint(params: SegmentParams) -> Path:
+    """The SAM checkpoint file, checked to hold a ``segment.sam.model_type`` model by its
+    tensors' names and shapes (read memory-mapped: no full read of a multi-GB file);
+    else one line naming the checkpoint, the type given and the one its tensors show."""
+    path = checkpoint_path(params)
+    given = params.sam.model_type
+    found = _checkpoint_shapes(path, given)
+    expected = expected_shapes(given)
+    if found == expected:
+        return path
+    fits = [t for t in _sam_model_types() if t != given and expected_shapes(t) == found]
+    if fits:
+        raise ProtomaskError(
+            f"segment.sam.checkpoint: {path} holds a {fits[0]} SAM ({describe_encoder(found)}) "
+            f"but segment.sam.model_type is {given} ({describe_encoder(expected)}); set "
+            f"segment.sam.model_type: {fits[0]}")
+    raise ProtomaskError(
+        f"segment.sam.checkpoint: {path} is not a {given} SAM checkpoint: its tensors show "
+        f"{describe_encoder(found)}, {given} has {describe_encoder(expected)} (first "
+        f"difference: {_first_difference(found, expected)}); no model_type of "
+        f"{', '.join(_sam_model_types())} fits it: use a SAM v1 checkpoint")
 
 
 def load_sam(params: SegmentParams, device: str):
