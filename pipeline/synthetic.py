@@ -20,15 +20,17 @@ by another part of the bird).
 Everything is deterministic from ``SyntheticParams.seed``: each image has its own random
 stream seeded by (seed, class, index), PNGs carry no timestamps, so the same params give
 the same bytes. :func:`generate_synthetic` writes into a temporary sibling
-folder and renames it onto ``root`` only when complete.
+folder and renames it onto ``root`` only when complete, and only over a folder that is
+absent, empty or marked as written by synthesize (``WRITTEN_BY_PROTOMASK.txt``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import cv2
 import numpy as np
@@ -603,14 +605,74 @@ def _write_dataset(out: Path, cfg: SyntheticParams) -> None:
          "params": as_dict(cfg)}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+# ------------------------------------------------------- replacing the folder
+# Every folder synthesize writes carries this file; synthesize replaces only a folder that
+# is absent, empty or carries it, so it never deletes files it did not write.
+MARKER = "WRITTEN_BY_PROTOMASK.txt"
+MARKER_TEXT = ("This folder is written by `protomask synthesize` and replaced as a whole each "
+               "time it runs:\nkeep no files of your own here.\n")
+NOT_USED = "NOT_USED.txt"
+
+
+def written_by_protomask(root: Path) -> bool:
+    """Whether the folder ``root`` carries the marker, or is what a release before the
+    marker wrote: a synthetic set with its generator.json, or the lone NOT_USED.txt note."""
+    if (root / MARKER).is_file():
+        return True
+    if sorted(p.name for p in root.iterdir()) == [NOT_USED]:
+        return True
+    try:
+        meta = json.loads((root / "generator.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("generator") == "protomask.synthetic"
+
+
+def check_replaceable(root: Path) -> None:
+    """Refuse, in one line, to replace ``root`` unless it is absent, an empty folder, or a
+    folder synthesize wrote (:func:`written_by_protomask`)."""
+    refuse = (f"{root}: holds files protomask synthesize did not write (no {MARKER}); it will "
+              "not delete files it did not write: move them elsewhere (and point data.root "
+              "there) or empty the folder")
+    if root.is_symlink():
+        raise DatasetError(f"{root}: is a symbolic link; synthesize will not replace it: "
+                           "remove the link (its target is left alone)")
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DatasetError(f"{root}: exists and is not a folder")
+    try:
+        if any(root.iterdir()) and not written_by_protomask(root):
+            raise DatasetError(refuse)
+    except OSError as exc:
+        raise DatasetError(f"{root}: cannot read ({exc.strerror or exc}); synthesize will "
+                           "not replace a folder it cannot check") from None
+
+
+@contextlib.contextmanager
+def replacing(root: Path | str) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces ``root`` (marked as ours) when the
+    body succeeds; ``root`` is checked first with :func:`check_replaceable`."""
+    root = Path(root)
+    check_replaceable(root)
+    with atomic_dir(root) as tmp:
+        yield tmp
+        (tmp / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+
+
+def write_not_used(root: Path | str, source: str) -> None:
+    """Replace ``root`` by a folder holding only a note: data.source is not synthetic."""
+    with replacing(root) as tmp:
+        (tmp / NOT_USED).write_text(
+            f"data.source is {source}: the synthetic set is not generated.\n", encoding="utf-8")
+
+
 def generate_synthetic(root: Path | str, cfg: SyntheticParams) -> None:
     """Write the synthetic dataset (CUB-200-2011 layout) to ``root``, atomically.
 
     The data go to a temporary sibling folder that replaces ``root`` only once complete;
-    if anything fails, ``root`` keeps what it held before (or stays absent).
+    if anything fails, ``root`` keeps what it held before (or stays absent). A ``root``
+    holding files synthesize did not write is refused, never deleted.
     """
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise DatasetError(f"{root}: exists and is not a folder")
-    with atomic_dir(root) as tmp:
+    with replacing(root) as tmp:
         _write_dataset(tmp, cfg)

@@ -5,21 +5,20 @@ import click
 
 from pipeline import layout
 from pipeline.params import Params
-from pipeline.atomic import atomic_dir
 from stages.common import stage_command
 
 
 @stage_command("synthesize", help=(
     "Generate the synthetic fine-grained dataset (CUB-200-2011 layout with part keypoints "
     "and object segmentations) into data/synthetic from params data.synthetic. With "
-    "data.source other than synthetic it only writes a note there."))
+    "data.source other than synthetic it only writes a note there. It replaces data/synthetic "
+    "only when that folder is absent, empty or written by synthesize (it carries "
+    "WRITTEN_BY_PROTOMASK.txt): it never deletes files it did not write."))
 def synthesize(params: Params) -> None:
-    from pipeline.synthetic import generate_synthetic
+    from pipeline.synthetic import generate_synthetic, write_not_used
 
     if params.data.source != "synthetic":
-        with atomic_dir(layout.SYNTHETIC_ROOT) as tmp:
-            (tmp / "NOT_USED.txt").write_text(
-                f"data.source is {params.data.source}: the synthetic set is not generated.\n")
+        write_not_used(layout.SYNTHETIC_ROOT, params.data.source)
         click.echo(f"synthesize: data.source is {params.data.source}; nothing to generate")
         return
     generate_synthetic(layout.SYNTHETIC_ROOT, params.data.synthetic)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import synthetic
+from pipeline.errors import DatasetError
 from pipeline.params import SyntheticParams, as_dict
 from pipeline.synthetic import generate_synthetic
 
@@ -23,7 +24,7 @@ CFG = SyntheticParams(seed=0, num_classes=6, images_per_class=20, image_size=96,
 TINY = SyntheticParams(seed=0, num_classes=2, images_per_class=4, image_size=64)
 CUB_FILES = ("images.txt", "classes.txt", "image_class_labels.txt", "train_test_split.txt",
              "bounding_boxes.txt", "parts/parts.txt", "parts/part_locs.txt",
-             "attributes.json", "generator.json")
+             "attributes.json", "generator.json", "WRITTEN_BY_PROTOMASK.txt")
 
 
 @dataclass
@@ -340,3 +341,87 @@ def test_a_new_run_replaces_the_previous_dataset(tmp_path: Path) -> None:
     assert not (root / "stale.txt").exists()
     assert len(read_rows(root / "classes.txt")) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+# ------------------------------------------------------- never the user's files
+def user_files(root: Path) -> dict[str, str]:
+    """A folder of someone's own data (CUB-like names, no marker)."""
+    (root / "images" / "001.Bird").mkdir(parents=True)
+    for i in range(3):
+        (root / "images" / "001.Bird" / f"{i}.jpg").write_bytes(b"photo %d" % i)
+    (root / "images.txt").write_text("1 001.Bird/0.jpg\n")
+    return file_hashes(root)
+
+
+def test_a_folder_of_someone_elses_files_is_never_replaced(tmp_path: Path) -> None:
+    root = tmp_path / "synthetic"
+    before = user_files(root)
+    with pytest.raises(DatasetError) as info:
+        generate_synthetic(root, TINY)
+    assert str(info.value) == (
+        f"{root}: holds files protomask synthesize did not write (no WRITTEN_BY_PROTOMASK.txt); "
+        "it will not delete files it did not write: move them elsewhere (and point data.root "
+        "there) or empty the folder")
+    with pytest.raises(DatasetError, match="will not delete files it did not write"):
+        synthetic.write_not_used(root, "cub")
+    assert file_hashes(root) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]
+
+
+@pytest.mark.parametrize("kind", ["absent", "empty", "marked", "old_dataset", "old_note"])
+def test_what_synthesize_wrote_is_replaced(tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "synthetic"
+    if kind != "absent":
+        root.mkdir()
+    if kind == "marked":
+        synthetic.write_not_used(root, "folder")
+        assert sorted(p.name for p in root.iterdir()) == ["NOT_USED.txt",
+                                                          "WRITTEN_BY_PROTOMASK.txt"]
+        (root / "stale.txt").write_text("left over")
+    elif kind == "old_dataset":              # written before the marker existed
+        generate_synthetic(root, TINY)
+        (root / "WRITTEN_BY_PROTOMASK.txt").unlink()
+    elif kind == "old_note":
+        (root / "NOT_USED.txt").write_text("data.source is cub: ...\n")
+    generate_synthetic(root, TINY)
+    assert (root / "WRITTEN_BY_PROTOMASK.txt").is_file()
+    assert not (root / "stale.txt").exists() and not (root / "NOT_USED.txt").exists()
+
+
+def test_a_foreign_generator_json_is_no_marker(tmp_path: Path) -> None:
+    root = tmp_path / "synthetic"
+    root.mkdir()
+    (root / "generator.json").write_text('{"generator": "someone else"}')
+    with pytest.raises(DatasetError, match="did not write"):
+        generate_synthetic(root, TINY)
+
+
+def test_a_symlink_is_not_replaced(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "synthetic").symlink_to(tmp_path / "mine")
+    with pytest.raises(DatasetError, match="is a symbolic link; synthesize will not replace"):
+        generate_synthetic(tmp_path / "synthetic", TINY)
+    assert (tmp_path / "mine" / "x.jpg").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("params_text, message", [
+    ("data:\n  source: cub\n  root: /datasets/CUB_200_2011\n",
+     "protomask synthesize: data/synthetic: holds files protomask synthesize did not write"),
+    ("data:\n  source: folder\n  root: data/synthetic\n",
+     "protomask synthesize: params.yaml: data.root 'data/synthetic' lies in data/synthetic"),
+])
+def test_the_stage_keeps_the_users_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        params_text: str, message: str) -> None:
+    from click.testing import CliRunner
+
+    from stages.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    before = user_files(tmp_path / "data" / "synthetic")
+    (tmp_path / "params.yaml").write_text(params_text)
+    result = CliRunner().invoke(main, ["synthesize"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [result.output.strip()]
+    assert result.output.startswith(message)
+    assert file_hashes(tmp_path / "data" / "synthetic") == before
