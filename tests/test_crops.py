@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipeline import layout
 from pipeline.crop_shards import CropShard, crop_shard_paths
-from pipeline.crops import run_crops, views_of_image
+from pipeline.crops import run_crops, summary_line, views_of_image
 from pipeline.imageio import load_rgb
 from pipeline.mask_shards import ImageResult, MaskShard, write_shard
 from pipeline.params import Params, as_dict
@@ -81,8 +81,14 @@ def test_rerun_reuses_shards_and_a_param_change_rebuilds(cropped, tmp_path) -> N
     source, first = cropped
     project = copy_project(source, tmp_path / "p")
     params = tiny_crops_params()
-    assert run_crops(params, project)["shards_reused"] == 5
-    assert artifact_bytes(project) == first
+    again = run_crops(params, project)
+    assert again["shards_reused"] == 5 and again["fallback_share"] == 0
+    assert artifact_bytes(project) == first       # metrics/crops.json included
+    assert "WARNING" not in summary_line(again, M)
+    assert not {"shards_reused", "seconds", "images_per_second"} & set(
+        json.loads((project / layout.CROPS_METRICS).read_text()))
+    log = json.loads((project / layout.run_log("crops")).read_text())
+    assert log["shards_reused"] == 5 and log["shards_damaged"] == [] and "seconds" in log
     assert run_crops(tiny_crops_params(fill="mean"), project)["shards_reused"] == 0
     changed = artifact_bytes(project)
     assert all(changed[k] != first[k] for k in first if k.startswith("crops-"))
@@ -139,10 +145,19 @@ def test_few_masks_are_cycled_and_maskless_images_fall_back(cropped, tmp_path) -
             assert d < 0 or torch.equal(views[v], views[d])
 
 
-def test_no_usable_mask_anywhere_gives_whole_image_views(cropped, tmp_path) -> None:
+def test_no_usable_mask_anywhere_gives_whole_image_views(cropped, tmp_path,
+                                                         monkeypatch) -> None:
+    """Every image falls back: the views are whole images, and the summary line says so
+    as a warning while the stage still exits 0."""
     project = copy_project(cropped[0], tmp_path / "p")
-    metrics = run_crops(tiny_crops_params(min_box_size=64), project)
-    assert metrics["fallback_images"] == 18
+    result = run_cli(project, ["crops"], tiny_crops_params(min_box_size=64), monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 1 and result.stdout.strip().endswith(
+        "1.0 distinct views per image; 18 whole-image fallbacks (100 %); WARNING: 100 % of "
+        "images have no usable mask; every view of theirs is the whole image; check segment "
+        "params and crops.min_box_size")
+    metrics = json.loads((project / layout.CROPS_METRICS).read_text())
+    assert metrics["fallback_images"] == 18 and metrics["fallback_share"] == 1.0
     assert metrics["duplicate_view_share"] == round((M - 1) / M, 4)
     assert metrics["mean_distinct_views"] == 1
     for path in crop_shard_paths(project / layout.CROPS_DIR):

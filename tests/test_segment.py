@@ -1,6 +1,7 @@
 """The segment stage: classical masks, shards through dask, resume, failures, SIGKILL."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 from pipeline import layout
 from pipeline.mask_shards import MaskShard, shard_paths
 from pipeline.params import ClassicalParams, as_dict
-from pipeline.segment import run_segment
+from pipeline.segment import run_segment, summary_line
 from pipeline.segmenters.classical import segment_classical
 from tests.e2e import kill_when, stage_env
 from tests.tiny_project import make_tiny_project, tiny_params
@@ -92,6 +93,7 @@ def test_rerun_reuses_shards_and_a_param_change_rebuilds(segmented, tmp_path) ->
     params = tiny_params()
     again = run_segment(params, project)
     assert again["shards_reused"] == 5 and shard_bytes(project) == first
+    assert "WARNING" not in summary_line(again) and again["no_mask_share"] == 0
     changed = tiny_params(classical=replace(ClassicalParams(), scale=300.0))
     assert run_segment(changed, project)["shards_reused"] == 0
     assert shard_bytes(project) != first
@@ -185,3 +187,71 @@ def test_sam_checkpoint_errors_name_the_key(tmp_path) -> None:
 
     with pytest.raises(ProtomaskError, match="garbage.pth is not a tiny SAM checkpoint"):
         load_sam(sam_params(garbage).segment, "cpu")
+
+
+def test_a_model_type_that_does_not_fit_the_checkpoint_stops_before_any_worker(
+        tmp_path, monkeypatch) -> None:
+    """vit_b given, tiny weights found: one line naming both, and no dask cluster started."""
+    import torch
+    from click.testing import CliRunner
+
+    import pipeline.segment
+    from pipeline.segmenters.tiny_sam import build_tiny_sam
+    from stages.cli import main
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a dask cluster was started")
+
+    monkeypatch.setattr(pipeline.segment, "dask_client", no_cluster)
+    checkpoint = tmp_path / "tiny_sam.pth"
+    torch.save(build_tiny_sam().state_dict(), checkpoint)
+    params = sam_params(checkpoint)
+    project = make_tiny_project(tmp_path / "p", params)
+    wrong = replace(params, segment=replace(params.segment, sam=replace(
+        params.segment.sam, model_type="vit_b")))
+    (project / "params.yaml").write_text(yaml.safe_dump(as_dict(wrong)))
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(main, ["segment", "--params", "params.yaml"])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr == (
+        f"protomask segment: segment.sam.checkpoint: {checkpoint} holds a tiny SAM (image "
+        f"encoder width 32, 2 blocks) but segment.sam.model_type is vit_b (image encoder "
+        f"width 768, 12 blocks); set segment.sam.model_type: tiny\n")
+    deeper = tmp_path / "deeper.pth"
+    torch.save(build_tiny_sam(encoder_depth=3).state_dict(), deeper)
+    from pipeline.errors import ProtomaskError
+
+    with pytest.raises(ProtomaskError, match=r"deeper.pth is not a tiny SAM checkpoint: its "
+                                             r"tensors show image encoder width 32, 3 blocks, "
+                                             r"tiny has image encoder width 32, 2 blocks"):
+        run_segment(replace(params, segment=replace(params.segment, sam=replace(
+            params.segment.sam, checkpoint=str(deeper)))), project)
+
+
+def test_metrics_hold_no_wall_clock_and_a_maskless_run_warns(tmp_path, monkeypatch) -> None:
+    """Two runs (the second reuses every shard) leave metrics/segment.json byte-identical;
+    the wall-clock facts go to logs/segment.json. With no mask anywhere the summary line
+    warns, and the stage still exits 0."""
+    from click.testing import CliRunner
+
+    from stages.cli import main
+
+    params = tiny_params(classical=replace(ClassicalParams(), max_area_fraction=0.0))
+    project = make_tiny_project(tmp_path, params)
+    (project / "params.yaml").write_text(yaml.safe_dump(as_dict(params)))
+    monkeypatch.chdir(project)
+    first = CliRunner().invoke(main, ["segment", "--params", "params.yaml"])
+    assert first.exit_code == 0, first.output
+    metrics = (project / layout.SEGMENT_METRICS).read_bytes()
+    again = CliRunner().invoke(main, ["segment", "--params", "params.yaml"])
+    assert again.exit_code == 0 and "(5 reused" in again.stdout
+    assert (project / layout.SEGMENT_METRICS).read_bytes() == metrics
+    values = json.loads(metrics)
+    assert values["masks_per_image"] == 0 and values["no_mask_share"] == 1.0
+    assert values["images_without_masks"] == 18
+    assert not {"shards_reused", "seconds", "images_per_second"} & set(values)
+    log = json.loads((project / layout.run_log("segment")).read_text())
+    assert log["shards_reused"] == 5 and log["shards_damaged"] == [] and "seconds" in log
+    assert again.stdout.count("\n") == 1 and again.stdout.strip().endswith(
+        "0.0 masks per image; 100 % of images without a mask; 0 failed; WARNING: 100 % of "
+        "images have no mask; their views will be the whole image; check segment params")
