@@ -1,4 +1,15 @@
-"""The prepare stage's work: listing -> decoded, de-duplicated, split images index."""
+"""The prepare stage's work: listing -> decoded, de-duplicated, split images index.
+
+The rejects table lists, one row each, what prepare does not use as the reader found it:
+- a listed image that does not decode (``path`` is the image; counted against
+  ``data.max_reject_fraction``);
+- an entry the reader did not list (a folder dataset's link leading out of its class
+  folder; ``path`` is the link);
+- a CUB segmentation PNG that does not decode (``path`` is the PNG, under
+  ``segmentations/``): its image stays in the index without object ground truth
+  (``segmentation_path`` null, as for an image without a PNG), so evaluate's object
+  metrics skip it instead of reading a wrong mask, and no bad file stops prepare.
+"""
 from __future__ import annotations
 
 import json
@@ -14,8 +25,8 @@ from pipeline import layout
 from pipeline.atomic import atomic_file
 from pipeline.datasets import read_dataset
 from pipeline.errors import DatasetError, ImageDecodeError
-from pipeline.imageio import load_rgb, pixel_hash, resolve_inside
-from pipeline.params import DataParams, fingerprint
+from pipeline.imageio import load_rgb, pixel_hash, read_mask_png, resolve_inside
+from pipeline.params import DataParams, result_fingerprint
 from pipeline.records import DatasetListing, ImageRecord
 from pipeline.tables import write_table
 
@@ -27,23 +38,31 @@ class Decoded:
     width: int
     height: int
     pixel_hash: str
+    segmentation_problem: str | None = None   # why its segmentation PNG does not decode
 
 
 def index_fingerprint(data: DataParams) -> str:
-    """Fingerprint of the parameters that decide the images index."""
-    return fingerprint(replace(data, decode_workers=1))
+    """Fingerprint of the parameters that decide the images index (not decode_workers)."""
+    return result_fingerprint(data)
 
 
 def decode_all(listing: DatasetListing, root: Path, workers: int
                ) -> tuple[dict[int, Decoded], list[dict]]:
-    """Decode every listed image; return what decoded and the rejects with reasons."""
+    """Decode every listed image and its segmentation PNG (if any); return what decoded
+    and the images that did not, with reasons."""
 
     def decode(record: ImageRecord) -> Decoded | str:
         try:
             rgb = load_rgb(resolve_inside(root, record.path))
         except ImageDecodeError as exc:
             return exc.reason
-        return Decoded(rgb.shape[1], rgb.shape[0], pixel_hash(rgb))
+        problem = None
+        if record.segmentation_path:
+            try:
+                read_mask_png(resolve_inside(root, record.segmentation_path))
+            except ImageDecodeError as exc:
+                problem = exc.reason
+        return Decoded(rgb.shape[1], rgb.shape[0], pixel_hash(rgb), problem)
 
     decoded: dict[int, Decoded] = {}
     rejects: list[dict] = []
@@ -133,15 +152,82 @@ def index_rows(records: list[ImageRecord], listing: DatasetListing,
     return rows
 
 
+def segmentation_rejects(records: list[ImageRecord], decoded: dict[int, Decoded]
+                         ) -> tuple[list[ImageRecord], list[dict]]:
+    """Drop the segmentation of each image whose PNG does not decode; the rejects rows."""
+    kept, rows = [], []
+    for record in records:
+        problem = decoded[record.image_id].segmentation_problem
+        if problem is None:
+            kept.append(record)
+            continue
+        rows.append({"image_id": record.image_id, "path": record.segmentation_path,
+                     "reason": f"segmentation mask: {problem}; the image is kept without "
+                               "object ground truth"})
+        kept.append(replace(record, segmentation_path=None))
+    return kept, rows
+
+
+def check_classes(listing: DatasetListing, root: Path) -> None:
+    """A classifier needs two classes: refuse a dataset with fewer, naming what was found."""
+    names = listing.class_names
+    if len(names) >= 2:
+        return
+    how = ("one folder per class: <root>/<class>/<image>" if listing.source == "folder"
+           else "classes.txt must list at least 2 classes")
+    found = f"1 class ('{names[0]}')" if names else "no class"
+    raise DatasetError(f"{root}: found {found}; prepare needs at least 2 classes ({how})")
+
+
+def check_splits(split: dict[int, str], kept: list[ImageRecord], duplicates: list[dict],
+                 data: DataParams) -> None:
+    """Refuse an empty train, validation or test split, naming the key or file to change."""
+    counts = {s: sum(1 for v in split.values() if v == s) for s in ("train", "val", "test")}
+    if counts["val"] == 0:
+        classes = len({r.class_id for r in kept if r.is_train})
+        raise DatasetError(
+            f"data.val_fraction {data.val_fraction:g} leaves the validation split empty "
+            f"({counts['train']} training images in {classes} classes; each class moves "
+            f"round({data.val_fraction:g} x its training images) to validation and keeps one "
+            "for training): raise data.val_fraction (below 0.5) or add training images")
+    if counts["test"] == 0:
+        lost = sum(1 for d in duplicates if d["dataset_split"] == "test")
+        why = (f"data.test_fraction {data.test_fraction:g} of each class rounds to 0 images "
+               "(a class keeps at least one for training): raise data.test_fraction or add "
+               "images" if data.source == "folder" else
+               "train_test_split.txt marks no kept image as test (0): mark some as test")
+        dups = f"; {lost} test images were duplicates of training images" if lost else ""
+        raise DatasetError(f"the test split is empty: {why}{dups}")
+
+
+def check_train(kept: list[ImageRecord], source: str) -> None:
+    """Refuse a dataset without any training image (before the per-class check)."""
+    if any(r.is_train for r in kept):
+        return
+    if source == "folder":
+        raise DatasetError(f"the train split is empty: every training image was rejected or a "
+                           f"duplicate; see {layout.REJECTS_TABLE} and "
+                           f"{layout.DUPLICATES_TABLE}")
+    raise DatasetError("the train split is empty: train_test_split.txt marks no kept image "
+                       "as training (1): mark the training images with 1")
+
+
 def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
     """Build the images index, rejects and duplicates tables and the prepare metrics."""
     root = project_root / data.root
     listing = read_dataset(data.source, root, test_fraction=data.test_fraction, seed=data.seed)
     if not listing.records:
         raise DatasetError(f"{root}: the dataset lists no images")
+    check_classes(listing, root)
     decoded, rejects = decode_all(listing, root, data.decode_workers)
+    readable = [r for r in listing.records if r.image_id in decoded]
+    readable, seg_rejects = segmentation_rejects(readable, decoded)
+    link_rejects = [{"image_id": e.image_id, "path": e.path, "reason": e.reason}
+                    for e in listing.rejected]
     fp = index_fingerprint(data)
-    write_table(rejects, project_root / layout.REJECTS_TABLE, "rejects", fingerprint=fp)
+    write_table(sorted(rejects + link_rejects + seg_rejects,
+                       key=lambda row: (row["image_id"], row["path"])),
+                project_root / layout.REJECTS_TABLE, "rejects", fingerprint=fp)
     reject_fraction = len(rejects) / len(listing.records)
     if reject_fraction > data.max_reject_fraction:
         examples = "; ".join(f"{r['path']}: {r['reason']}" for r in rejects[:3])
@@ -149,9 +235,10 @@ def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
             f"{len(rejects)} of {len(listing.records)} images could not be decoded "
             f"({reject_fraction:.1%} > data.max_reject_fraction {data.max_reject_fraction:g}); "
             f"see {layout.REJECTS_TABLE} (e.g. {examples})")
-    readable = [r for r in listing.records if r.image_id in decoded]
     kept, duplicates = remove_duplicates(readable, decoded)
+    check_train(kept, data.source)
     split = assign_splits(kept, listing.class_names, data.val_fraction, data.seed)
+    check_splits(split, kept, duplicates, data)
     facts = {
         "source": data.source, "data_root": data.root,
         "class_names": list(listing.class_names),
@@ -167,6 +254,7 @@ def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
         "images": len(kept), "classes": len(listing.class_names),
         "train": counts["train"], "val": counts["val"], "test": counts["test"],
         "rejects": len(rejects), "duplicates_removed": len(duplicates),
+        "links_rejected": len(link_rejects), "segmentations_rejected": len(seg_rejects),
         "with_segmentation": sum(1 for r in kept if r.segmentation_path),
         "with_parts": sum(1 for r in kept if r.parts is not None),
     }

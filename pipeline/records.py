@@ -29,6 +29,15 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class RejectedEntry:
+    """Something a reader found but does not list as an image (prepare's rejects table)."""
+
+    image_id: int                 # numbered after every listed image
+    path: str                     # POSIX path relative to the dataset root
+    reason: str
+
+
+@dataclass(frozen=True)
 class DatasetListing:
     """Everything a reader found: records, class names (index = class_id), part names."""
 
@@ -37,3 +46,4 @@ class DatasetListing:
     part_names: Optional[tuple[str, ...]] = None   # index = part_id - 1
     source: str = ""
     notes: tuple[str, ...] = field(default=())      # e.g. "segmentations/ absent"
+    rejected: tuple[RejectedEntry, ...] = field(default=())   # e.g. a link to another class

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -128,3 +129,124 @@ def test_too_many_rejects_fail_with_the_table_written(folder_project) -> None:
         run_prepare(data, project)
     assert len(read_table(project / layout.REJECTS_TABLE, "rejects")[0]) == 6
     assert not (project / layout.IMAGES_INDEX).exists()
+
+
+def test_too_long_a_root_for_the_filesystem_is_one_line(tmp_path: Path) -> None:
+    from pipeline.datasets import read_dataset
+
+    with pytest.raises(DatasetError, match="data.root '.*' cannot be read \\(File name too long"):
+        read_dataset("folder", tmp_path / ("x" * 300), test_fraction=0.3, seed=0)
+
+
+# ------------------------------------------------------- labels come from real folders
+def test_a_link_to_another_class_is_a_reject_not_a_label(folder_project) -> None:
+    project, data = folder_project
+    root = project / "photos"
+    os.symlink(root / "finch", root / "crow" / "finches")
+    metrics = run_prepare(data, project)
+    rows = read_table(project / layout.IMAGES_INDEX, "images")[0].to_pylist()
+    assert {(r["path"].split("/")[0], r["class_name"]) for r in rows} == {
+        ("crow", "crow"), ("finch", "finch")}
+    assert len(rows) == 20 and metrics["links_rejected"] == 1 and metrics["rejects"] == 0
+    rejects = read_table(project / layout.REJECTS_TABLE, "rejects")[0].to_pylist()
+    assert rejects == [{"image_id": 21, "path": "crow/finches", "reason":
+                        "symlink to 'finch', outside class folder 'crow': not read as class "
+                        "'crow'"}]
+
+
+# ---------------------------------------------------------------- refusals
+def test_a_single_class_is_refused_before_decoding(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    for i in range(6):
+        write_png(root / "crow" / f"{i}.png", seed=i)
+    data = DataParams(source="folder", root="photos")
+    with pytest.raises(DatasetError) as info:
+        run_prepare(data, tmp_path)
+    assert str(info.value) == (f"{root}: found 1 class ('crow'); prepare needs at least 2 "
+                               "classes (one folder per class: <root>/<class>/<image>)")
+    assert not (tmp_path / layout.REJECTS_TABLE).exists()
+
+
+@pytest.mark.parametrize("val_fraction", [0.0, 0.05])
+def test_an_empty_validation_split_names_the_key(folder_project, val_fraction: float) -> None:
+    project, data = folder_project
+    with pytest.raises(DatasetError) as info:
+        run_prepare(replace(data, val_fraction=val_fraction), project)
+    assert str(info.value) == (
+        f"data.val_fraction {val_fraction:g} leaves the validation split empty (14 training "
+        f"images in 2 classes; each class moves round({val_fraction:g} x its training images) "
+        "to validation and keeps one for training): raise data.val_fraction (below 0.5) or "
+        "add training images")
+    assert not (project / layout.IMAGES_INDEX).exists()
+
+
+def test_an_empty_test_split_of_class_folders_names_the_key(folder_project) -> None:
+    project, data = folder_project
+    with pytest.raises(DatasetError, match=r"^the test split is empty: data.test_fraction 0.04 "
+                                           r"of each class rounds to 0 images .*raise "
+                                           r"data.test_fraction or add images$"):
+        run_prepare(replace(data, test_fraction=0.04), project)
+
+
+def cub_project(tmp_path: Path, split: list[int], *, duplicate_test: bool = False) -> Path:
+    """A 2-class CUB folder of len(split) images per class; split: 1 train, 0 test."""
+    root = tmp_path / "cub"
+    lines: dict[str, list[str]] = {"images": [], "labels": [], "split": []}
+    image_id = 0
+    for c in (1, 2):
+        for i, flag in enumerate(split):
+            image_id += 1
+            rel = f"{c:03d}.c/{i}.png"
+            seed = 100 * c + (0 if duplicate_test and not flag else i)
+            write_png(root / "images" / rel, seed=seed)
+            lines["images"].append(f"{image_id} {rel}")
+            lines["labels"].append(f"{image_id} {c}")
+            lines["split"].append(f"{image_id} {flag}")
+    for name, key in (("images.txt", "images"), ("image_class_labels.txt", "labels"),
+                      ("train_test_split.txt", "split")):
+        (root / name).write_text("\n".join(lines[key]) + "\n")
+    (root / "classes.txt").write_text("1 001.c\n2 002.c\n")
+    return root
+
+
+@pytest.mark.parametrize("split, duplicate_test, message", [
+    ([1, 1, 1, 1], False, "the test split is empty: train_test_split.txt marks no kept image "
+                          "as test (0): mark some as test"),
+    ([1, 1, 1, 0], True, "the test split is empty: train_test_split.txt marks no kept image "
+                         "as test (0): mark some as test; 2 test images were duplicates of "
+                         "training images"),
+    ([0, 0, 0, 0], False, "the train split is empty: train_test_split.txt marks no kept image "
+                          "as training (1): mark the training images with 1"),
+])
+def test_an_empty_cub_split_names_the_file(tmp_path: Path, split: list[int],
+                                           duplicate_test: bool, message: str) -> None:
+    cub_project(tmp_path, split, duplicate_test=duplicate_test)
+    data = DataParams(source="cub", root="cub", val_fraction=0.3)
+    with pytest.raises(DatasetError) as info:
+        run_prepare(data, tmp_path)
+    assert str(info.value) == message
+
+
+# ------------------------------------------------------- segmentation ground truth
+def test_unreadable_segmentations_are_recorded_and_their_images_kept(tmp_path: Path) -> None:
+    from pipeline.params import SyntheticParams
+    from pipeline.synthetic import generate_synthetic
+
+    root = tmp_path / "data" / "synthetic"
+    generate_synthetic(root, SyntheticParams(num_classes=2, images_per_class=5, image_size=64))
+    names = sorted((root / "segmentations").rglob("*.png"))
+    names[0].write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    names[3].write_bytes(names[3].read_bytes()[:60])                         # truncated
+    metrics = run_prepare(DataParams(val_fraction=0.3), tmp_path)
+    rows = read_table(tmp_path / layout.IMAGES_INDEX, "images")[0].to_pylist()
+    assert len(rows) == 10 and metrics["images"] == 10
+    bad = {n.relative_to(root).as_posix() for n in (names[0], names[3])}
+    assert {r["path"].replace("images/", "segmentations/", 1) for r in rows
+            if r["segmentation_path"] is None} == bad
+    assert metrics["segmentations_rejected"] == 2 and metrics["with_segmentation"] == 8
+    rejects = read_table(tmp_path / layout.REJECTS_TABLE, "rejects")[0].to_pylist()
+    assert {r["path"] for r in rejects} == bad
+    assert all(r["reason"].startswith("segmentation mask: ") and
+               r["reason"].endswith("; the image is kept without object ground truth")
+               for r in rejects)
+    assert metrics["rejects"] == 0

@@ -327,6 +327,87 @@ def test_folder_symlink_loop_inside_root_is_walked_once(tmp_path: Path) -> None:
     assert len(listing.records) == 2
 
 
+def rejected(listing) -> list[tuple[str, str]]:
+    return [(e.path, e.reason) for e in listing.rejected]
+
+
+def test_a_link_to_another_class_gives_no_label(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "data", {"crow": 2, "finch": 3})
+    os.symlink(root / "finch", root / "crow" / "more")                    # a folder link
+    os.symlink(root / "finch" / "img_00.jpg", root / "crow" / "x.jpg")    # a file link
+    listing = read_folder(root, test_fraction=0.0, seed=0)
+    assert [(r.image_id, r.path, r.class_id) for r in listing.records] == [
+        (1, "crow/img_00.jpg", 0), (2, "crow/img_01.jpg", 0), (3, "finch/img_00.jpg", 1),
+        (4, "finch/img_01.jpg", 1), (5, "finch/img_02.jpg", 1)]
+    assert rejected(listing) == [
+        ("crow/more", "symlink to 'finch', outside class folder 'crow': not read as class "
+                      "'crow'"),
+        ("crow/x.jpg", "symlink to 'finch/img_00.jpg', outside class folder 'crow': not read "
+                       "as class 'crow'")]
+    assert [e.image_id for e in listing.rejected] == [6, 7]
+
+
+def test_a_link_to_the_dataset_root_gives_no_label(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "data", {"crow": 1, "finch": 1})
+    os.symlink(root, root / "crow" / "all")
+    os.symlink(root, root / "everything")                                   # as a class
+    listing = read_folder(root, test_fraction=0.0, seed=0)
+    assert listing.class_names == ("crow", "finch")
+    assert [r.path for r in listing.records] == ["crow/img_00.jpg", "finch/img_00.jpg"]
+    assert rejected(listing) == [
+        ("crow/all", "symlink to '.', outside class folder 'crow': not read as class 'crow'"),
+        ("everything", "symlink to the dataset root: not read as class 'everything'")]
+
+
+def test_a_class_folder_linked_to_another_class_is_not_a_class(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "data", {"crow": 2, "finch": 1})
+    (root / "crow" / "young").mkdir()
+    (root / "crow" / "young" / "y.jpg").write_bytes(b"x")
+    os.symlink(root / "crow", root / "raven")
+    os.symlink(root / "crow" / "young", root / "chick")
+    listing = read_folder(root, test_fraction=0.0, seed=0)
+    assert listing.class_names == ("crow", "finch")
+    assert [r.path for r in listing.records if r.class_id == 0] == [
+        "crow/img_00.jpg", "crow/img_01.jpg", "crow/young/y.jpg"]
+    assert rejected(listing) == [
+        ("chick", "symlink to 'crow/young', which overlaps class folder 'crow': not read as "
+                  "class 'chick'"),
+        ("raven", "symlink to 'crow', which overlaps class folder 'crow': not read as class "
+                  "'raven'")]
+
+
+def test_links_that_stay_in_their_class_folder_are_read(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "data", {"crow": 1, "finch": 1})
+    (root / ".store" / "owl").mkdir(parents=True)
+    (root / ".store" / "owl" / "o.jpg").write_bytes(b"x")
+    os.symlink(root / ".store" / "owl", root / "owl")             # a class stored elsewhere
+    (root / "crow" / "sub").mkdir()
+    (root / "crow" / "sub" / "s.jpg").write_bytes(b"x")
+    os.symlink(root / "crow" / "sub", root / "crow" / "shortcut")  # inside its own class
+    listing = read_folder(root, test_fraction=0.0, seed=0)
+    assert listing.class_names == ("crow", "finch", "owl")
+    assert [r.path for r in listing.records] == [
+        "crow/img_00.jpg", "crow/sub/s.jpg", "finch/img_00.jpg", "owl/o.jpg"]  # walked once
+    assert listing.rejected == ()
+
+
+def test_a_broken_link_is_rejected_not_skipped(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "data", {"crow": 1, "finch": 1})
+    os.symlink(root / "crow" / "gone.jpg", root / "crow" / "link.jpg")
+    listing = read_folder(root, test_fraction=0.0, seed=0)
+    assert rejected(listing) == [("crow/link.jpg",
+                                  "broken symbolic link (its target does not exist)")]
+
+
+def test_a_class_left_with_links_only_names_them(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "data", {"crow": 1, "finch": 1})
+    (root / "owl").mkdir()
+    os.symlink(root / "crow" / "img_00.jpg", root / "owl" / "o.jpg")
+    with pytest.raises(DatasetError, match="class folder 'owl' has no images .*; 1 link\\(s\\) "
+                                           "in it lead out of it"):
+        read_folder(root, test_fraction=0.0, seed=0)
+
+
 # ------------------------------------------------------------------- dispatcher
 
 def test_read_dataset_dispatches(tmp_path: Path) -> None:

@@ -22,9 +22,13 @@ def read_dataset(source: str, root: Path, *, test_fraction: float, seed: int) ->
     root = Path(root)
     if source not in SOURCES:
         raise DatasetError(f"data.source must be one of {', '.join(SOURCES)}, got '{source}'")
-    if not root.exists():
+    try:
+        exists, is_dir = root.exists(), root.is_dir()
+    except OSError as exc:         # e.g. a name too long for the filesystem
+        raise DatasetError(f"data.root '{root}' cannot be read ({exc.strerror or exc})") from None
+    if not exists:
         raise DatasetError(f"data.root '{root}' does not exist")
-    if not root.is_dir():
+    if not is_dir:
         raise DatasetError(f"data.root '{root}' is not a folder")
     if source == "folder":
         listing = read_folder(root, test_fraction=test_fraction, seed=seed)
