@@ -231,10 +231,9 @@ def test_result_fingerprint_ignores_speed_only_keys_at_any_depth() -> None:
 
 
 def test_result_fingerprint_is_fingerprint_without_speed_only_keys() -> None:
-    for section in (CropsParams(), ClassicalParams(), SamParams(pred_iou_thresh=0.5)):
-        if section.__class__ is SamParams:
-            continue
+    for section in (CropsParams(), ClassicalParams(), Params().data.synthetic):
         assert result_fingerprint(section) == fingerprint(section)
+    assert result_fingerprint(SamParams()) != fingerprint(SamParams())   # it has speed keys
 
 
 def test_result_keys_list_the_dotted_result_keys() -> None:
