@@ -2,15 +2,22 @@
 
 A checkpoint is one file holding a dict of plain types and tensors only:
 format, version, model state, optimiser and scheduler states (by name), the params (plain
-nested dict), fingerprint, period, epoch, RNG states (python, numpy, torch CPU, CUDA) and
-an optional ``extra`` dict (e.g. sampler generator states, best metric). It is written to
-a temporary file in the same folder, fsynced, then renamed over the target, so a crash
-leaves either the old or the new checkpoint, never a torn one.
+nested dict), fingerprint, period, epoch, whether the prototypes are pushed (every
+prototype is the embedding of a real training view or patch), RNG states (python, numpy,
+torch CPU, CUDA) and an optional ``extra`` dict (e.g. the step index, best metric). It is
+written to a temporary file in the same folder, fsynced, then renamed over the target, so
+a crash leaves either the old or the new checkpoint, never a torn one.
+
+``torch.save`` writes a zip archive with a CRC-32 per record, but ``torch.load`` does not
+check them: :func:`load_checkpoint` verifies every record first, so a flipped byte or a
+truncated file is an ArtifactError naming the file, never silently different weights.
 """
 from __future__ import annotations
 
 import os
 import random
+import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -24,7 +31,7 @@ from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
 
 FORMAT = "protomask-checkpoint"
-VERSION = 1
+VERSION = 2   # 2: the pushed flag
 
 _PLAIN = (str, int, float, bool, type(None), Tensor)
 
@@ -40,6 +47,7 @@ class Checkpoint:
     fingerprint: str = ""
     period: str = ""
     epoch: int = 0
+    pushed: bool = False
     rng: Optional[dict[str, Any]] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -92,12 +100,27 @@ def _check_plain(obj: Any, where: str) -> None:
                         f"(use str, int, float, bool, None, list, dict or tensor)")
 
 
+def _canonical(obj: Any) -> Any:
+    """A fresh copy of nested dicts/lists/tuples with every string interned, so equal
+    payloads pickle to equal bytes (pickle memoises by object identity: a key loaded from a
+    checkpoint is another object than the same key written by torch's code)."""
+    if isinstance(obj, Mapping):
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_canonical(v) for v in obj)
+    if type(obj) is str:
+        return sys.intern(obj)
+    return obj
+
+
 def save_checkpoint(path: Path | str, *, model: nn.Module,
                     optimizers: Optional[Mapping[str, torch.optim.Optimizer]] = None,
                     schedulers: Optional[Mapping[str, Any]] = None,
                     params: Optional[Mapping[str, Any]] = None, fingerprint: str = "",
-                    period: str = "", epoch: int = 0, extra: Optional[Mapping[str, Any]] = None,
-                    with_rng: bool = True) -> None:
+                    period: str = "", epoch: int = 0, pushed: bool = False,
+                    extra: Optional[Mapping[str, Any]] = None, with_rng: bool = True) -> None:
     """Write a checkpoint atomically (temp file in the same folder, fsync, os.replace)."""
     payload: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
@@ -105,10 +128,12 @@ def save_checkpoint(path: Path | str, *, model: nn.Module,
         "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
         "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
         "params": dict(params or {}), "fingerprint": str(fingerprint), "period": str(period),
-        "epoch": int(epoch), "rng": rng_state() if with_rng else None,
+        "epoch": int(epoch), "pushed": bool(pushed),
+        "rng": rng_state() if with_rng else None,
         "extra": dict(extra or {}),
     }
     _check_plain(payload, "checkpoint")
+    payload = _canonical(payload)
     path = Path(path)
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
@@ -125,11 +150,29 @@ def save_checkpoint(path: Path | str, *, model: nn.Module,
         pass
 
 
+def verify_checkpoint(path: Path | str) -> None:
+    """Check every record of the checkpoint's zip archive against its CRC-32 (one full
+    read); ArtifactError naming the file and the damaged record when one does not match."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ArtifactError(f"{path}: damaged checkpoint (not a complete archive: "
+                            f"{' '.join(str(exc).split())[:200]}); rerun train to rebuild "
+                            f"it") from None
+    if bad is not None:
+        raise ArtifactError(f"{path}: damaged checkpoint (checksum error in {bad}); rerun "
+                            f"train to rebuild it")
+
+
 def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> Checkpoint:
-    """Read a checkpoint (weights_only); ArtifactError naming the file when unusable."""
+    """Verify, then read a checkpoint (weights_only); ArtifactError naming the file when it
+    is missing, damaged, foreign or of an unknown version."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: checkpoint not found")
+    verify_checkpoint(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt / foreign file
@@ -143,7 +186,7 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> Checkpoint:
     return Checkpoint(model=obj["model"], optimizers=obj["optimizers"],
                       schedulers=obj["schedulers"], params=obj["params"],
                       fingerprint=obj["fingerprint"], period=obj["period"], epoch=obj["epoch"],
-                      rng=obj["rng"], extra=obj["extra"])
+                      pushed=bool(obj["pushed"]), rng=obj["rng"], extra=obj["extra"])
 
 
 def restore(checkpoint: Checkpoint, *, model: Optional[nn.Module] = None,

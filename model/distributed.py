@@ -36,6 +36,11 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def world_size() -> int:
+    """Ranks of the process group (1 without distribution)."""
+    return dist.get_world_size() if active() else 1
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +75,7 @@ from pipeline.errors import ArtifactError, ParamsError
 from pipeline.imageio import load_rgb, read_mask_png, resolve_inside
 from pipeline.mask_shards import MaskShard
 from pipeline.params import EvaluateParams, Params, PerturbParams, TrainParams, build_section
+from pipeline.run_log import write_run_log
 from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset, normalise
 from pipeline.views import cut_view, decode_masks, resize_square
@@ -176,6 +176,10 @@ def load_model(project_root: Path, kind: str, which: str, num_classes: int,
     train params stored in the checkpoint (trunk weights come from the checkpoint)."""
     path = project_root / layout.TRAIN_DIR / kind / which / "checkpoint.pt"
     ckpt = load_checkpoint(path)
+    if not ckpt.pushed:
+        raise ArtifactError(f"{path}: its prototypes were never pushed onto training "
+                            f"{'views' if kind == 'protomask' else 'patches'}, so its "
+                            f"explanations would not show real regions; rerun train")
     try:
         train = build_section(TrainParams, ckpt.params.get("train", {}), "train.")
     except ParamsError as exc:
@@ -491,15 +495,26 @@ def run_evaluation(params: Params, kind: str, project_root: Path = Path("."),
 
     doc = {"model": kind, "checkpoint": ev.checkpoint, "saliency": ev.saliency,
            "lrp_composite": ev.lrp_composite if ev.saliency == "prp" else None,
-           "test_images": int(n), "top_k": int(k), **_mean_json(metrics)}
+           "test_images": int(n), "seeds": 1,
+           "fallback_share": fallback_share(project_root, test.image_ids),
+           "top_k": int(k), **_mean_json(metrics)}
     timings["total"] = time.perf_counter() - started
     result = Evaluation(kind, doc, {key: round(v, 2) for key, v in timings.items()}, report)
     if write:
         write_outputs(result, project_root)
         timings["total_with_report"] = time.perf_counter() - started
         result.timings = {key: round(v, 2) for key, v in timings.items()}
-        _write_json(project_root / layout.evaluate_dir(kind) / "timings.json", result.timings)
+        write_run_log(project_root, f"evaluate-{kind}", result.timings)
     return result
+
+
+def fallback_share(project_root: Path, image_ids: np.ndarray) -> float:
+    """Share of these images (in %) whose views are all the whole image (no usable mask)."""
+    table = read_table(project_root / layout.CROPS_INDEX, "crops")[0]
+    first = table.filter(pc.equal(table["view"], 0))
+    chosen = pc.is_in(first["image_id"], value_set=pa_array(np.asarray(image_ids, np.int64)))
+    flags = first.filter(chosen)["fallback"].to_numpy(zero_copy_only=False)
+    return round(100.0 * float(flags.mean()), 2) if len(flags) else 0.0
 
 
 def _finite(maps: Tensor) -> Tensor:
@@ -594,116 +609,3 @@ def write_outputs(result: Evaluation, project_root: Path) -> None:
 def _write_json(path: Path, obj: object) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
-
-
-# ------------------------------------------------------------------------- comparison
-COMPARED = (
-    ("accuracy", "balanced accuracy (%)", "higher"),
-    ("top3_accuracy", "top-3 accuracy (%)", "higher"),
-    ("macro_f1", "macro F1 (%)", "higher"), ("global_size", "global size", None),
-    ("sparsity", "sparsity (%)", None), ("npr", "NPR", None), ("vlc", "VLC", None),
-    ("intra_pd", "intra PD", None), ("inter_pd", "inter PD", None),
-    ("object_overlap", "object overlap (%)", "higher"),
-    ("background_overlap", "background overlap (%)", "lower"), ("ior", "IOR", "higher"),
-    ("pointing_game", "pointing game (energy in G, %)", "higher"),
-    ("consistency", "consistency (%)", "higher"), ("stability", "stability (%)", "higher"),
-    ("psc", "PSC (%)", "lower"), ("prc", "PRC (ranks)", "lower"), ("crc", "CRC (rank)", "lower"),
-    ("mask_consistency", "mask consistency (segmenter, %)", None),
-    ("randomisation.spearman", "randomisation: Spearman trained vs random", "lower"),
-    ("randomisation.passed", "randomisation check passed", None),
-)
-
-
-def _lookup(doc: dict, dotted: str) -> Any:
-    node: Any = doc
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, dict) and "absent" in value:
-        return f"absent ({value['absent']})"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, float)):
-        return f"{value:.2f}" if not float(value).is_integer() else f"{value:.0f}" \
-            if abs(value) >= 1 else f"{value:.2f}"
-    return str(value)
-
-
-def _number(value: Any) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) else None
-
-
-def comparison_markdown(docs: dict[str, dict]) -> str:
-    """The Markdown comparison of the models' metrics JSONs, with the paper's claim checked."""
-    names = [m for m in MODELS if m in docs]
-    lines = ["# ProtoMask vs ProtoPNet on the test split", "",
-             "Generated by `protomask compare` from " + ", ".join(
-                 f"`{layout.evaluate_metrics(m)}`" for m in names) + ".", ""]
-    header = "| metric | " + " | ".join(names) + " | better |"
-    lines += [header, "|---|" + "---|" * len(names) + "---|"]
-    for key, label, better in COMPARED:
-        lines.append(f"| {label} | " + " | ".join(_fmt(_lookup(docs[m], key)) for m in names)
-                     + f" | {better or ''} |")
-    if "protopnet" in docs and isinstance(docs["protopnet"].get("upsampled"), dict):
-        lines += ["", "ProtoPNet's classic upsampled similarity maps, as a second saliency "
-                  "method of the baseline:", "", "| metric | protopnet (upsampled) |", "|---|---|"]
-        for key, label, _ in COMPARED:
-            value = _lookup(docs["protopnet"]["upsampled"], key)
-            if value is not None:
-                lines.append(f"| {label} | {_fmt(value)} |")
-    lines += ["", "## The paper's claim", "", claim_sentence(docs), ""]
-    method = {m: docs[m].get("saliency") for m in names}
-    lines += [f"Saliency: {', '.join(f'{m} {v}' for m, v in method.items())}; "
-              f"test images: {', '.join(str(docs[m].get('test_images')) for m in names)}. "
-              "One training seed: no standard deviation over seeds.", ""]
-    return "\n".join(lines)
-
-
-def claim_sentence(docs: dict[str, dict]) -> str:
-    """Whether ProtoMask's background overlap is lower and its object overlap and
-    consistency higher than ProtoPNet's, computed from the numbers."""
-    if "protomask" not in docs or "protopnet" not in docs:
-        return "Only one model was evaluated: no comparison."
-    checks = (("background_overlap", "lower"), ("object_overlap", "higher"),
-              ("consistency", "higher"))
-    parts, verdicts = [], []
-    for key, want in checks:
-        a, b = _number(docs["protomask"].get(key)), _number(docs["protopnet"].get(key))
-        label = key.replace("_", " ")
-        if a is None or b is None:
-            parts.append(f"{label} cannot be compared (not measured for both models)")
-            verdicts.append(None)
-            continue
-        holds = a < b if want == "lower" else a > b
-        verdicts.append(holds)
-        parts.append(f"{label} is {want if holds else ('not ' + want)} for ProtoMask "
-                     f"({a:.2f} vs {b:.2f})")
-    if all(v is True for v in verdicts):
-        head = "The claim holds on this run:"
-    elif any(v is None for v in verdicts):
-        head = "The claim cannot be fully checked on this run:"
-    else:
-        head = "The claim does not hold on this run:"
-    return f"{head} {'; '.join(parts)}."
-
-
-def run_compare(project_root: Path = Path(".")) -> str:
-    """Write artifacts/evaluate/comparison.md from the two models' metrics JSONs."""
-    docs = {}
-    for kind in MODELS:
-        path = project_root / layout.evaluate_metrics(kind)
-        if not path.is_file():
-            raise ArtifactError(f"{path}: missing; run protomask evaluate --model {kind}")
-        docs[kind] = json.loads(path.read_text())
-    text = comparison_markdown(docs)
-    with atomic_file(project_root / layout.COMPARISON) as tmp:
-        tmp.write_text(text)
-    return text

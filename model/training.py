@@ -8,17 +8,22 @@ fingerprint continues after the last finished step, so an interrupted run ends w
 the same weights as an uninterrupted one (on CPU). Each epoch's shuffling and
 augmentation depend only on (seed, step), never on what ran before.
 
-Model selection reads only the validation split: the best validation accuracy among the
-post-push steps (the interpretable model) is kept in ``best/``; ``final/`` holds the
-last step. The test split is never read here.
+Model selection reads only the validation split and chooses only among states whose
+prototypes are pushed (after the push, and after periods that leave the prototypes, the
+add-on and the trunk alone): the best of these is kept in ``best/``; ``final/`` holds
+the last step. The test split is never read here. Every checkpoint is CRC-checked
+before use; a damaged ``best/`` or ``final/`` is rebuilt from ``latest/`` or by
+training again, never loaded.
 """
 from __future__ import annotations
 
 import json
+import logging
+import random
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -29,20 +34,22 @@ from torch.utils.data import DataLoader, Dataset
 
 from model import distributed as dist_utils
 from model.backbones import build_backbone
-from model.checkpoint import load_checkpoint, restore, save_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint, restore, save_checkpoint
 from model.head import unwrap_model
 from model.losses import LossWeights, class_weights, prototype_loss
 from model.protomask import ProtoMask
 from model.protopnet import ProtoPNet
 from model.push import push_prototypes
 from pipeline import devices, layout
-from pipeline.atomic import atomic_file
+from pipeline.atomic import atomic_file, remove_leftovers
 from pipeline.errors import ArtifactError
-from pipeline.params import Params, TrainParams, as_dict, fingerprint
+from pipeline.params import Params, TrainParams, as_dict, result_fingerprint
+from pipeline.run_log import write_run_log
 from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset
 
 MODELS = layout.MODELS
+log = logging.getLogger(__name__)
 TRAINED_GROUPS = {
     "warmup": ("add_on", "prototypes"),
     "joint": ("trunk", "add_on", "prototypes"),
@@ -202,39 +209,159 @@ def accuracy(labels: np.ndarray, logits: np.ndarray) -> float:
     return float(100.0 * (logits.argmax(1) == labels).mean()) if len(labels) else 0.0
 
 
-def training_fingerprint(params: Params, kind: str, crops_fp: str) -> str:
-    """What decides the trained weights: train params, the model kind, the crops."""
-    return fingerprint(params.train)[:8] + kind[:4] + crops_fp[:8]
+def training_fingerprint(params: Params, kind: str, crops_fp: str, precision: str,
+                         world_size: int = 1) -> str:
+    """What decides the trained weights: the train params that change results (not the
+    speed-only ones: device, loader workers, channels_last), the model kind, the crops,
+    the arithmetic actually used (bf16 autocast or fp32) and the number of DDP ranks."""
+    return (result_fingerprint(params.train)[:8] + kind[:4] + crops_fp[:8] + precision
+            + (f"x{world_size}" if world_size > 1 else ""))
+
+
+def precision_of(device: torch.device, train: TrainParams) -> str:
+    """bf16 when training autocasts to bf16 (CUDA and train.bf16), else fp32."""
+    return "bf16" if device.type == "cuda" and train.bf16 else "fp32"
+
+
+def keeps_push(period: str) -> bool:
+    """Whether a period leaves pushed prototypes pushed: it trains none of the trunk, the
+    add-on or the prototypes, so every prototype is still a real training embedding."""
+    return not set(TRAINED_GROUPS[period]) & {"trunk", "add_on", "prototypes"}
+
+
+def pushed_after(steps: list[Step]) -> list[bool]:
+    """For each step, whether the state after it has pushed prototypes (only these states
+    are valid models: selection chooses among them, evaluate loads only them)."""
+    flags, pushed = [], False
+    for step in steps:
+        pushed = True if step.period == "push" else pushed and keeps_push(step.period)
+        flags.append(pushed)
+    return flags
+
+
+def _checkpoint(out_dir: Path, which: str) -> Path:
+    return out_dir / which / "checkpoint.pt"
 
 
 def _copy_checkpoint(out_dir: Path, source: str, target: str) -> None:
-    src = out_dir / source / "checkpoint.pt"
-    with atomic_file(out_dir / target / "checkpoint.pt") as tmp:
-        shutil.copyfile(src, tmp)
+    with atomic_file(_checkpoint(out_dir, target)) as tmp:
+        shutil.copyfile(_checkpoint(out_dir, source), tmp)
+
+
+def _holds_step(path: Path, fp: str, step: int) -> bool:
+    """Whether ``path`` is an intact checkpoint of this run saved after ``step``."""
+    try:
+        ckpt = load_checkpoint(path)
+    except ArtifactError:
+        return False
+    return ckpt.fingerprint == fp and int(ckpt.extra.get("next_step", -1)) - 1 == step
+
+
+def finished_summary(out_dir: Path, fp: str, num_steps: int) -> Optional[dict]:
+    """The summary of a finished run with this fingerprint whose ``best/`` and ``final/``
+    are intact (CRC-checked) and pushed; None when the run must continue or be rebuilt."""
+    summary = out_dir / "summary.json"
+    if not summary.is_file():
+        return None
+    for which in ("final", "best"):
+        path = _checkpoint(out_dir, which)
+        try:
+            ckpt = load_checkpoint(path)
+        except ArtifactError as exc:
+            log.warning("train: %s; rebuilding it", exc)
+            return None
+        if ckpt.fingerprint != fp:
+            return None
+        if not ckpt.pushed:
+            log.warning("train: %s holds prototypes that were never pushed; rebuilding it",
+                        path)
+            return None
+    if not _holds_step(_checkpoint(out_dir, "final"), fp, num_steps - 1):
+        return None
+    return json.loads(summary.read_text())
+
+
+def resume_point(out_dir: Path, fp: str) -> Optional[Checkpoint]:
+    """``latest/`` when it is intact, of this run, and ``best/`` is intact or rebuildable
+    from it; None (train from the start) otherwise, saying why when something is damaged."""
+    latest = _checkpoint(out_dir, "latest")
+    if not latest.exists():
+        return None
+    try:
+        ckpt = load_checkpoint(latest)
+    except ArtifactError as exc:
+        log.warning("train: %s; training from the start", exc)
+        return None
+    if ckpt.fingerprint != fp:
+        return None
+    best_step, last = int(ckpt.extra["best_step"]), int(ckpt.extra["next_step"]) - 1
+    if best_step >= 0 and best_step != last and \
+            not _holds_step(_checkpoint(out_dir, "best"), fp, best_step):
+        log.warning("train: %s is damaged or missing and latest/ is a later step (%d, best "
+                    "was %d): training from the start to rebuild it",
+                    _checkpoint(out_dir, "best"), last, best_step)
+        return None
+    return ckpt
 
 
 class Logger:
-    """dvclive metrics and plots under the model's output folder (rank 0 only)."""
+    """dvclive metrics and plots under the model's output folder (rank 0 only).
 
-    def __init__(self, directory: Path, resume: bool) -> None:
+    The folder is always written afresh: a resumed run first replays the history stored in
+    ``latest/``, so its logs equal an uninterrupted run's even when a kill fell between
+    saving a step and logging it. No wall-clock values (dvclive's timestamps are off).
+    """
+
+    def __init__(self, directory: Path, history: list[dict]) -> None:
         self.live = None
         if dist_utils.is_main():
             from dvclive import Live
 
-            self.live = Live(str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None,
+            shutil.rmtree(directory, ignore_errors=True)
+            self.live = Live(str(directory), resume=False, save_dvc_exp=False, dvcyaml=None,
                              report=None)
+            for record in history:
+                self.log(record)
 
-    def log(self, step: int, values: dict[str, float]) -> None:
+    def log(self, record: dict) -> None:
         if self.live is None:
             return
-        self.live.step = step
-        for key, value in values.items():
-            self.live.log_metric(key, value)
+        self.live.step = int(record["step"])
+        for key, value in record.items():
+            if isinstance(value, float):
+                self.live.log_metric(key, value, timestamp=False)
         self.live.next_step()
 
     def close(self) -> None:
         if self.live is not None:
             self.live.end()
+
+
+@dataclass
+class RunState:
+    """Where a run stands: the next step, the best post-push state so far, the records."""
+
+    next_step: int = 0
+    best_val: float = -1.0
+    best_step: int = -1
+    history: list = field(default_factory=list)
+
+    def extra(self) -> dict:
+        return {"next_step": self.next_step, "best_val": self.best_val,
+                "best_step": self.best_step, "history": json.dumps(self.history)}
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint) -> "RunState":
+        e = ckpt.extra
+        return cls(int(e["next_step"]), float(e["best_val"]), int(e["best_step"]),
+                   json.loads(e["history"]))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (all saved in checkpoints)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def run_training(params: Params, kind: str, project_root: Path = Path("."),
@@ -246,19 +373,22 @@ def run_training(params: Params, kind: str, project_root: Path = Path("."),
     """
     train = params.train
     out_dir = project_root / layout.TRAIN_DIR / kind
-    crops_fp = read_table(project_root / layout.CROPS_INDEX, "crops")[1]["fingerprint"]
-    fp = training_fingerprint(params, kind, crops_fp)
-    metrics_path = project_root / layout.train_metrics(kind)
-    final = out_dir / "final" / "checkpoint.pt"
-    if resume and final.exists() and load_checkpoint(final).fingerprint == fp \
-            and (out_dir / "summary.json").exists():
-        summary = json.loads((out_dir / "summary.json").read_text())
-        _write_json(metrics_path, summary)
-        return summary
-
     device = resolve_device(train.device)
-    torch.manual_seed(train.seed)
-    np.random.seed(train.seed % 2**32)
+    crops_fp = read_table(project_root / layout.CROPS_INDEX, "crops")[1]["fingerprint"]
+    fp = training_fingerprint(params, kind, crops_fp, precision_of(device, train),
+                              dist_utils.world_size())
+    metrics_path = project_root / layout.train_metrics(kind)
+    steps = schedule(train)
+    if dist_utils.is_main():
+        remove_leftovers(out_dir)
+    done = finished_summary(out_dir, fp, len(steps)) if resume else None
+    dist_utils.barrier()
+    if done is not None:
+        if dist_utils.is_main():
+            _write_json(metrics_path, done)
+        return done
+
+    seed_everything(train.seed)
     train_set = make_dataset(kind, params, "train", project_root, augment=True)
     plain_train = make_dataset(kind, params, "train", project_root, augment=False)
     val_set = make_dataset(kind, params, "val", project_root, augment=False)
@@ -272,94 +402,81 @@ def run_training(params: Params, kind: str, project_root: Path = Path("."),
     weights = LossWeights(**as_dict(train.loss))
     class_weight = class_weights(torch.tensor(train_set.labels), num_classes).to(device)
 
-    steps = schedule(train)
-    start, best_val, best_step, history = 0, -1.0, -1, []
-    latest = out_dir / "latest" / "checkpoint.pt"
-    resumed = False
-    if resume and latest.exists():
-        try:
-            ckpt = load_checkpoint(latest)
-        except ArtifactError:
-            ckpt = None
-        if ckpt is not None and ckpt.fingerprint == fp:
-            restore(ckpt, model=model, optimizers=optimizers, schedulers=schedulers)
-            start = int(ckpt.extra["next_step"])
-            best_val, best_step = float(ckpt.extra["best_val"]), int(ckpt.extra["best_step"])
-            history = json.loads(ckpt.extra["history"])
-            resumed = True
-    if not resumed and dist_utils.is_main():
+    ckpt = resume_point(out_dir, fp) if resume else None
+    state = RunState()
+    if ckpt is not None:
+        restore(ckpt, model=model, optimizers=optimizers, schedulers=schedulers)
+        state = RunState.of(ckpt)
+        if dist_utils.is_main() and state.best_step == state.next_step - 1:
+            _copy_checkpoint(out_dir, "latest", "best")   # a kill may have come before it
+    elif dist_utils.is_main():
         shutil.rmtree(out_dir, ignore_errors=True)
     dist_utils.barrier()
     ddp_model = dist_utils.wrap(model, device)
-    logger = Logger(out_dir / "dvclive", resume=resumed)
-    started, trained_items = time.perf_counter(), 0
-    done_now = 0
-    for index in range(start, len(steps)):
+    logger = Logger(out_dir / "dvclive", state.history)
+    pushed = pushed_after(steps)
+    started, trained_items, first_step = time.perf_counter(), 0, state.next_step
+    for index in range(first_step, len(steps)):
         step = steps[index]
-        step_seed = train.seed * 100003 + index
         if step.period == "push":
             batches = loader(plain_train, train, shuffle_seed=None)
             result = push_prototypes(model, batches, device)
             if dist_utils.is_main():
                 _write_json(out_dir / "push.json", result.records())
-            record = {"step": index, "period": "push"}
+            record: dict = {"step": index, "period": "push"}
         else:
             set_trainable(model, step.period)
             ddp_model = dist_utils.rewrap(ddp_model, model, device)
             train_set.set_epoch(index)
-            batches = loader(train_set, train, shuffle_seed=step_seed)
+            batches = loader(train_set, train, shuffle_seed=train.seed * 100003 + index)
             stats = run_epoch(ddp_model, batches, optimizers[step.period],
                               weights.for_period(step.period), class_weight, device, train)
             trained_items += len(train_set)
             if step.period == "joint":
                 schedulers["joint"].step()
-            _, val_y, val_logits = predict(model, loader(val_set, train, shuffle_seed=None),
-                                           device, train)
-            record = {"step": index, "period": step.period, "epoch": step.epoch, **stats,
-                      "val_accuracy": accuracy(val_y, val_logits)}
-        history.append(record)
-        post_push = index > steps.index(Step("push", 0))
-        selectable = post_push or train.last_layer_epochs == 0
-        is_best = selectable and "val_accuracy" in record and record["val_accuracy"] > best_val
+            record = {"step": index, "period": step.period, "epoch": step.epoch, **stats}
+        _, val_y, val_logits = predict(model, loader(val_set, train, shuffle_seed=None),
+                                       device, train)
+        record["val_accuracy"] = accuracy(val_y, val_logits)
+        state.history.append(record)
+        is_best = pushed[index] and record["val_accuracy"] > state.best_val
         if is_best:
-            best_val, best_step = record["val_accuracy"], index
+            state.best_val, state.best_step = record["val_accuracy"], index
+        state.next_step = index + 1
         if dist_utils.is_main():
-            save_checkpoint(latest, model=model, optimizers=optimizers, schedulers=schedulers,
-                            params=as_dict(params), fingerprint=fp, period=step.period,
-                            epoch=step.epoch, extra={"next_step": index + 1,
-                                                     "best_val": best_val,
-                                                     "best_step": best_step,
-                                                     "history": json.dumps(history)})
-            if is_best or (step.period == "push" and train.last_layer_epochs == 0
-                           and best_step < 0):
+            save_checkpoint(_checkpoint(out_dir, "latest"), model=model, optimizers=optimizers,
+                            schedulers=schedulers, params=as_dict(params), fingerprint=fp,
+                            period=step.period, epoch=step.epoch, pushed=pushed[index],
+                            extra=state.extra())
+            if is_best:
                 _copy_checkpoint(out_dir, "latest", "best")
-            logger.log(index, {k: v for k, v in record.items()
-                               if isinstance(v, float)})
+            logger.log(record)
         dist_utils.barrier()
-        done_now += 1
-        if stop_after is not None and done_now >= stop_after and index + 1 < len(steps):
+        if stop_after is not None and index + 1 - first_step >= stop_after \
+                and index + 1 < len(steps):
             logger.close()
             return {"stopped_at_step": index}
-    if dist_utils.is_main():
-        _copy_checkpoint(out_dir, "latest", "final")
-        if best_step < 0:
-            _copy_checkpoint(out_dir, "latest", "best")
-    elapsed = time.perf_counter() - started
     logger.close()
+    if state.best_step < 0:    # cannot happen: every schedule ends with pushed states
+        raise ArtifactError(f"{out_dir}: no pushed state was reached; rerun train")
     summary = {
-        "model": kind, "steps": len(steps), "best_step": best_step,
-        "best_val_accuracy": best_val if best_step >= 0 else history[-1].get("val_accuracy"),
-        "final_val_accuracy": next((h["val_accuracy"] for h in reversed(history)
-                                    if "val_accuracy" in h), None),
-        "final_train_accuracy": next((h["train_accuracy"] for h in reversed(history)
+        "model": kind, "steps": len(steps), "best_step": state.best_step,
+        "best_val_accuracy": state.best_val,
+        "final_val_accuracy": state.history[-1]["val_accuracy"],
+        "final_train_accuracy": next((h["train_accuracy"] for h in reversed(state.history)
                                       if "train_accuracy" in h), None),
     }
-    if trained_items:
-        summary["train_images_per_second"] = round(trained_items / elapsed, 2)
     if dist_utils.is_main():
-        _write_json(out_dir / "summary.json", {k: v for k, v in summary.items()
-                                               if k != "train_images_per_second"})
+        _copy_checkpoint(out_dir, "latest", "final")
+        _write_json(out_dir / "summary.json", summary)
         _write_json(metrics_path, summary)
+        elapsed = time.perf_counter() - started
+        write_run_log(project_root, f"train-{kind}", {
+            "seconds": round(elapsed, 2), "resumed_at_step": first_step,
+            "train_images_per_second": round(trained_items / elapsed, 2) if trained_items
+            else None})
+        if trained_items:
+            summary = {**summary, "train_images_per_second": round(trained_items / elapsed, 2)}
     return summary
 
 

@@ -47,3 +47,19 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def remove_leftovers(directory: Path) -> list[Path]:
+    """Delete what an interrupted write of this module left under ``directory`` (its
+    ``.<name>.tmp-<pid>`` files and folders, ``.<name>.old-<pid>`` folders); return them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.rglob(".*")
+             if ".tmp-" in p.name or ".old-" in p.name]
+    for path in sorted(found, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    return found

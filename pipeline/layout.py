@@ -54,3 +54,6 @@ RUN_LOGS = Path("logs")
 def run_log(name: str) -> Path:
     """logs/<name>.json (e.g. logs/segment.json, logs/train-protomask.json)"""
     return RUN_LOGS / f"{name}.json"
+
+# Advisory locks of stages run by hand (one per stage, per model for train and evaluate).
+LOCKS = Path(".protomask/locks")

@@ -32,15 +32,14 @@ def evaluate(params: Params, kind: str) -> None:
 @stage_command("compare", help=(
     "Write artifacts/evaluate/comparison.md: the metrics of ProtoMask and the ProtoPNet "
     "baseline side by side, and whether ProtoMask's background overlap is lower and its "
-    "object overlap and consistency higher (computed from metrics/evaluate/*.json)."))
+    "object overlap and consistency higher (computed from metrics/evaluate/*.json); no "
+    "verdict, with the reason, when test images or training seeds are too few or most views "
+    "are whole-image fallbacks (params evaluate.verdict_*)."))
 def compare(params: Params) -> None:
-    from model.evaluation import claim_sentence, run_compare
-    import json
+    from model.comparison import run_compare
 
-    run_compare()
-    docs = {k: json.loads((layout.evaluate_metrics(k)).read_text())
-            for k in layout.MODELS}
-    click.echo(f"compare: {layout.COMPARISON}: {claim_sentence(docs)}")
+    result = run_compare(params.evaluate)
+    click.echo(f"compare: {layout.COMPARISON}: {result.sentence}")
 
 
 def _short(value: object) -> str:

@@ -10,7 +10,7 @@ from pipeline.params import Params
 from stages.common import stage_command
 
 
-@stage_command("show", help=(
+@stage_command("show", locked=False, help=(
     "Write a PNG of image IMAGE_ID with the boxes of its views drawn (one colour and number "
     "per view) and its M crops beside it, read from the images index, "
     f"{layout.CROPS_INDEX} and the crop shards (run crops first), to check segmentation and "

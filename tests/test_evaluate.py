@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.evaluation import (METRIC_KEYS, SALIENCY_KEYS, Inputs, claim_sentence,
-                              comparison_markdown, load_model, load_test_set, perturb_image,
-                              run_compare, run_evaluation)
+from model.comparison import run_compare
+from model.evaluation import (METRIC_KEYS, SALIENCY_KEYS, Inputs, load_model, load_test_set,
+                              perturb_image, run_evaluation)
 from pipeline import layout
 from pipeline.imageio import load_rgb
 from pipeline.params import EvaluateParams, Params, PerturbParams
@@ -36,7 +36,7 @@ def evaluated(tmp_path_factory) -> Path:
                            tmp_path_factory.mktemp("evaluate") / "p")
     for kind in ("protomask", "protopnet"):
         run_evaluation(eval_params(), kind, project)
-    run_compare(project)
+    run_compare(FAST, project)
     return project
 
 
@@ -70,7 +70,9 @@ def test_metrics_json_has_every_metric_as_a_number(evaluated: Path, kind: str) -
         assert all(is_number(doc["upsampled"][k]) for k in SALIENCY_KEYS)
     report = evaluated / layout.evaluate_dir(kind)
     assert json.loads((report / "metrics.json").read_text()) == doc
-    assert set(json.loads((report / "timings.json").read_text())) >= {"saliency", "total"}
+    assert not (report / "timings.json").exists()      # wall-clock values stay out of DVC
+    timings = json.loads((evaluated / layout.run_log(f"evaluate-{kind}")).read_text())
+    assert set(timings) >= {"saliency", "total"}
 
 
 @pytest.mark.parametrize("kind", ["protomask", "protopnet"])
@@ -88,29 +90,15 @@ def test_report_references_existing_pngs(evaluated: Path, kind: str) -> None:
     assert on_disk == set(sources)
 
 
-def test_comparison_markdown_states_the_claim_from_the_numbers(evaluated: Path) -> None:
+def test_comparison_markdown_gives_no_verdict_on_a_tiny_one_seed_run(evaluated: Path) -> None:
     text = (evaluated / layout.COMPARISON).read_text()
     assert "| metric | protomask | protopnet | better |" in text
     assert "background overlap" in text and "upsampled" in text
     a, b = metrics_of(evaluated, "protomask"), metrics_of(evaluated, "protopnet")
-    holds = (a["background_overlap"] < b["background_overlap"]
-             and a["object_overlap"] > b["object_overlap"]
-             and a["consistency"] > b["consistency"])
-    assert ("The claim holds" in text) == holds
+    assert a["seeds"] == 1 and 0 <= a["fallback_share"] <= 100
+    assert "No verdict on the claim" in text and "The claim holds" not in text
+    assert "evaluate.verdict_min_test_images" in text      # the tiny test split is too small
     assert f"{a['background_overlap']:.2f} vs {b['background_overlap']:.2f}" in text
-
-
-def test_claim_sentence_is_computed() -> None:
-    good = {"background_overlap": 10.0, "object_overlap": 50.0, "consistency": 40.0}
-    bad = {"background_overlap": 30.0, "object_overlap": 20.0, "consistency": 10.0}
-    assert claim_sentence({"protomask": good, "protopnet": bad}).startswith("The claim holds")
-    assert claim_sentence({"protomask": bad, "protopnet": good}).startswith(
-        "The claim does not hold")
-    absent = dict(good, consistency={"absent": "no ground-truth part keypoints"})
-    text = claim_sentence({"protomask": absent, "protopnet": bad})
-    assert text.startswith("The claim cannot be fully checked")
-    md = comparison_markdown({"protomask": absent, "protopnet": bad})
-    assert "absent (no ground-truth part keypoints)" in md
 
 
 def test_absent_ground_truth_is_reported_with_its_reason(evaluated: Path, tmp_path: Path) -> None:
@@ -184,7 +172,7 @@ def test_dvc_stages_name_the_layout_paths() -> None:
     assert ev["cmd"] == "protomask evaluate --model ${item.model}"
     assert ev["outs"] == [str(layout.evaluate_dir("${item.model}"))]
     assert ev["metrics"] == [str(layout.evaluate_metrics("${item.model}"))]
-    assert ev["params"] == ["evaluate"] and "artifacts/train/${item.model}" in ev["deps"]
+    assert "artifacts/train/${item.model}" in ev["deps"]   # params: tests/test_params_dvc.py
     compare = stages["compare"]
     assert compare["deps"][:2] == [str(layout.evaluate_metrics(m))
                                    for m in ("protomask", "protopnet")]

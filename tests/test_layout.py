@@ -18,7 +18,7 @@ def dvc_stages() -> dict:
 
 def test_dvc_outputs_are_the_layout_paths() -> None:
     stages = dvc_stages()
-    assert stages["synthesize"]["outs"] == [str(layout.SYNTHETIC_ROOT)]
+    assert out_paths(stages["synthesize"]) == [str(layout.SYNTHETIC_ROOT)]
     assert stages["prepare"]["outs"] == [str(layout.PREPARE_DIR)]
     assert stages["prepare"]["metrics"] == [str(layout.PREPARE_METRICS)]
     assert out_paths(stages["segment"]) == [str(layout.SEGMENT_DIR)]

@@ -12,6 +12,7 @@ from model.backbones import build_backbone
 from model.checkpoint import load_checkpoint, restore, save_checkpoint
 from model.protomask import ProtoMask
 from pipeline.errors import ArtifactError
+from tests.faults import flip, prototypes_record, record_offset
 
 torch.set_num_threads(1)
 
@@ -94,3 +95,38 @@ def test_unusable_checkpoints_raise_artifact_errors(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ArtifactError, match="not a protomask checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_flipped_bytes_in_the_weights_are_refused_not_loaded(tmp_path: Path) -> None:
+    model, opt, sched = setup(0)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, model=model, fingerprint="f", pushed=True)
+    assert load_checkpoint(path).pushed is True
+    # torch.load alone would load these flipped prototype values without a word
+    flip(path, record_offset(path, "/" + prototypes_record(path)) + 4)
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["head.prototypes"],
+                           model.state_dict()["head.prototypes"])
+    with pytest.raises(ArtifactError, match=r"checkpoint.pt: damaged checkpoint \(checksum "
+                                            r"error in .*data/"):
+        load_checkpoint(path)
+
+
+def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
+    model, _, _ = setup(0)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, model=model)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ArtifactError, match="damaged checkpoint .*rerun train") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_same_state_same_bytes(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        model, opt, sched = setup(0)
+        random.seed(0)
+        np.random.seed(0)
+        torch.manual_seed(0)
+        save_checkpoint(tmp_path / name / "checkpoint.pt", model=model, optimizers={"o": opt})
+    assert (tmp_path / "a" / "checkpoint.pt").read_bytes() == \
+        (tmp_path / "b" / "checkpoint.pt").read_bytes()

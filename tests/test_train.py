@@ -14,6 +14,7 @@ import yaml
 from model.checkpoint import load_checkpoint
 from model.training import run_training, schedule
 from pipeline import layout
+from pipeline.errors import ArtifactError
 from pipeline.params import ModelParams, Params, TrainParams, as_dict
 from tests.e2e import kill_when, stage_env
 from tests.tiny_project import copy_project, shared_cropped_project, tiny_crops_params
@@ -56,9 +57,12 @@ def test_both_models_write_checkpoints_logs_push_and_metrics(trained: Path) -> N
         assert len(push) == 3 * 2 and all(r["image_id"] > 0 for r in push)
         metrics = json.loads((trained / layout.train_metrics(kind)).read_text())
         assert metrics["model"] == kind and 0 <= metrics["best_val_accuracy"] <= 100
-        assert metrics["best_step"] >= 4          # selected after the push
+        assert metrics["best_step"] >= 3          # the push (step 3) or after it
+        assert "train_images_per_second" not in metrics   # wall-clock: logs/, not DVC
+        assert json.loads((trained / layout.run_log(f"train-{kind}")).read_text())["seconds"] > 0
         tsv = (out / "dvclive" / "plots" / "metrics" / "val_accuracy.tsv").read_text()
-        assert len(tsv.strip().splitlines()) == 1 + 5   # header + every epoch
+        assert len(tsv.strip().splitlines()) == 1 + 6   # header + every step
+        assert tsv.splitlines()[0] == "step\tval_accuracy"   # no wall-clock timestamps
 
 
 def test_push_puts_prototypes_on_training_embeddings(trained: Path) -> None:
@@ -117,3 +121,100 @@ def test_sigkill_then_rerun_equals_uninterrupted(trained: Path, tmp_path: Path) 
     shutil_rm(reference / layout.TRAIN_DIR / "protomask")
     subprocess.run(cmd, cwd=reference, env=env, capture_output=True, text=True, check=True)
     assert same_weights(weights(project, "protomask"), weights(reference, "protomask"))
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative name -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_best_is_a_pushed_state_even_without_last_layer_epochs(trained: Path,
+                                                               tmp_path: Path) -> None:
+    from model.evaluation import load_model
+
+    project = copy_project(trained, tmp_path / "p")
+    params = tiny_train_params(last_layer_epochs=0)      # steps: warm-up, joint x2, push
+    summary = run_training(params, "protomask", project)
+    assert summary["best_step"] == 3
+    out = project / layout.TRAIN_DIR / "protomask"
+    best = load_checkpoint(out / "best" / "checkpoint.pt")
+    assert best.pushed and best.period == "push"
+    # a pre-push state is never evaluated, whatever file it sits in
+    from model.checkpoint import save_checkpoint
+    from model.training import build_model
+
+    model = build_model("protomask", params.train, 3)
+    save_checkpoint(out / "best" / "checkpoint.pt", model=model, fingerprint=best.fingerprint,
+                    period="joint", pushed=False)
+    with pytest.raises(ArtifactError, match="never pushed"):
+        load_model(project, "protomask", "best", 3, torch.device("cpu"))
+
+
+def test_two_clean_runs_give_byte_identical_outputs(trained: Path, tmp_path: Path) -> None:
+    import random
+
+    project = copy_project(trained, tmp_path / "p")
+    out = project / layout.TRAIN_DIR / "protomask"
+    import shutil
+
+    shutil.rmtree(out)
+    random.seed(12345)        # whatever state Python's generator is in before the stage
+    run_training(tiny_train_params(), "protomask", project)
+    assert tree(out) == tree(trained / layout.TRAIN_DIR / "protomask")
+    assert (project / layout.train_metrics("protomask")).read_bytes() == \
+        (trained / layout.train_metrics("protomask")).read_bytes()
+
+
+def test_damaged_best_and_truncated_final_are_rebuilt_never_loaded(trained: Path,
+                                                                   tmp_path: Path) -> None:
+    from tests.faults import flip, prototypes_record, record_offset
+
+    project = copy_project(trained, tmp_path / "p")
+    out = project / layout.TRAIN_DIR / "protomask"
+    good = tree(out)
+    best, final = out / "best" / "checkpoint.pt", out / "final" / "checkpoint.pt"
+    flip(best, record_offset(best, "/" + prototypes_record(best)) + 4)
+    final.write_bytes(final.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="damaged checkpoint"):
+        load_checkpoint(best)
+    run_training(tiny_train_params(), "protomask", project)
+    assert tree(out) == good
+
+
+def test_damaged_latest_means_training_again(trained: Path, tmp_path: Path) -> None:
+    project = copy_project(trained, tmp_path / "p")
+    out = project / layout.TRAIN_DIR / "protomask"
+    good = tree(out)
+    latest, best = out / "latest" / "checkpoint.pt", out / "best" / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:-100])
+    best.write_bytes(b"not a checkpoint")      # not rebuildable from a damaged latest/
+    run_training(tiny_train_params(), "protomask", project)
+    assert tree(out) == good
+
+
+def test_resume_gives_the_same_logs_and_folder_as_an_uninterrupted_run(
+        trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    project = copy_project(trained, tmp_path / "p")
+    out = project / layout.TRAIN_DIR / "protomask"
+    shutil.rmtree(out)
+    run_training(tiny_train_params(), "protomask", project, stop_after=4)
+    # a kill between saving latest/ and logging the step: the last row never reached dvclive
+    tsv = out / "dvclive" / "plots" / "metrics" / "val_accuracy.tsv"
+    tsv.write_text("".join(tsv.read_text().splitlines(keepends=True)[:-1]))
+    # a kill during a checkpoint save leaves its temporary file
+    (out / "latest" / ".checkpoint.pt.tmp-99999").write_bytes(b"half")
+    run_training(tiny_train_params(), "protomask", project)
+    assert tree(out) == tree(trained / layout.TRAIN_DIR / "protomask")
+
+
+def test_speed_only_settings_do_not_retrain(trained: Path, tmp_path: Path) -> None:
+    project = copy_project(trained, tmp_path / "p")
+    out = project / layout.TRAIN_DIR / "protomask"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    summary = run_training(tiny_train_params(loader_workers=1, channels_last=False,
+                                             device="auto"), "protomask", project)
+    assert "train_images_per_second" not in summary          # nothing was trained
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == before

