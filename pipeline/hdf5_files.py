@@ -67,11 +67,13 @@ def _digest(datasets: Mapping[str, bytes], attrs: Mapping[str, object]) -> str:
     return total.hexdigest()
 
 
-def _dataset_digest(dtype: np.dtype, shape: tuple[int, ...], blocks: Iterator[bytes]) -> bytes:
-    """Digest of one dataset: its dtype, shape and C-order bytes."""
+def _dataset_digest(dtype: np.dtype, shape: tuple[int, ...],
+                    blocks: Iterator[np.ndarray]) -> bytes:
+    """Digest of one dataset: its dtype, shape and C-order bytes (C-contiguous blocks)."""
     one = hashlib.sha256(f"{np.dtype(dtype).str}{tuple(shape)}".encode())
     for block in blocks:
-        one.update(block)
+        if block.size:
+            one.update(memoryview(block).cast("B"))
     return one.digest()
 
 
@@ -94,8 +96,7 @@ class CheckedWriter:
                                       maxshape=maxshape, fletcher32=True, track_times=False,
                                       **filters)
         stored = np.ascontiguousarray(data, dtype=ds.dtype)
-        self._digests[ds.name.lstrip("/")] = _dataset_digest(ds.dtype, ds.shape,
-                                                             iter([stored.tobytes()]))
+        self._digests[ds.name.lstrip("/")] = _dataset_digest(ds.dtype, ds.shape, iter([stored]))
         return ds
 
     def stamp(self) -> None:
@@ -104,15 +105,15 @@ class CheckedWriter:
 
 
 # ------------------------------------------------------------------------ checking
-def _blocks(ds: h5py.Dataset) -> Iterator[bytes]:
-    """A dataset's bytes in C order, read in blocks of whole rows."""
+def _blocks(ds: h5py.Dataset) -> Iterator[np.ndarray]:
+    """A dataset's content in C order, read in C-contiguous blocks of whole rows."""
     if ds.shape is None or len(ds.shape) == 0:
-        yield np.asarray(ds[()]).tobytes()
+        yield np.ascontiguousarray(ds[()])
         return
     row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
     step = max(1, _READ_BLOCK_BYTES // row_bytes)
     for start in range(0, ds.shape[0], step):
-        yield np.ascontiguousarray(ds[start:start + step]).tobytes()
+        yield np.ascontiguousarray(ds[start:start + step])
 
 
 def content_damage(file: h5py.File) -> str | None:
