@@ -14,6 +14,7 @@ truncated file is an ArtifactError naming the file, never silently different wei
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import sys
@@ -135,11 +136,16 @@ def save_checkpoint(path: Path | str, *, model: nn.Module,
     _check_plain(payload, "checkpoint")
     payload = _canonical(payload)
     path = Path(path)
+    buffer = io.BytesIO()    # serialised first: a full disk then fails in a plain write,
+    torch.save(payload, buffer)   # an OSError naming the file (torch.save would not say)
     with atomic_file(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:

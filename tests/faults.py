@@ -40,3 +40,26 @@ def prototypes_record(path: Path) -> str:
                        and isinstance(a, str) and a.isdigit())
             return f"data/{key}"
     raise AssertionError("head.prototypes not found")
+
+
+def flip_in_chunk(path: Path, dataset: str, chunk: int = 0, at: int = 10) -> None:
+    """Flip one byte inside chunk ``chunk`` of an HDF5 dataset, as disk damage would."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info(chunk)
+    offset = info.byte_offset + min(at, info.size - 1)
+    flip(path, offset, 1)
+
+
+def file_size_limit(limit: int):
+    """A preexec_fn: files of the child may grow to ``limit`` bytes, then writes fail with
+    EFBIG (a full disk, as the process sees it) instead of killing it with SIGXFSZ."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
