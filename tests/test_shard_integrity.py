@@ -198,3 +198,43 @@ def test_show_on_a_damaged_shard_ends_in_one_line(project, monkeypatch) -> None:
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
     assert result.stderr.startswith("protomask show: ") and "crops-00000.h5: damaged crop " \
         "shard" in result.stderr and "rerun crops" in result.stderr
+
+
+def test_a_damaged_chunk_in_a_dataloader_worker_ends_in_one_line(project) -> None:
+    """Training reads views in DataLoader workers: the worker's ArtifactError reaches the
+    stage as one line (stages.common.one_line), never damaged pixels."""
+    import torch.utils.data
+
+    from stages.common import one_line
+
+    crops_dir = project / layout.CROPS_DIR
+    dataset = ViewDataset(crops_dir, "train")
+    victim = dataset.shard_names[dataset.shard_of[0]]
+    flip_byte_in_chunk(crops_dir / victim, "crops", int(dataset.rows[0].min()))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1,
+                                         multiprocessing_context="fork")
+    with pytest.raises(ArtifactError) as caught:
+        list(loader)
+    line = one_line(caught.value)
+    assert "\n" not in line and line.startswith(f"{crops_dir / victim}: damaged crop shard, "
+                                                f"cannot read crops rows")
+    assert line.endswith("(a chunk fails its checksum); rerun crops (dvc repro rebuilds it)")
+
+
+def test_uncompressed_crops_are_checked_too(tmp_path) -> None:
+    """crops.compression none has no decompression to fail: the checksum still catches a
+    flipped pixel instead of handing it to training."""
+    from pipeline.crop_shards import VIEW_COLUMNS, write_crop_shard
+
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    views = {name: np.zeros((3,) + tail, dtype) for name, (dtype, tail) in
+             VIEW_COLUMNS.items()}
+    path = tmp_path / "crops-00000.h5"
+    write_crop_shard(path, crops, crops[:1], views, fingerprint="f", size=8, fill="zero",
+                     num_views=3, mask_shard="shard-00000.h5", compression="none")
+    flip_byte_in_chunk(path, "crops", 1)
+    with CropShard(path) as shard:
+        assert np.array_equal(shard.rows(np.array([2, 2])), crops[[2, 2]])
+        with pytest.raises(ArtifactError, match="crops rows 1..1 .a chunk fails its checksum"):
+            shard.rows(np.array([1]))
