@@ -20,6 +20,7 @@ from pipeline.params import as_dict
 from pipeline.segmenters.base import MaskSet
 from pipeline.view_datasets import FullImageDataset, ViewDataset
 from stages.cli import main
+from tests.faults import flip_in_chunk
 from tests.tiny_project import copy_project, shared_cropped_project, tiny_crops_params
 
 
@@ -31,15 +32,6 @@ def cropped(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(cropped, tmp_path) -> Path:
     return copy_project(cropped, tmp_path / "p")
-
-
-def flip_byte_in_chunk(path: Path, dataset: str, chunk: int = 0) -> None:
-    """Invert one byte in the middle of a stored chunk of ``dataset``."""
-    with h5py.File(path, "r") as f:
-        info = f[dataset].id.get_chunk_info(chunk)
-    data = bytearray(path.read_bytes())
-    data[info.byte_offset + info.size // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def run_stage(project: Path, stage: str, monkeypatch):
@@ -92,7 +84,7 @@ def test_check_tells_stale_from_damaged(tmp_path) -> None:
     assert check_mask_shard(path, "f").reusable
     assert check_mask_shard(path, "g") == check_mask_shard(tmp_path / "none.h5", "f")
     assert check_mask_shard(path, "g").damage is None
-    flip_byte_in_chunk(path, "masks/rle_data")
+    flip_in_chunk(path, "masks/rle_data")
     assert check_mask_shard(path, "f").damage == "checksum error in masks/rle_data"
     path.write_bytes(path.read_bytes()[:1000])
     damage = check_mask_shard(path, "f").damage
@@ -104,7 +96,7 @@ def test_segment_rebuilds_a_damaged_shard_to_the_same_bytes(project, monkeypatch
     out = project / layout.SEGMENT_DIR
     original = {p.name: p.read_bytes() for p in shard_paths(out)}
     metrics = (project / layout.SEGMENT_METRICS).read_bytes()
-    flip_byte_in_chunk(out / "shard-00003.h5", "masks/rle_data")
+    flip_in_chunk(out / "shard-00003.h5", "masks/rle_data")
     (out / "shard-00001.h5").write_bytes(original["shard-00001.h5"][:5000])   # truncated
     result = run_stage(project, "segment", monkeypatch)
     assert result.exit_code == 0, result.output
@@ -126,7 +118,7 @@ def test_crops_rebuilds_a_damaged_shard_to_the_same_bytes(project, monkeypatch,
     out = project / layout.CROPS_DIR
     original = {p.name: p.read_bytes() for p in out.iterdir()}
     metrics = (project / layout.CROPS_METRICS).read_bytes()
-    flip_byte_in_chunk(out / "crops-00002.h5", dataset)
+    flip_in_chunk(out / "crops-00002.h5", dataset)
     result = run_stage(project, "crops", monkeypatch)
     assert result.exit_code == 0, result.output
     assert lines_with(result.stderr, "is damaged") == [
@@ -154,8 +146,8 @@ def test_crops_rebuilds_a_truncated_shard(project, monkeypatch) -> None:
 def test_readers_turn_a_damaged_chunk_into_one_artifact_error(project) -> None:
     crops_dir = project / layout.CROPS_DIR
     shard = crops_dir / "crops-00000.h5"
-    flip_byte_in_chunk(shard, "crops", 0)
-    flip_byte_in_chunk(shard, "full", 0)
+    flip_in_chunk(shard, "crops", 0)
+    flip_in_chunk(shard, "full", 0)
     expected = r"crops-00000.h5: damaged crop shard, cannot read .*a chunk fails its " \
                r"checksum\); rerun crops \(dvc repro rebuilds it\)"
     with CropShard(shard) as cs:
@@ -177,7 +169,7 @@ def test_readers_turn_a_damaged_chunk_into_one_artifact_error(project) -> None:
                 full[k]
     assert hit == 1
     mask_shard = project / layout.SEGMENT_DIR / "shard-00000.h5"
-    flip_byte_in_chunk(mask_shard, "masks/rle_data")
+    flip_in_chunk(mask_shard, "masks/rle_data")
     with MaskShard(mask_shard) as ms:
         with pytest.raises(ArtifactError, match=r"shard-00000.h5: damaged mask shard, cannot "
                                                 r"read the masks of image \d+ .*rerun segment"):
@@ -186,7 +178,7 @@ def test_readers_turn_a_damaged_chunk_into_one_artifact_error(project) -> None:
 
 def test_show_on_a_damaged_shard_ends_in_one_line(project, monkeypatch) -> None:
     shard = project / layout.CROPS_DIR / "crops-00000.h5"
-    flip_byte_in_chunk(shard, "crops", 0)
+    flip_in_chunk(shard, "crops", 0)
     with CropShard(shard) as cs:
         image_id = int(cs.views()["image_id"][0])
     params = project / "params.yaml"
@@ -210,7 +202,7 @@ def test_a_damaged_chunk_in_a_dataloader_worker_ends_in_one_line(project) -> Non
     crops_dir = project / layout.CROPS_DIR
     dataset = ViewDataset(crops_dir, "train")
     victim = dataset.shard_names[dataset.shard_of[0]]
-    flip_byte_in_chunk(crops_dir / victim, "crops", int(dataset.rows[0].min()))
+    flip_in_chunk(crops_dir / victim, "crops", int(dataset.rows[0].min()))
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1,
                                          multiprocessing_context="fork")
     with pytest.raises(ArtifactError) as caught:
@@ -233,7 +225,7 @@ def test_uncompressed_crops_are_checked_too(tmp_path) -> None:
     path = tmp_path / "crops-00000.h5"
     write_crop_shard(path, crops, crops[:1], views, fingerprint="f", size=8, fill="zero",
                      num_views=3, mask_shard="shard-00000.h5", compression="none")
-    flip_byte_in_chunk(path, "crops", 1)
+    flip_in_chunk(path, "crops", 1)
     with CropShard(path) as shard:
         assert np.array_equal(shard.rows(np.array([2, 2])), crops[[2, 2]])
         with pytest.raises(ArtifactError, match="crops rows 1..1 .a chunk fails its checksum"):
