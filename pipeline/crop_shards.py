@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
 from pipeline.hdf5_files import (CheckedWriter, ShardCheck, attr_text, check_shard, open_stamped,
-                                 reading, stamped_fingerprint)
+                                 reading)
 
 FORMAT = "protomask.crops"
 VERSION = 2      # 2: Fletcher-32 on every chunk, content digest
@@ -105,11 +105,6 @@ def write_crop_shard(path: Path, crops: np.ndarray, full: np.ndarray,
                     raise ValueError(f"view column {name} has shape {data.shape}")
                 writer.dataset(f"views/{name}", data, rows_per_chunk=len(data))
             writer.stamp()
-
-
-def crop_shard_fingerprint(path: Path) -> str | None:
-    """The fingerprint a complete crop shard was written with, or None if unreadable."""
-    return stamped_fingerprint(path, FORMAT, VERSION)
 
 
 def check_crop_shard(path: Path, fingerprint: str) -> ShardCheck:

@@ -176,17 +176,6 @@ def check_shard(path: Path, fmt: str, version: int, fingerprint: str) -> ShardCh
     return ShardCheck(damage is None, damage)
 
 
-def stamped_fingerprint(path: Path, fmt: str, version: int) -> str | None:
-    """The fingerprint of a shard of this format and version (attributes only), else None."""
-    try:
-        with h5py.File(path, "r") as f:
-            if attr_text(f.attrs.get("format")) != fmt or int(f.attrs.get("version", -1)) != version:
-                return None
-            return attr_text(f.attrs["fingerprint"])
-    except (OSError, KeyError, ValueError, TypeError):
-        return None
-
-
 # ------------------------------------------------------------------------ reading
 def open_stamped(path: Path, fmt: str, version: int, kind: str, stage: str) -> h5py.File:
     """Open ``path`` for reading; an ArtifactError naming it when it is unreadable, of

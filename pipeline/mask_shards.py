@@ -31,8 +31,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
-from pipeline.hdf5_files import (CheckedWriter, ShardCheck, check_shard, open_stamped, reading,
-                                 stamped_fingerprint)
+from pipeline.hdf5_files import CheckedWriter, ShardCheck, check_shard, open_stamped, reading
 from pipeline.segmenters.base import MaskSet
 
 FORMAT = "protomask.masks"
@@ -113,11 +112,6 @@ def write_shard(path: Path, results: Sequence[ImageResult], *, fingerprint: str,
             _dataset(writer, "masks/stability_score", cat("stab", np.float32, (0,)))
             _dataset(writer, "masks/point", cat("point", np.float32, (0, 2)))
             writer.stamp()
-
-
-def shard_fingerprint(path: Path) -> str | None:
-    """The fingerprint a complete shard was written with, or None if unreadable."""
-    return stamped_fingerprint(path, FORMAT, VERSION)
 
 
 def check_mask_shard(path: Path, fingerprint: str) -> ShardCheck:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ArtifactError
-from pipeline.mask_shards import ImageResult, MaskShard, shard_fingerprint, write_shard
+from pipeline.mask_shards import ImageResult, MaskShard, check_mask_shard, write_shard
 from pipeline.segmenters.base import MaskSet, boxes_of
 
 
@@ -31,7 +31,7 @@ def test_round_trip_and_failures(tmp_path: Path) -> None:
                ImageResult(11, MaskSet.empty(9, 7))]
     path = tmp_path / "shard-00000.h5"
     write_shard(path, results, fingerprint="abc", backend="classical")
-    assert shard_fingerprint(path) == "abc"
+    assert check_mask_shard(path, "abc").reusable
     with MaskShard(path) as shard:
         assert list(shard) == [3, 7, 9, 11]
         assert shard.status(7) == "failed: truncated image"
@@ -55,7 +55,7 @@ def test_corrupt_or_foreign_files_are_named(tmp_path: Path) -> None:
     path = tmp_path / "shard-00001.h5"
     write_shard(path, [ImageResult(1, some_masks(1))], fingerprint="f", backend="classical")
     path.write_bytes(path.read_bytes()[:300])
-    assert shard_fingerprint(path) is None
+    assert check_mask_shard(path, "f").damage.startswith("not a readable HDF5 file")
     with pytest.raises(ArtifactError, match="shard-00001.h5"):
         MaskShard(path)
     other = tmp_path / "other.h5"
