@@ -1,4 +1,4 @@
-"""The evaluate stage's work: every metric of SPEC section 3 on the test split, for one model.
+"""The evaluate stage's work: the whole metric suite (README: Metrics) on the test split, for one model.
 
 One pass over the test images, in batches of ``evaluate.batch_size``:
 
@@ -22,7 +22,7 @@ the trained model vs the same model with a re-initialised trunk, on the first
 ``evaluate.sanity_images`` test images' top-1 prototype; Spearman correlation of the
 input-level maps, verdict ``passed`` when its mean is below 0.5).
 
-Keys of metrics/evaluate/<model>.json (means over test images; x100 where SPEC says so):
+Keys of metrics/evaluate/<model>.json (means over test images; x100 for percentages):
 ``accuracy``, ``top3_accuracy``, ``macro_f1`` (class-balanced, %), ``global_size``,
 ``sparsity`` (%), ``npr``, ``intra_pd``, ``inter_pd`` (1 - cosine), ``psc`` (%), ``prc``
 (ranks), ``crc`` (rank of the original top-1 class), ``mask_consistency`` (%), and per

@@ -1,4 +1,4 @@
-"""Training losses of ProtoMask and the ProtoPNet baseline (SPEC section 2).
+"""Training losses of ProtoMask and the ProtoPNet baseline.
 
 total = ce * CE_w + cluster * Clst - separation * Sep + diversity * Div + l1 * L1
 
@@ -27,7 +27,7 @@ DIVERSITY_SCALE = 0.001
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Coefficients of the loss terms (SPEC defaults)."""
+    """Coefficients of the loss terms (the reference defaults)."""
 
     cross_entropy: float = 1.0
     cluster: float = 0.8

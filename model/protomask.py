@@ -1,4 +1,4 @@
-"""ProtoMask: prototypes compared with segment-crop views, one embedding per view (SPEC 2)."""
+"""ProtoMask: prototypes compared with segment-crop views, one embedding per view."""
 from __future__ import annotations
 
 import torch

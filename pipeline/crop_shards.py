@@ -1,4 +1,4 @@
-"""Crop shards: the views of many images in one HDF5 file (SPEC section 4), and their reader.
+"""Crop shards: the views of many images in one HDF5 file, and their reader.
 
 One crop shard per mask shard (``crops-00003.h5`` from ``shard-00003.h5``). Layout::
 

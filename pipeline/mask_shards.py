@@ -1,4 +1,4 @@
-"""Mask shards: many images' masks in one HDF5 file (SPEC section 4), and their reader.
+"""Mask shards: many images' masks in one HDF5 file, and their reader.
 
 Layout of one shard::
 

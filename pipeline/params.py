@@ -216,7 +216,7 @@ class CropsParams:
                               interval=Interval(0, 10000))
     order: str = param("area", "Which masks come first.",
                        choices=("area", "predicted_iou", "stability_score"))
-    fill: str = param("zero", "Pixels outside the mask: the image itself (SPEC's reference "
+    fill: str = param("zero", "Pixels outside the mask: the image itself (the reference implementation's "
                       "setting), zero (the default: the clutter and distractors around a part "
                       "are blanked out), or the "
                       "mask's mean colour.", choices=("original", "zero", "mean"))
@@ -228,7 +228,7 @@ class CropsParams:
 # -------------------------------------------------------------------------- train
 @dataclass(frozen=True)
 class AugmentParams:
-    """Training augmentation of the views (SPEC section 2); never applied in push or eval."""
+    """Training augmentation of the views; never applied in push or eval."""
 
     per: str = param("image", "One random transform per image (all its views) or per view.",
                      choices=("image", "view"))
@@ -280,7 +280,7 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class LossParams:
-    """Loss coefficients (SPEC section 2)."""
+    """Loss coefficients."""
 
     cross_entropy: float = param(1.0, "Class-weighted cross-entropy.", interval=Interval(0, 100))
     cluster: float = param(0.8, "Cluster cost.", interval=Interval(0, 100))
@@ -357,7 +357,7 @@ class PerturbParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    """evaluate: explainability metrics (SPEC section 3) and the visual report, on test."""
+    """evaluate: explainability metrics and the visual report, on test."""
 
     device: str = param("auto", "auto (the GPU if there is one), cpu, cuda or cuda:N.",
                         speed_only=True)
@@ -370,10 +370,10 @@ class EvaluateParams:
                                "EpsilonPlusFlat.", choices=("epsilon_plus_box",
                                                             "epsilon_gamma_box",
                                                             "epsilon_plus_flat"))
-    top_k: int = param(5, "Prototypes explained per test image (SPEC: 5).",
+    top_k: int = param(5, "Prototypes explained per test image (the reference: 5).",
                        interval=Interval(1, 100))
     top_fraction: float = param(0.05, "Share of the saliency pixels forming the mask S "
-                                "(SPEC: top 5 %).", interval=Interval(0, 1, lo_closed=False))
+                                "(the reference: top 5 %).", interval=Interval(0, 1, lo_closed=False))
     batch_size: int = param(16, "Test images per batch (saliency runs on twice as many "
                             "rows at a time: memory).", interval=Interval(1, 4096),
                             speed_only=True)

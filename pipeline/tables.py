@@ -24,7 +24,7 @@ PART_TYPE = pa.struct([
 ])
 
 SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
-    # One row per kept image (SPEC section 4).
+    # One row per kept image.
     "images": (1, pa.schema([
         pa.field("image_id", pa.int64(), nullable=False),
         pa.field("path", pa.string(), nullable=False),            # relative to the data root
@@ -38,7 +38,9 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
         pa.field("parts", pa.list_(PART_TYPE)),                   # ground truth, may be null
         pa.field("segmentation_path", pa.string()),               # ground truth, may be null
     ])),
-    # One row per listed image that could not be decoded.
+    # One row per listed image that could not be decoded, per link that would have given an
+    # image another folder's label (class folders), and per segmentation PNG that does not
+    # decode (its image is kept without object ground truth).
     "rejects": (1, pa.schema([
         pa.field("image_id", pa.int64(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
@@ -53,7 +55,7 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
         pa.field("kept_path", pa.string(), nullable=False),
         pa.field("kept_split", pa.string(), nullable=False),
     ])),
-    # One row per view of every image: M rows per image (pipeline/crops.py, SPEC section 4).
+    # One row per view of every image: M rows per image (pipeline/crops.py).
     "crops": (1, pa.schema([
         pa.field("image_id", pa.int64(), nullable=False),
         pa.field("view", pa.int16(), nullable=False),             # 0..M-1

@@ -49,7 +49,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_augmentation(params: AugmentParams) -> v2.Compose:
-    """The training transform of SPEC section 2 on uint8 (..., 3, H, W) tensors."""
+    """The training transform of the method on uint8 (..., 3, H, W) tensors."""
     steps: list[Any] = [v2.RandomHorizontalFlip(p=params.flip)]
     if params.perspective > 0 and params.perspective_p > 0:
         steps.append(v2.RandomPerspective(distortion_scale=params.perspective,
@@ -170,7 +170,7 @@ class FullImageDataset(_CropsDataset):
     """(image 3 x size x size float32, label, image_id) for every image of one split.
 
     ``size`` None (or the crops size) reads the stored ``full`` images; another size
-    decodes the image file under ``data_root`` and resizes it (SPEC's no-aspect resize).
+    decodes the image file under ``data_root`` and resizes it (no aspect kept, as the reference).
     """
 
     def __init__(self, crops_dir: Path, split: str, *, size: int | None = None,

@@ -1,4 +1,4 @@
-"""The views of one image (SPEC section 2): box maths, ordering, padding, fill, resize.
+"""The views of one image: box maths, ordering, padding, fill, resize.
 
 Pure functions on arrays; the crops stage (pipeline/crops.py) strings them together.
 

@@ -11,7 +11,7 @@ from stages.common import model_option, stage_command
 
 @stage_command("evaluate", help=(
     "Evaluate one trained model on the test split: accuracy, compactness and every "
-    "explainability metric of SPEC section 3 from PRP (or gradient) saliency of each image's "
+    "explainability metric (README: Metrics) from PRP (or gradient) saliency of each image's "
     "top-k prototypes, against the ground-truth segmentation and part keypoints; a perturbed "
     "copy of each image for stability/PSC/PRC/CRC; a model-randomisation sanity check. Writes "
     "metrics/evaluate/<model>.json and the report artifacts/evaluate/<model>/index.html "

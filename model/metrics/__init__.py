@@ -1,4 +1,4 @@
-"""The evaluate stage's metrics (SPEC section 3) as small pure functions over arrays/tensors.
+"""The evaluate stage's metrics as small pure functions over arrays/tensors.
 
 Value convention (:mod:`model.metrics.common`): a scalar metric is a float or an
 :class:`Absent` (not measured, with the reason; never 0); a per-item metric is a float64

@@ -1,4 +1,4 @@
-"""Class-balanced classification metrics (SPEC section 3: accuracy, top-3, macro F1, x100).
+"""Class-balanced classification metrics (accuracy, top-3, macro F1, x100).
 
 "Class-balanced" follows the reference, which weights every sample by 1 / (frequency of its
 true class): each class present in ``y_true`` counts equally, however many test images it
@@ -78,7 +78,7 @@ def top_k_accuracy(y_true: ArrayLike, scores: ArrayLike, k: int = 3,
                    balanced: bool = True) -> MetricValue:
     """100 * (class-balanced) share of samples whose true class is in the top k. Range [0, 100].
 
-    ``balanced``: mean over present classes of their hit rate (default, SPEC); otherwise
+    ``balanced``: mean over present classes of their hit rate (default); otherwise
     the plain share over samples.
     """
     s = as_tensor(scores)

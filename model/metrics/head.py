@@ -1,4 +1,4 @@
-"""Compactness of the classifier (SPEC section 3): global size, sparsity, NPR.
+"""Compactness of the classifier: global size, sparsity, NPR.
 
 Input: the last layer's weight ``W`` of shape (K classes, P prototypes), float — torch's
 ``nn.Linear(P, K).weight`` layout, i.e. ``PrototypeHead.last_layer.weight``. ``eps`` is the

@@ -1,4 +1,4 @@
-"""Prototype metrics (SPEC section 3): top-k, intra/inter PD, consistency, stability, PSC/PRC/CRC.
+"""Prototype metrics: top-k, intra/inter PD, consistency, stability, PSC/PRC/CRC.
 
 Shapes: ``similarity`` (N, P) float, the prototype similarities of N images (for ProtoMask
 the max over views, for ProtoPNet the max over locations); ``ids`` (N, K) long, an image's
@@ -78,7 +78,7 @@ def inter_pd(vectors: ArrayLike, labels: ArrayLike) -> MetricValue:
     in ``labels``. Range [0, 2]. Absent when fewer than two classes are present.
     Computed from per-class sums of unit vectors (mean cos = s_c . s_rest / (n_c n_rest)),
     O(N K D). Note: the reference pairs only equal top-k positions (i-th with i-th); all
-    pairs is what SPEC's wording says.
+    pairs is what the metric's definition says.
     """
     v = _unit(as_tensor(vectors).double())
     y = as_tensor(labels, torch.long, device=v.device).reshape(-1)

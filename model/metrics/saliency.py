@@ -1,4 +1,4 @@
-"""Saliency-map metrics (SPEC section 3): S, R, VLC, object/background overlap, IOR, pointing game.
+"""Saliency-map metrics: S, R, VLC, object/background overlap, IOR, pointing game.
 
 Shapes: a saliency map is a float array (..., H, W) on the image-sized canvas (for
 ProtoMask: PRP of the best-matching view pasted back into its box, zero elsewhere); the

@@ -1,4 +1,4 @@
-"""Quality of the segmenter (SPEC section 3 "mask consistency", plus region recovery).
+"""Quality of the segmenter ("mask consistency", plus region recovery).
 
 **Part-set code.** For one image with masks (M, H, W) and keypoints (Q parts), the code of
 a mask is the bitmask sum over visible parts q inside the mask of 2**q (q = part_id - 1,
