@@ -18,7 +18,6 @@ training again, never loaded.
 from __future__ import annotations
 
 import json
-import logging
 import random
 import shutil
 import time
@@ -34,12 +33,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from model import distributed as dist_utils
 from model.backbones import build_backbone
-from model.checkpoint import Checkpoint, load_checkpoint, restore, save_checkpoint
+from model.checkpoint import restore, save_checkpoint
 from model.head import unwrap_model
 from model.losses import LossWeights, class_weights, prototype_loss
 from model.protomask import ProtoMask
 from model.protopnet import ProtoPNet
 from model.push import push_prototypes
+from model.run_state import (Logger, RunState, checkpoint_path, copy_checkpoint,
+                             finished_summary, resume_point)
 from pipeline import devices, layout
 from pipeline.atomic import atomic_file, remove_leftovers
 from pipeline.errors import ArtifactError
@@ -49,7 +50,6 @@ from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset
 
 MODELS = layout.MODELS
-log = logging.getLogger(__name__)
 TRAINED_GROUPS = {
     "warmup": ("add_on", "prototypes"),
     "joint": ("trunk", "add_on", "prototypes"),
@@ -239,124 +239,6 @@ def pushed_after(steps: list[Step]) -> list[bool]:
     return flags
 
 
-def _checkpoint(out_dir: Path, which: str) -> Path:
-    return out_dir / which / "checkpoint.pt"
-
-
-def _copy_checkpoint(out_dir: Path, source: str, target: str) -> None:
-    with atomic_file(_checkpoint(out_dir, target)) as tmp:
-        shutil.copyfile(_checkpoint(out_dir, source), tmp)
-
-
-def _holds_step(path: Path, fp: str, step: int) -> bool:
-    """Whether ``path`` is an intact checkpoint of this run saved after ``step``."""
-    try:
-        ckpt = load_checkpoint(path)
-    except ArtifactError:
-        return False
-    return ckpt.fingerprint == fp and int(ckpt.extra.get("next_step", -1)) - 1 == step
-
-
-def finished_summary(out_dir: Path, fp: str, num_steps: int) -> Optional[dict]:
-    """The summary of a finished run with this fingerprint whose ``best/`` and ``final/``
-    are intact (CRC-checked) and pushed; None when the run must continue or be rebuilt."""
-    summary = out_dir / "summary.json"
-    if not summary.is_file():
-        return None
-    for which in ("final", "best"):
-        path = _checkpoint(out_dir, which)
-        try:
-            ckpt = load_checkpoint(path)
-        except ArtifactError as exc:
-            log.warning("train: %s; rebuilding it", exc)
-            return None
-        if ckpt.fingerprint != fp:
-            return None
-        if not ckpt.pushed:
-            log.warning("train: %s holds prototypes that were never pushed; rebuilding it",
-                        path)
-            return None
-    if not _holds_step(_checkpoint(out_dir, "final"), fp, num_steps - 1):
-        return None
-    return json.loads(summary.read_text())
-
-
-def resume_point(out_dir: Path, fp: str) -> Optional[Checkpoint]:
-    """``latest/`` when it is intact, of this run, and ``best/`` is intact or rebuildable
-    from it; None (train from the start) otherwise, saying why when something is damaged."""
-    latest = _checkpoint(out_dir, "latest")
-    if not latest.exists():
-        return None
-    try:
-        ckpt = load_checkpoint(latest)
-    except ArtifactError as exc:
-        log.warning("train: %s; training from the start", exc)
-        return None
-    if ckpt.fingerprint != fp:
-        return None
-    best_step, last = int(ckpt.extra["best_step"]), int(ckpt.extra["next_step"]) - 1
-    if best_step >= 0 and best_step != last and \
-            not _holds_step(_checkpoint(out_dir, "best"), fp, best_step):
-        log.warning("train: %s is damaged or missing and latest/ is a later step (%d, best "
-                    "was %d): training from the start to rebuild it",
-                    _checkpoint(out_dir, "best"), last, best_step)
-        return None
-    return ckpt
-
-
-class Logger:
-    """dvclive metrics and plots under the model's output folder (rank 0 only).
-
-    The folder is always written afresh: a resumed run first replays the history stored in
-    ``latest/``, so its logs equal an uninterrupted run's even when a kill fell between
-    saving a step and logging it. No wall-clock values (dvclive's timestamps are off).
-    """
-
-    def __init__(self, directory: Path, history: list[dict]) -> None:
-        self.live = None
-        if dist_utils.is_main():
-            from dvclive import Live
-
-            shutil.rmtree(directory, ignore_errors=True)
-            self.live = Live(str(directory), resume=False, save_dvc_exp=False, dvcyaml=None,
-                             report=None)
-            for record in history:
-                self.log(record)
-
-    def log(self, record: dict) -> None:
-        if self.live is None:
-            return
-        self.live.step = int(record["step"])
-        for key, value in record.items():
-            if isinstance(value, float):
-                self.live.log_metric(key, value, timestamp=False)
-        self.live.next_step()
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.end()
-
-
-@dataclass
-class RunState:
-    """Where a run stands: the next step, the best post-push state so far, the records."""
-
-    next_step: int = 0
-    best_val: float = -1.0
-    best_step: int = -1
-    history: list = field(default_factory=list)
-
-    def extra(self) -> dict:
-        return {"next_step": self.next_step, "best_val": self.best_val,
-                "best_step": self.best_step, "history": json.dumps(self.history)}
-
-    @classmethod
-    def of(cls, ckpt: Checkpoint) -> "RunState":
-        e = ckpt.extra
-        return cls(int(e["next_step"]), float(e["best_val"]), int(e["best_step"]),
-                   json.loads(e["history"]))
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (all saved in checkpoints)."""
     random.seed(seed)
@@ -364,21 +246,150 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class Run:
+    """Everything one training run works with (built once by :func:`start_run`)."""
+
+    params: Params
+    kind: str
+    out_dir: Path
+    device: torch.device
+    fingerprint: str
+    steps: list[Step]
+    model: nn.Module
+    optimizers: dict
+    schedulers: dict
+    weights: LossWeights
+    class_weight: torch.Tensor
+    datasets: dict[str, Dataset]
+    pushed: list[bool] = field(default_factory=list)
+
+    @property
+    def train(self) -> TrainParams:
+        return self.params.train
+
+
+def start_run(params: Params, kind: str, project_root: Path, device: torch.device,
+              fp: str, steps: list[Step]) -> Run:
+    """Seed, then build the datasets, the network, its optimisers and loss weights."""
+    train = params.train
+    seed_everything(train.seed)
+    datasets = {"train": make_dataset(kind, params, "train", project_root, augment=True),
+                "push": make_dataset(kind, params, "train", project_root, augment=False),
+                "val": make_dataset(kind, params, "val", project_root, augment=False)}
+    num_classes = len(read_table(project_root / layout.IMAGES_INDEX, "images")[1]["facts"]
+                      ["class_names"])
+    model = build_model(kind, train, num_classes).to(device)
+    if device.type == "cuda" and train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        unwrap_model(model).channels_last = True
+    optimizers, schedulers = make_optimizers(model, train)
+    labels = torch.tensor(datasets["train"].labels)
+    return Run(params, kind, project_root / layout.TRAIN_DIR / kind, device, fp, steps, model,
+               optimizers, schedulers, LossWeights(**as_dict(train.loss)),
+               class_weights(labels, num_classes).to(device), datasets, pushed_after(steps))
+
+
+def resume_or_restart(run: Run, resume: bool) -> RunState:
+    """The state to continue from: ``latest/`` restored into the run, or a fresh start
+    (the output folder emptied)."""
+    ckpt = resume_point(run.out_dir, run.fingerprint) if resume else None
+    state = RunState()
+    if ckpt is not None:
+        restore(ckpt, model=run.model, optimizers=run.optimizers, schedulers=run.schedulers)
+        state = RunState.of(ckpt)
+        if dist_utils.is_main() and state.best_step == state.next_step - 1:
+            copy_checkpoint(run.out_dir, "latest", "best")   # a kill may have come before it
+    elif dist_utils.is_main():
+        shutil.rmtree(run.out_dir, ignore_errors=True)
+    dist_utils.barrier()
+    return state
+
+
+def run_step(run: Run, ddp_model: nn.Module, index: int) -> tuple[dict, nn.Module]:
+    """One step of the schedule (an epoch or the push), then the validation accuracy;
+    returns its record and the (re)wrapped model."""
+    step, train = run.steps[index], run.train
+    if step.period == "push":
+        result = push_prototypes(run.model, loader(run.datasets["push"], train,
+                                                   shuffle_seed=None), run.device)
+        if dist_utils.is_main():
+            _write_json(run.out_dir / "push.json", result.records())
+        record: dict = {"step": index, "period": "push"}
+    else:
+        set_trainable(run.model, step.period)
+        ddp_model = dist_utils.rewrap(ddp_model, run.model, run.device)
+        run.datasets["train"].set_epoch(index)
+        batches = loader(run.datasets["train"], train, shuffle_seed=train.seed * 100003 + index)
+        stats = run_epoch(ddp_model, batches, run.optimizers[step.period],
+                          run.weights.for_period(step.period), run.class_weight, run.device,
+                          train)
+        if step.period == "joint":
+            run.schedulers["joint"].step()
+        record = {"step": index, "period": step.period, "epoch": step.epoch, **stats}
+    _, val_y, val_logits = predict(run.model, loader(run.datasets["val"], train,
+                                                     shuffle_seed=None), run.device, train)
+    record["val_accuracy"] = accuracy(val_y, val_logits)
+    return record, ddp_model
+
+
+def record_step(run: Run, state: RunState, record: dict, logger: Logger) -> None:
+    """Update the state with a finished step; save ``latest/`` (and ``best/`` when it is
+    the best pushed state so far), then log the step."""
+    index = record["step"]
+    state.history.append(record)
+    is_best = run.pushed[index] and record["val_accuracy"] > state.best_val
+    if is_best:
+        state.best_val, state.best_step = record["val_accuracy"], index
+    state.next_step = index + 1
+    if dist_utils.is_main():
+        step = run.steps[index]
+        save_checkpoint(checkpoint_path(run.out_dir, "latest"), model=run.model,
+                        optimizers=run.optimizers, schedulers=run.schedulers,
+                        params=as_dict(run.params), fingerprint=run.fingerprint,
+                        period=step.period, epoch=step.epoch, pushed=run.pushed[index],
+                        extra=state.extra())
+        if is_best:
+            copy_checkpoint(run.out_dir, "latest", "best")
+        logger.log(record)
+    dist_utils.barrier()
+
+
+def summarise(run: Run, state: RunState) -> dict:
+    """The stage's metrics (no wall-clock values: those go to the run log)."""
+    if state.best_step < 0:    # cannot happen: every schedule ends with pushed states
+        raise ArtifactError(f"{run.out_dir}: no pushed state was reached; rerun train")
+    return {
+        "model": run.kind, "steps": len(run.steps), "best_step": state.best_step,
+        "best_val_accuracy": state.best_val,
+        "final_val_accuracy": state.history[-1]["val_accuracy"],
+        "final_train_accuracy": next((h["train_accuracy"] for h in reversed(state.history)
+                                      if "train_accuracy" in h), None),
+    }
+
+
 def run_training(params: Params, kind: str, project_root: Path = Path("."),
                  resume: bool = True, stop_after: Optional[int] = None) -> dict:
     """Train ``kind`` (protomask | protopnet); return the stage's metrics.
 
-    ``resume``: continue from ``latest/`` when its fingerprint matches (else start over).
-    ``stop_after``: stop after this many steps of this call (tests of resumption).
+    Args:
+        params: the whole params (train, and data for the baseline's images).
+        kind: which network.
+        project_root: the project folder (artifacts are read and written under it).
+        resume: continue from ``latest/`` when its fingerprint matches (else start over).
+        stop_after: stop after this many steps of this call (tests of resumption).
+
+    Returns:
+        The metrics of metrics/train/<kind>.json (plus the training speed when it trained),
+        or ``{"stopped_at_step": i}`` when ``stop_after`` stopped it.
     """
-    train = params.train
     out_dir = project_root / layout.TRAIN_DIR / kind
-    device = resolve_device(train.device)
-    crops_fp = read_table(project_root / layout.CROPS_INDEX, "crops")[1]["fingerprint"]
-    fp = training_fingerprint(params, kind, crops_fp, precision_of(device, train),
-                              dist_utils.world_size())
     metrics_path = project_root / layout.train_metrics(kind)
-    steps = schedule(train)
+    device = resolve_device(params.train.device)
+    crops_fp = read_table(project_root / layout.CROPS_INDEX, "crops")[1]["fingerprint"]
+    fp = training_fingerprint(params, kind, crops_fp, precision_of(device, params.train),
+                              dist_utils.world_size())
+    steps = schedule(params.train)
     if dist_utils.is_main():
         remove_leftovers(out_dir)
     done = finished_summary(out_dir, fp, len(steps)) if resume else None
@@ -388,95 +399,33 @@ def run_training(params: Params, kind: str, project_root: Path = Path("."),
             _write_json(metrics_path, done)
         return done
 
-    seed_everything(train.seed)
-    train_set = make_dataset(kind, params, "train", project_root, augment=True)
-    plain_train = make_dataset(kind, params, "train", project_root, augment=False)
-    val_set = make_dataset(kind, params, "val", project_root, augment=False)
-    num_classes = len(read_table(project_root / layout.IMAGES_INDEX, "images")[1]["facts"]
-                      ["class_names"])
-    model = build_model(kind, train, num_classes).to(device)
-    if device.type == "cuda" and train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        unwrap_model(model).channels_last = True
-    optimizers, schedulers = make_optimizers(model, train)
-    weights = LossWeights(**as_dict(train.loss))
-    class_weight = class_weights(torch.tensor(train_set.labels), num_classes).to(device)
-
-    ckpt = resume_point(out_dir, fp) if resume else None
-    state = RunState()
-    if ckpt is not None:
-        restore(ckpt, model=model, optimizers=optimizers, schedulers=schedulers)
-        state = RunState.of(ckpt)
-        if dist_utils.is_main() and state.best_step == state.next_step - 1:
-            _copy_checkpoint(out_dir, "latest", "best")   # a kill may have come before it
-    elif dist_utils.is_main():
-        shutil.rmtree(out_dir, ignore_errors=True)
-    dist_utils.barrier()
-    ddp_model = dist_utils.wrap(model, device)
+    run = start_run(params, kind, project_root, device, fp, steps)
+    state = resume_or_restart(run, resume)
+    ddp_model = dist_utils.wrap(run.model, device)
     logger = Logger(out_dir / "dvclive", state.history)
-    pushed = pushed_after(steps)
-    started, trained_items, first_step = time.perf_counter(), 0, state.next_step
+    started, first_step = time.perf_counter(), state.next_step
     for index in range(first_step, len(steps)):
-        step = steps[index]
-        if step.period == "push":
-            batches = loader(plain_train, train, shuffle_seed=None)
-            result = push_prototypes(model, batches, device)
-            if dist_utils.is_main():
-                _write_json(out_dir / "push.json", result.records())
-            record: dict = {"step": index, "period": "push"}
-        else:
-            set_trainable(model, step.period)
-            ddp_model = dist_utils.rewrap(ddp_model, model, device)
-            train_set.set_epoch(index)
-            batches = loader(train_set, train, shuffle_seed=train.seed * 100003 + index)
-            stats = run_epoch(ddp_model, batches, optimizers[step.period],
-                              weights.for_period(step.period), class_weight, device, train)
-            trained_items += len(train_set)
-            if step.period == "joint":
-                schedulers["joint"].step()
-            record = {"step": index, "period": step.period, "epoch": step.epoch, **stats}
-        _, val_y, val_logits = predict(model, loader(val_set, train, shuffle_seed=None),
-                                       device, train)
-        record["val_accuracy"] = accuracy(val_y, val_logits)
-        state.history.append(record)
-        is_best = pushed[index] and record["val_accuracy"] > state.best_val
-        if is_best:
-            state.best_val, state.best_step = record["val_accuracy"], index
-        state.next_step = index + 1
-        if dist_utils.is_main():
-            save_checkpoint(_checkpoint(out_dir, "latest"), model=model, optimizers=optimizers,
-                            schedulers=schedulers, params=as_dict(params), fingerprint=fp,
-                            period=step.period, epoch=step.epoch, pushed=pushed[index],
-                            extra=state.extra())
-            if is_best:
-                _copy_checkpoint(out_dir, "latest", "best")
-            logger.log(record)
-        dist_utils.barrier()
+        record, ddp_model = run_step(run, ddp_model, index)
+        record_step(run, state, record, logger)
         if stop_after is not None and index + 1 - first_step >= stop_after \
                 and index + 1 < len(steps):
             logger.close()
             return {"stopped_at_step": index}
     logger.close()
-    if state.best_step < 0:    # cannot happen: every schedule ends with pushed states
-        raise ArtifactError(f"{out_dir}: no pushed state was reached; rerun train")
-    summary = {
-        "model": kind, "steps": len(steps), "best_step": state.best_step,
-        "best_val_accuracy": state.best_val,
-        "final_val_accuracy": state.history[-1]["val_accuracy"],
-        "final_train_accuracy": next((h["train_accuracy"] for h in reversed(state.history)
-                                      if "train_accuracy" in h), None),
-    }
+    summary = summarise(run, state)
     if dist_utils.is_main():
-        _copy_checkpoint(out_dir, "latest", "final")
+        copy_checkpoint(out_dir, "latest", "final")
         _write_json(out_dir / "summary.json", summary)
         _write_json(metrics_path, summary)
+        trained = sum(len(run.datasets["train"]) for s in steps[first_step:]
+                      if s.period != "push")
         elapsed = time.perf_counter() - started
+        speed = round(trained / elapsed, 2) if trained else None
         write_run_log(project_root, f"train-{kind}", {
             "seconds": round(elapsed, 2), "resumed_at_step": first_step,
-            "train_images_per_second": round(trained_items / elapsed, 2) if trained_items
-            else None})
-        if trained_items:
-            summary = {**summary, "train_images_per_second": round(trained_items / elapsed, 2)}
+            "train_images_per_second": speed})
+        if speed:
+            summary = {**summary, "train_images_per_second": speed}
     return summary
 
 
