@@ -26,11 +26,8 @@ repro: install
 	dvc repro
 	dvc metrics show
 
-# The lint and format gate, then the test suite (unit tests and a few end-to-end
-# dvc repro runs on tiny params).
+# The test suite (unit tests and a few end-to-end dvc repro runs on tiny params).
 test: install
-	ruff check .
-	ruff format --check .
 	python -m pytest
 
 # Re-pin every package after changing install_requires in setup.cfg.
