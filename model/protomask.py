@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from model.backbones import Trunk
-from model.head import PrototypeHead, ProtoOutput, make_addon
+from model.head import PrototypeNetwork, ProtoOutput
 
 
-class ProtoMask(nn.Module):
+class ProtoMask(PrototypeNetwork):
     """Views (B, M, 3, S, S) -> shared trunk (one batch of B*M) -> add-on (1x1 conv, global
     average pool, sigmoid) -> one D-vector per view -> squared L2 to every prototype ->
     minimum over the M views -> log similarity -> linear classifier.
@@ -18,17 +17,9 @@ class ProtoMask(nn.Module):
     to channels-last memory format before the trunk (set it on CUDA).
     """
 
-    def __init__(self, trunk: Trunk, num_classes: int, *, prototypes_per_class: int = 10,
-                 prototype_dim: int = 1280, addon_layers: int = 1,
-                 off_class_weight: float = -0.5, addon_init: str = "default",
-                 seed: int = 0) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.add_on = make_addon(trunk.out_channels, prototype_dim, addon_layers, pool=True,
-                                 kaiming=addon_init == "kaiming")
-        self.head = PrototypeHead(num_classes, prototypes_per_class, prototype_dim,
-                                  off_class_weight=off_class_weight, seed=seed)
-        self.channels_last = False
+    pool = True
+    default_prototype_dim = 1280
+    default_addon_layers = 1
 
     def embed(self, views: Tensor) -> Tensor:
         """View embeddings (B, M, D) of views (B, M, 3, S, S)."""
@@ -52,9 +43,3 @@ class ProtoMask(nn.Module):
         """Push candidates (B, M, D) and their grid (M,): one per view."""
         z = self.embed(views)
         return z, (z.shape[1],)
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by optimiser group: trunk, add_on, prototypes, last_layer."""
-        return {"trunk": list(self.trunk.parameters()), "add_on": list(self.add_on.parameters()),
-                "prototypes": [self.head.prototypes],
-                "last_layer": list(self.head.last_layer.parameters())}

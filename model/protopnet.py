@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from model.backbones import Trunk
-from model.head import PrototypeHead, ProtoOutput, make_addon
+from model.head import PrototypeNetwork, ProtoOutput
 
 
-class ProtoPNet(nn.Module):
+class ProtoPNet(PrototypeNetwork):
     """Images (B, 3, H, W) -> trunk -> add-on (1x1 convs, sigmoid) -> map (B, D, h, w) ->
     squared L2 of every location to every prototype (B, P, h, w) -> minimum over locations
     (max-pooled similarity) -> log similarity -> linear classifier.
@@ -20,17 +19,9 @@ class ProtoPNet(nn.Module):
     (fan_out) init, "default" PyTorch's (see params train.model.addon_init).
     """
 
-    def __init__(self, trunk: Trunk, num_classes: int, *, prototypes_per_class: int = 10,
-                 prototype_dim: int = 128, addon_layers: int = 2,
-                 off_class_weight: float = -0.5, addon_init: str = "default",
-                 seed: int = 0) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.add_on = make_addon(trunk.out_channels, prototype_dim, addon_layers, pool=False,
-                                 kaiming=addon_init == "kaiming")
-        self.head = PrototypeHead(num_classes, prototypes_per_class, prototype_dim,
-                                  off_class_weight=off_class_weight, seed=seed)
-        self.channels_last = False
+    pool = False
+    default_prototype_dim = 128
+    default_addon_layers = 2
 
     def features(self, images: Tensor) -> Tensor:
         """Add-on feature map (B, D, h, w) of images (B, 3, H, W)."""
@@ -52,9 +43,3 @@ class ProtoPNet(nn.Module):
         """Push candidates (B, h*w, D), one per feature-map location, and the grid (h, w)."""
         f = self.features(images)
         return f.flatten(2).transpose(1, 2), (f.shape[2], f.shape[3])
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by optimiser group: trunk, add_on, prototypes, last_layer."""
-        return {"trunk": list(self.trunk.parameters()), "add_on": list(self.add_on.parameters()),
-                "prototypes": [self.head.prototypes],
-                "last_layer": list(self.head.last_layer.parameters())}

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -25,6 +26,23 @@ def atomic_file(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_json(path: Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = True,
+               allow_nan: bool = True, default: Callable[[Any], Any] | None = None,
+               newline: bool = True) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (the one JSON writer of the project).
+
+    Args:
+        path: the file to (re)place; its folder is created.
+        obj: what to write.
+        indent, sort_keys, allow_nan, default: as for :func:`json.dumps`.
+        newline: end the text with a newline.
+    """
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan,
+                      default=default)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text + ("\n" if newline else ""), encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -1,9 +1,12 @@
 """Crop shards: the views of many images in one HDF5 file, and their reader.
 
-One crop shard per mask shard (``crops-00003.h5`` from ``shard-00003.h5``). Layout::
+One crop shard per mask shard (``crops-00003.h5`` from ``shard-00003.h5``: the names are
+built in pipeline/mask_shards.py). Layout::
 
     attrs: format, version, fingerprint, size, fill, num_views, mask_shard
-           (fixed-length strings and integers)
+           (fixed-length strings and integers; num_views is kept for the record and
+           the format's bytes: readers take M from the crops index facts, the one
+           documented place for it, never from a shard)
     crops (R, S, S, 3) uint8   the distinct views, one chunk per crop (gzip level 1, lzf or
                                uncompressed: param crops.compression), so one crop
                                reads without its neighbours; an image's distinct views
@@ -53,11 +56,6 @@ VIEW_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
     "image_row": ("int32", ()),         # row in ``full``
     "fallback": ("uint8", ()),          # 1: the image had no usable mask
 }
-
-
-def crop_shard_name(index: int) -> str:
-    """File name of the crop shard of mask shard ``index``."""
-    return f"crops-{index:05d}.h5"
 
 
 def crop_shard_paths(directory: Path) -> list[Path]:

@@ -14,33 +14,28 @@ metrics/crops.json holds only what the inputs and params decide; wall-clock fact
 from __future__ import annotations
 
 import json
-import re
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from pipeline import layout
-from pipeline.atomic import atomic_file
-from pipeline.crop_shards import (VERSION, CropShard, check_crop_shard, crop_shard_name,
-                                  crop_shard_paths, write_crop_shard)
+from pipeline.atomic import write_json
+from pipeline.crop_shards import (VERSION, CropShard, check_crop_shard, crop_shard_paths,
+                                  write_crop_shard)
 from pipeline.errors import ArtifactError, ImageDecodeError
-from pipeline.execution import (dask_client, degenerate_warning, map_tasks, percent, remove_stale,
-                                shards_to_build)
+from pipeline.execution import degenerate_warning, percent
 from pipeline.imageio import load_rgb, resolve_inside
-from pipeline.mask_shards import MaskShard, shard_paths
+from pipeline.mask_shards import (MaskShard, crop_shard_name, mask_shard_index, mask_shard_name,
+                                  shard_paths)
 from pipeline.params import CropsParams, Params, as_dict, text_fingerprint
-from pipeline.run_log import write_run_log
 from pipeline.segmenters.base import MaskSet
+from pipeline.sharded import ShardedStage, run_shards
 from pipeline.tables import read_table, write_columns
 from pipeline.views import ViewPlan, boxes_and_areas, cut_view, decode_masks, plan_views, \
     resize_square
-
-_MASK_SHARD = re.compile(r"shard-(\d+)\.h5")
 
 
 @dataclass(frozen=True)
@@ -64,6 +59,11 @@ class CropTask:
     images: tuple[ImageEntry, ...]
     fingerprint: str
     params: CropsParams
+
+    @property
+    def num_images(self) -> int:
+        """Images of the mask shard."""
+        return len(self.images)
 
 
 @dataclass(frozen=True)
@@ -173,21 +173,13 @@ def crop_shard(task: CropTask) -> CropSummary:
 
 
 # ------------------------------------------------------------------------ planning
-def mask_shard_index(path: Path) -> int:
-    """The number in a mask shard's name (shard-00003.h5 -> 3)."""
-    match = _MASK_SHARD.fullmatch(path.name)
-    if match is None:
-        raise ArtifactError(f"{path}: not a mask shard name (shard-NNNNN.h5)")
-    return int(match.group(1))
-
-
 def _check_coverage(segment_dir: Path, found: dict[int, Path], uncovered: list[int],
                     expected_shards: int) -> None:
     """Name the missing mask shards when the images index has images in no shard."""
     if not uncovered:
         return
     expected = range(max(expected_shards, max(found, default=-1) + 1))
-    missing = [f"shard-{i:05d}.h5" for i in expected if i not in found]
+    missing = [mask_shard_name(i) for i in expected if i not in found]
     named = (", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")) if missing else \
         "unknown shards"
     raise ArtifactError(f"{segment_dir}: mask shard(s) missing: {named} ({len(uncovered)} "
@@ -222,7 +214,7 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[CropTa
                                    rows[i]["split"]) for i in sorted(ids))
         own = json.dumps([[rows[i][k] for k in ("image_id", "path", "class_id", "split",
                                                  "pixel_hash")] for i in sorted(ids)])
-        tasks.append(CropTask(index, str(path), str(out_dir / crop_shard_name(index)),
+        tasks.append(CropTask(index, str(path), str(out_dir / crop_shard_name(path)),
                               str(project_root / params.data.root), entries,
                               text_fingerprint(base + mask_fp + own), params.crops))
     uncovered = sorted(set(rows) - covered)
@@ -282,43 +274,48 @@ def crops_metrics(columns: dict[str, np.ndarray], num_views: int) -> dict:
 
 def run_crops(params: Params, project_root: Path = Path(".")) -> dict:
     """Write every crop shard that is missing, stale or damaged, then the crops index and
-    metrics; return the metrics (as in metrics/crops.json) and this run's wall-clock facts
-    (as in logs/crops.json)."""
+    metrics.
+
+    Args:
+        params: the whole params (crops, segment, data sections are read).
+        project_root: the project folder.
+
+    Returns:
+        The metrics (as in metrics/crops.json) and this run's wall-clock facts (as in
+        logs/crops.json).
+    """
     project_root = Path(project_root).resolve()   # workers may run elsewhere
     out_dir = project_root / layout.CROPS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)
-    remove_stale(out_dir, "crops", {Path(t.out_path).name for t in tasks}
-                 | {layout.CROPS_INDEX.name})
-    started = time.perf_counter()
-    todo, damaged = shards_to_build("crops", tasks, check_crop_shard, project_root)
-    verified = time.perf_counter()
-    if todo:
-        with dask_client(params.segment.workers, params.segment.scheduler) as client, tqdm(
-                total=sum(len(t.images) for t in todo), unit="img", desc="crops",
-                dynamic_ncols=True) as bar:
-            for summary in map_tasks(client, crop_shard, todo):
-                bar.update(summary.images)
-    elapsed = time.perf_counter() - started
+    stage = ShardedStage("crops", "crops", check_crop_shard, crop_shard,
+                         keep=frozenset({layout.CROPS_INDEX.name}))
+    run = run_shards(stage, tasks, out_dir, project_root, workers=params.segment.workers,
+                     scheduler=params.segment.scheduler)
     columns = assemble_index(tasks, out_dir)
-    fingerprint = text_fingerprint("".join(t.fingerprint for t in tasks))
-    facts = {"num_views": params.crops.num_views, "size": params.crops.size,
-             "fill": params.crops.fill, "order": params.crops.order,
-             "min_box_size": params.crops.min_box_size}
     write_columns(index_arrays(columns), project_root / layout.CROPS_INDEX, "crops",
-                  fingerprint=fingerprint, facts=facts)
+                  fingerprint=text_fingerprint("".join(t.fingerprint for t in tasks)),
+                  facts=index_facts(params.crops))
     metrics = crops_metrics(columns, params.crops.num_views)
     metrics["shards"] = len(tasks)
     metrics["bytes_per_image"] = round(sum(p.stat().st_size for p in crop_shard_paths(out_dir))
                                        / max(metrics["images"], 1))
-    with atomic_file(project_root / layout.CROPS_METRICS) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    new_images = sum(len(t.images) for t in todo)
-    run = {"shards_reused": len(tasks) - len(todo), "shards_damaged": damaged,
-           "seconds": elapsed, "verify_seconds": verified - started,
-           "images_per_second": new_images / elapsed if todo and elapsed > 0 else None}
-    write_run_log(project_root, "crops", run)
-    return {**metrics, **run}
+    write_json(project_root / layout.CROPS_METRICS, metrics)
+    return {**metrics, **run.write_log(project_root, "crops")}
+
+
+def index_facts(params: CropsParams) -> dict[str, object]:
+    """The crops index facts: the one documented place where readers (ViewDataset,
+    evaluate) find M (``num_views``) and S (``size``), with fill, order, min_box_size.
+
+    Args:
+        params: the crops params the index was cut with.
+
+    Returns:
+        The facts stored in the index's Parquet metadata.
+    """
+    return {"num_views": params.num_views, "size": params.size, "fill": params.fill,
+            "order": params.order, "min_box_size": params.min_box_size}
 
 
 def summary_line(m: dict, num_views: int) -> str:

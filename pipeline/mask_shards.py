@@ -16,12 +16,17 @@ Layout of one shard::
     (every dataset chunked with a Fletcher-32 checksum per chunk, plus the content digest
     attribute content_sha256: pipeline/hdf5_files.py)
 
+Names: mask shard ``index`` is ``shard-<index:05d>.h5`` and its crop shard (the crops
+stage's) ``crops-<index:05d>.h5``; this module builds and parses both
+(:func:`mask_shard_name`, :func:`mask_shard_index`, :func:`crop_shard_name`).
+
 Shards are written to a temporary name and renamed when complete. No variable-length
 HDF5 types are used: their heap leaves uninitialised bytes, and same inputs must give the
 same bytes.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -37,6 +42,8 @@ from pipeline.segmenters.base import MaskSet
 FORMAT = "protomask.masks"
 VERSION = 2      # 2: Fletcher-32 on every chunk, content digest
 KIND, STAGE = "mask shard", "segment"
+PREFIX = "shard-"                  # every mask shard's name starts so (stale-file removal)
+_NAME = re.compile(r"shard-(\d+)\.h5")
 
 
 @dataclass(frozen=True)
@@ -196,4 +203,27 @@ class MaskShard:
 
 def shard_paths(directory: Path) -> list[Path]:
     """The complete shards of a segment output folder, in order."""
-    return sorted(Path(directory).glob("shard-*.h5"))
+    return sorted(Path(directory).glob(f"{PREFIX}*.h5"))
+
+
+def mask_shard_name(index: int) -> str:
+    """File name of mask shard ``index`` (3 -> shard-00003.h5)."""
+    return f"{PREFIX}{index:05d}.h5"
+
+
+def mask_shard_index(path: Path) -> int:
+    """The number in a mask shard's name (shard-00003.h5 -> 3).
+
+    Raises:
+        ArtifactError: the name is not a mask shard's.
+    """
+    match = _NAME.fullmatch(Path(path).name)
+    if match is None:
+        raise ArtifactError(f"{path}: not a mask shard name (shard-NNNNN.h5)")
+    return int(match.group(1))
+
+
+def crop_shard_name(mask_shard: Path) -> str:
+    """File name of the crop shard cut from ``mask_shard`` (shard-00003.h5 ->
+    crops-00003.h5)."""
+    return f"crops-{mask_shard_index(mask_shard):05d}.h5"

@@ -4,74 +4,31 @@ Each section is a frozen dataclass; each field carries its documentation and its
 allowed values (``choices`` or an ``Interval``). :func:`load_params` validates a YAML
 file against the schema and raises :class:`ParamsError` with one line naming the key,
 the allowed values and the value found. The README's params reference is generated
-from these dataclasses (:func:`params_reference_markdown`).
+from these dataclasses (pipeline/param_docs.py). The field helpers and fingerprints are
+in pipeline/param_fields.py, the YAML reading and checks in pipeline/param_loading.py;
+this module re-exports them, so ``pipeline.params`` stays the one import for callers.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import math
-import os
 import re
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
-
-import yaml
+from typing import Optional
 
 from pipeline.errors import ParamsError
 from pipeline.layout import SYNTHETIC_ROOT
+from pipeline.param_fields import (Interval, as_dict, choices_of, fingerprint, is_speed_only,
+                                   param, result_dict, result_fingerprint, section,
+                                   text_fingerprint)
+from pipeline.param_loading import (ParamsLoader, build_section, check_path_length,
+                                    read_params_yaml, within)
 
-
-@dataclass(frozen=True)
-class Interval:
-    """A numeric range; ``str`` gives the usual bracket notation, e.g. ``[0, 0.5)``."""
-
-    lo: float = -math.inf
-    hi: float = math.inf
-    lo_closed: bool = True
-    hi_closed: bool = True
-
-    def __contains__(self, value: float) -> bool:
-        above = value >= self.lo if self.lo_closed else value > self.lo
-        below = value <= self.hi if self.hi_closed else value < self.hi
-        return above and below
-
-    def __str__(self) -> str:
-        def fmt(v: float) -> str:
-            if math.isinf(v):
-                return "inf" if v > 0 else "-inf"
-            return str(int(v)) if float(v).is_integer() else f"{v:g}"
-
-        left = "[" if self.lo_closed and not math.isinf(self.lo) else "("
-        right = "]" if self.hi_closed and not math.isinf(self.hi) else ")"
-        return f"{left}{fmt(self.lo)}, {fmt(self.hi)}{right}"
-
-
-def param(default: Any, doc: str, *, choices: tuple | None = None,
-          interval: Interval | None = None, speed_only: bool = False,
-          stage: str | None = None) -> Any:
-    """A schema field: default, one-line documentation and allowed values.
-
-    ``speed_only`` marks a key that changes only speed or placement (threads, devices,
-    batch sizes), never a result: :func:`result_fingerprint` and :func:`result_keys` (the
-    DVC params lists) leave it out, so changing it invalidates no finished work.
-    ``stage`` names the DVC stage that reads the key when it is not the stage of its
-    section (e.g. compare reads some evaluate keys): only that stage's params list has it.
-    """
-    meta = {"doc": doc, "choices": choices, "interval": interval, "speed_only": speed_only,
-            "stage": stage}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: default, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def section(cls: type, doc: str) -> Any:
-    """A nested section (a dataclass) with its defaults."""
-    return field(default_factory=cls, metadata={"doc": doc, "choices": None, "interval": None,
-                                                "speed_only": False, "stage": None})
+__all__ = ["AugmentParams", "ClassicalParams", "CropsParams", "DataParams", "EvaluateParams",
+           "Interval", "LossParams", "ModelParams", "OptimParams", "Params", "ParamsLoader",
+           "PerturbParams", "SamParams", "SegmentParams", "SyntheticParams", "TrainParams",
+           "as_dict", "build_section", "choices_of", "fingerprint", "is_speed_only",
+           "load_params", "param", "read_params_yaml", "result_dict", "result_fingerprint",
+           "section", "text_fingerprint"]
 
 
 # --------------------------------------------------------------------------- data
@@ -414,16 +371,16 @@ class Params:
 
     def check(self) -> None:
         """Rules that tie several keys together (relative paths: from the project root)."""
-        _check_path_length("data.root", self.data.root)
+        check_path_length("data.root", self.data.root)
         if self.data.source == "synthetic" and Path(self.data.root) != SYNTHETIC_ROOT:
             raise ParamsError(f"data.root must be {SYNTHETIC_ROOT} when data.source is synthetic, "
                               f"got {self.data.root!r}")
-        if self.data.source != "synthetic" and _within(self.data.root, SYNTHETIC_ROOT):
+        if self.data.source != "synthetic" and within(self.data.root, SYNTHETIC_ROOT):
             raise ParamsError(f"data.root {self.data.root!r} lies in {SYNTHETIC_ROOT}, which the "
                               f"synthesize stage replaces when data.source is "
                               f"{self.data.source}: move your dataset elsewhere and point "
                               "data.root at it")
-        if self.data.source == "folder" and _within(SYNTHETIC_ROOT, self.data.root):
+        if self.data.source == "folder" and within(SYNTHETIC_ROOT, self.data.root):
             raise ParamsError(f"data.root {self.data.root!r} holds {SYNTHETIC_ROOT}, which the "
                               "synthesize stage writes and the folder reader would take for a "
                               "class: put your class folders in a folder of their own")
@@ -438,185 +395,6 @@ class Params:
                               "when segment.backend is sam, got null")
 
 
-# ----------------------------------------------------------------- path rules
-NAME_MAX = 255      # bytes of one path component (Linux, macOS, Windows)
-PATH_MAX = 4096     # bytes of a whole path (Linux)
-
-
-def _shown(text: str, limit: int = 60) -> str:
-    """``text`` quoted, shortened to ``limit`` characters for a one-line message."""
-    return repr(text if len(text) <= limit else text[:limit - 3] + "...")
-
-
-def _check_path_length(key: str, value: str) -> None:
-    """Refuse a path no filesystem can hold: a component over NAME_MAX or the whole path
-    over PATH_MAX bytes (as the filesystem encodes it)."""
-    encoded = os.fsencode(value)
-    if len(encoded) > PATH_MAX:
-        raise ParamsError(f"{key} is {len(encoded)} bytes long, more than a path may have "
-                          f"({PATH_MAX}): use a shorter path, got {_shown(value)}")
-    for part in encoded.split(b"/"):
-        if len(part) > NAME_MAX:
-            raise ParamsError(f"{key} has a path component of {len(part)} bytes, more than a "
-                              f"file name may have ({NAME_MAX}): use a shorter path, got "
-                              f"{_shown(value)}")
-
-
-def _within(path: str | Path, folder: str | Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies inside it: by the text of both paths, and by
-    their real locations seen from the current folder (symlinks followed)."""
-    def inside(a: Path, b: Path) -> bool:
-        return a == b or b in a.parents
-
-    if inside(Path(os.path.normpath(path)), Path(os.path.normpath(folder))):
-        return True
-    try:
-        return inside(Path(path).resolve(), Path(folder).resolve())
-    except (OSError, RuntimeError):    # unreadable or a symlink loop: the text decided
-        return False
-
-
-# ----------------------------------------------------------------- validation
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is typing.Union:
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints accepted as floats)."""
-    if typing.get_origin(tp) is typing.Union:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif tp is str:
-        ok = isinstance(value, str)
-    else:
-        raise TypeError(f"schema type {tp} of {key} is not supported")
-    if not ok:
-        raise ParamsError(f"{key} must be of type {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def build_section(cls: type, raw: Any, prefix: str) -> Any:
-    """Validate the mapping ``raw`` against dataclass ``cls``; missing keys take defaults."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{prefix.rstrip('.') or 'the file'} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            allowed = ", ".join(sorted(fields))
-            raise ParamsError(f"unknown key {prefix}{key} (allowed: {allowed})")
-    values = {}
-    for name, f in fields.items():
-        if name not in raw:
-            continue
-        key = f"{prefix}{name}"
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            values[name] = build_section(tp, raw[name], key + ".")
-            continue
-        value = _coerce(raw[name], tp, key)
-        choices, interval = f.metadata.get("choices"), f.metadata.get("interval")
-        if value is not None and choices is not None and value not in choices:
-            allowed = " | ".join(str(c) for c in choices)
-            raise ParamsError(f"{key} must be one of {allowed}, got {value!r}")
-        if value is not None and interval is not None and value not in interval:
-            raise ParamsError(f"{key} must be in {interval}, got {value!r}")
-        values[name] = value
-    return cls(**values)
-
-
-# ------------------------------------------------------------------- reading
-class DuplicateKeyError(yaml.YAMLError):
-    """A mapping of the params file names one key twice."""
-
-
-class ParamsLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with two changes for params files.
-
-    - A key written twice in one mapping (at any depth) is an error naming the dotted key
-      and both lines, where plain PyYAML silently keeps the last value.
-    - Scientific notation without a dot or without an exponent sign (``1e-4``, ``3E5``,
-      ``1.5e3``) is a float, as in YAML 1.2, which DVC reads; YAML 1.1 (PyYAML) reads
-      it as a string.
-    """
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        _refuse_duplicate_keys(node, "", set())
-        return super().construct_document(node)
-
-
-ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
-def _refuse_duplicate_keys(node: yaml.Node, prefix: str, seen: set[int]) -> None:
-    """Raise DuplicateKeyError for the first key written twice in a mapping below ``node``."""
-    if id(node) in seen:           # an alias to a node already checked
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _refuse_duplicate_keys(item, f"{prefix.rstrip('.')}[{index}].", seen)
-        return
-    if not isinstance(node, yaml.MappingNode):
-        return
-    lines: dict[str, int] = {}
-    for key_node, value_node in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            _refuse_duplicate_keys(value_node, prefix, seen)
-            continue
-        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
-        line = key_node.start_mark.line + 1
-        if key in lines:
-            raise DuplicateKeyError(f"key {prefix}{key} is written twice (lines {lines[key]} "
-                                    f"and {line}): keep one")
-        lines[key] = line
-        _refuse_duplicate_keys(value_node, f"{prefix}{key}.", seen)
-
-
-def read_params_yaml(path: Path) -> Any:
-    """The parsed params file; every problem is a one-line ParamsError naming ``path``."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ParamsError(f"{path}: cannot read the params file "
-                          f"({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ParamsError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}): save it "
-                          "as UTF-8") from None
-    try:
-        raw = yaml.load(text, Loader=ParamsLoader)
-    except DuplicateKeyError as exc:
-        raise ParamsError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ParamsError(f"{path}: not valid YAML{where}") from None
-    if raw is None:
-        raise ParamsError(f"{path}: the file holds no settings (empty or only comments); "
-                          "write the defaults with: python -m pipeline.params > params.yaml")
-    return raw
-
-
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; errors are one line prefixed with the file name."""
     path = Path(path)
@@ -629,193 +407,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params
 
 
-def as_dict(obj: Any) -> dict:
-    """A section as plain data (for fingerprints, YAML and metadata)."""
-    return dataclasses.asdict(obj)
-
-
-def text_fingerprint(text: str) -> str:
-    """A short stable hash of a string (16 hex digits of its SHA-256)."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def fingerprint(*sections: Any) -> str:
-    """A short stable hash of one or more sections' values (order of keys ignored)."""
-    return _hash_json([as_dict(s) for s in sections])
-
-
-def _hash_json(data: Any) -> str:
-    return text_fingerprint(json.dumps(data, sort_keys=True, separators=(",", ":")))
-
-
-def is_speed_only(f: dataclasses.Field) -> bool:
-    """Whether a schema field changes only speed or placement, never a result."""
-    return bool(f.metadata.get("speed_only"))
-
-
-def result_dict(obj: Any) -> dict:
-    """A section as plain data without its speed-only keys (at any depth)."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        if is_speed_only(f):
-            continue
-        value = getattr(obj, f.name)
-        out[f.name] = result_dict(value) if dataclasses.is_dataclass(value) else value
-    return out
-
-
-def result_fingerprint(*sections: Any) -> str:
-    """Like :func:`fingerprint`, but blind to speed-only keys: a cached result stays valid
-    when only threads, devices or batch sizes change. Equal to :func:`fingerprint` for
-    sections without speed-only keys."""
-    return _hash_json([result_dict(s) for s in sections])
-
-
-def _section_class(dotted: str) -> type:
-    """The dataclass of a dotted section name, e.g. ``segment.sam``."""
-    cls: Any = Params
-    for name in dotted.split("."):
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        hint = typing.get_type_hints(cls).get(name)
-        if name not in fields or not dataclasses.is_dataclass(hint):
-            raise KeyError(f"{dotted} is not a section of the params schema")
-        cls = hint
-    return cls
-
-
-def _is_plain(cls: type) -> bool:
-    """A section without speed-only keys and without keys read by another stage."""
-    hints = typing.get_type_hints(cls)
-    return all(not is_speed_only(f) and f.metadata.get("stage") is None and
-               (not dataclasses.is_dataclass(hints[f.name]) or _is_plain(hints[f.name]))
-               for f in dataclasses.fields(cls))
-
-
-def result_keys(section: str, stage: str | None = None) -> list[str]:
-    """The dotted keys of ``section`` that can change a result, in schema order.
-
-    A subsection without speed-only keys is named whole (``segment.classical``), as DVC
-    tracks a mapping; a section without any is just its own name (``crops``). With
-    ``stage``, only the keys marked as read by that stage (``param(stage=...)``); without,
-    only the unmarked ones (read by the section's own stage).
-    """
-    cls = _section_class(section)
-    if _is_plain(cls):
-        return [section] if stage is None else []
-    hints = typing.get_type_hints(cls)
-    keys: list[str] = []
-    for f in dataclasses.fields(cls):
-        dotted = f"{section}.{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys.extend(result_keys(dotted, stage))
-        elif not is_speed_only(f) and f.metadata.get("stage") == stage:
-            keys.append(dotted)
-    return keys
-
-
-def speed_only_keys(section: str = "") -> list[str]:
-    """The dotted speed-only keys below ``section`` (all of them by default)."""
-    cls = _section_class(section) if section else Params
-    hints = typing.get_type_hints(cls)
-    keys: list[str] = []
-    for f in dataclasses.fields(cls):
-        dotted = f"{section}.{f.name}" if section else f.name
-        if is_speed_only(f):
-            keys.append(dotted)
-        elif dataclasses.is_dataclass(hints[f.name]):
-            keys.extend(speed_only_keys(dotted))
-    return keys
-
-
-def dvc_stage_params() -> dict[str, list[str]]:
-    """Each DVC stage's ``params:`` list in dvc.yaml: exactly the keys that change its
-    results, so a speed-only change (``dvc exp run -S train.loader_workers=4``) reruns
-    nothing. prepare reads the dataset at data.root (a dep), not the generator's settings."""
-    return {
-        "synthesize": ["data.source", "data.synthetic"],
-        "prepare": [k for k in result_keys("data") if k != "data.synthetic"],
-        "segment": result_keys("segment"),
-        "crops": result_keys("crops"),
-        "train": result_keys("train"),
-        "evaluate": result_keys("evaluate"),
-        "compare": result_keys("evaluate", stage="compare"),
-    }
-
-
-SPEED_ONLY_NOTE = "Speed only: changes no result, so DVC reruns nothing for it."
-
-
-def defaults_yaml() -> str:
-    """params.yaml with every default and each key's documentation as a comment."""
-    lines = ["# protomask parameters, one section per stage. Generated from the schema in",
-             "# pipeline/params.py (python -m pipeline.params > params.yaml); every key is",
-             "# validated when a stage starts."]
-
-    def emit(obj: Any, indent: str) -> None:
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            doc = f.metadata.get("doc", "")
-            allowed = f.metadata.get("choices") or f.metadata.get("interval")
-            if allowed is not None and not isinstance(allowed, Interval):
-                allowed = " | ".join(map(str, allowed))
-            comment = doc + (f" Allowed: {allowed}." if allowed is not None else "")
-            comment += f" {SPEED_ONLY_NOTE}" if is_speed_only(f) else ""
-            lines.append(f"{indent}# {comment}")
-            if dataclasses.is_dataclass(value):
-                lines.append(f"{indent}{f.name}:")
-                emit(value, indent + "  ")
-            else:
-                dumped = yaml.safe_dump({f.name: value}, default_flow_style=True).strip()
-                lines.append(f"{indent}{dumped[1:-1]}")
-
-    emit(Params(), "")
-    return "\n".join(lines) + "\n"
-
-
-def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str, str]]:
-    rows = []
-    hints = typing.get_type_hints(cls)
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows.extend(_rows(tp, f"{prefix}{f.name}."))
-            continue
-        choices, interval = f.metadata.get("choices"), f.metadata.get("interval")
-        allowed = (" \\| ".join(map(str, choices)) if choices else
-                   str(interval) if interval else "")
-        default = getattr(defaults, f.name)
-        meaning = f.metadata["doc"] + (f" {SPEED_ONLY_NOTE}" if is_speed_only(f) else "")
-        meaning = meaning.replace("|", "\\|")       # a literal bar, not a new cell
-        rows.append((f"{prefix}{f.name}", _type_name(tp), f"`{default!r}`" if default is not None
-                     else "`null`", allowed, meaning))
-    return rows
-
-
-def params_reference_markdown() -> str:
-    """The params reference table, generated from the schema (kept in README.md)."""
-    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-    for row in _rows(Params, ""):
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-README_MARKERS = ("<!-- params-reference:start -->\n", "<!-- params-reference:end -->")
-
-
-def readme_with_reference(text: str) -> str:
-    """README text with the block between the markers replaced by the generated table."""
-    start, end = README_MARKERS
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{start}{params_reference_markdown()}\n{end}{tail}"
-
-
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["--readme"]:
-        readme = Path("README.md")
-        readme.write_text(readme_with_reference(readme.read_text()))
-    else:
-        print(defaults_yaml(), end="")
+    from pipeline.param_docs import main
+
+    main(sys.argv[1:])

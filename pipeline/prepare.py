@@ -12,7 +12,6 @@ The rejects table lists, one row each, what prepare does not use as the reader f
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import layout
-from pipeline.atomic import atomic_file
+from pipeline.atomic import write_json
 from pipeline.datasets import read_dataset
 from pipeline.errors import DatasetError, ImageDecodeError
 from pipeline.imageio import load_rgb, pixel_hash, read_mask_png, resolve_inside
@@ -258,6 +257,5 @@ def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
         "with_segmentation": sum(1 for r in kept if r.segmentation_path),
         "with_parts": sum(1 for r in kept if r.parts is not None),
     }
-    with atomic_file(project_root / layout.PREPARE_METRICS) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_json(project_root / layout.PREPARE_METRICS, metrics)
     return metrics

@@ -6,17 +6,15 @@ and counts that depend on what was already on disk go to ``logs/<name>.json`` (s
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline import layout
-from pipeline.atomic import atomic_file
+from pipeline.atomic import write_json
 
 
 def write_run_log(project_root: Path, name: str, values: Mapping[str, Any]) -> Path:
     """Write ``values`` to logs/<name>.json under ``project_root``; return the path."""
     path = Path(project_root) / layout.run_log(name)
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(dict(values), indent=2, sort_keys=True, default=str) + "\n")
+    write_json(path, dict(values), default=str)
     return path

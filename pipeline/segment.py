@@ -12,22 +12,19 @@ metrics/segment.json holds only what the inputs and params decide; wall-clock fa
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline import layout
-from pipeline.atomic import atomic_file
+from pipeline.atomic import write_json
 from pipeline.errors import ImageDecodeError, ProtomaskError
-from pipeline.execution import (dask_client, degenerate_warning, local_worker_count, map_tasks,
-                                percent, remove_stale, shards_to_build)
+from pipeline.execution import degenerate_warning, local_worker_count, percent
 from pipeline.imageio import load_rgb, resolve_inside
-from pipeline.mask_shards import ImageResult, check_mask_shard, write_shard
+from pipeline.mask_shards import (PREFIX, ImageResult, MaskShard, check_mask_shard,
+                                  mask_shard_name, write_shard)
 from pipeline.params import (Params, SegmentParams, fingerprint, result_fingerprint,
                              text_fingerprint)
-from pipeline.run_log import write_run_log
+from pipeline.sharded import ShardedStage, run_shards
 from pipeline.tables import read_table
 
 _SEGMENTERS: dict[str, object] = {}   # per worker process: the loaded model, built once
@@ -45,6 +42,11 @@ class ShardTask:
     fingerprint: str
     checkpoint_sha256: str
     params: SegmentParams
+
+    @property
+    def num_images(self) -> int:
+        """Images of the shard."""
+        return len(self.image_ids)
 
 
 @dataclass(frozen=True)
@@ -143,50 +145,49 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardT
         fp = text_fingerprint(base + json.dumps(ids))
         tasks.append(ShardTask(index, ids, tuple(p for _, p in chunk),
                                str(project_root / params.data.root),
-                               str(out_dir / f"shard-{index:05d}.h5"), fp, checkpoint_sha, seg))
+                               str(out_dir / mask_shard_name(index)), fp, checkpoint_sha, seg))
     return tasks
 
 
+def _progress(summaries: list[ShardSummary]) -> dict[str, object]:
+    """The progress bar's postfix: masks per image of the latest shard, failures so far."""
+    last = summaries[-1]
+    return {"masks_per_image": f"{last.masks / max(last.images, 1):.1f}",
+            "failed": sum(len(s.failures) for s in summaries)}
+
+
 def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
-    """Write every shard that is missing, stale or damaged; return the stage's metrics
-    (as in metrics/segment.json) and this run's wall-clock facts (as in logs/segment.json)."""
+    """Write every shard that is missing, stale or damaged.
+
+    Args:
+        params: the whole params (segment and data sections are read).
+        project_root: the project folder.
+
+    Returns:
+        The stage's metrics (as in metrics/segment.json) and this run's wall-clock facts
+        (as in logs/segment.json).
+    """
     project_root = Path(project_root).resolve()   # workers may run elsewhere
     out_dir = project_root / layout.SEGMENT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)
-    remove_stale(out_dir, "shard-", {Path(t.out_path).name for t in tasks})
-    started = time.perf_counter()
-    todo, damaged = shards_to_build("segment", tasks, check_mask_shard, project_root)
-    verified = time.perf_counter()
-    rebuilt = {t.index for t in todo}
-    summaries = [_summary_of_existing(t) for t in tasks if t.index not in rebuilt]
-    total_images = sum(len(t.image_ids) for t in todo)
-    if todo:
-        with dask_client(local_worker_count(params.segment),
-                         params.segment.scheduler) as client, tqdm(
-                total=total_images, unit="img", desc="segment", dynamic_ncols=True) as bar:
-            for summary in map_tasks(client, segment_shard, todo):
-                summaries.append(summary)
-                bar.update(summary.images)
-                bar.set_postfix(masks_per_image=f"{summary.masks / max(summary.images, 1):.1f}",
-                                failed=sum(len(s.failures) for s in summaries))
-    elapsed = time.perf_counter() - started
-    summaries.sort(key=lambda s: s.index)
+    stage = ShardedStage("segment", PREFIX, check_mask_shard, segment_shard, postfix=_progress)
+    run = run_shards(stage, tasks, out_dir, project_root,
+                     workers=local_worker_count(params.segment),
+                     scheduler=params.segment.scheduler)
+    summaries = [_summary_of_existing(t) for t in tasks if t.out_path not in run.rebuilt]
+    summaries = sorted(summaries + run.results, key=lambda s: s.index)
     failures = [f for s in summaries for f in s.failures]
     metrics = segment_metrics(summaries, len(tasks), params.segment.backend)
-    with atomic_file(project_root / layout.SEGMENT_METRICS) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    with atomic_file(out_dir / "failures.json") as tmp:
-        tmp.write_text(json.dumps([{"image_id": i, "reason": r} for i, r in failures], indent=1))
-    run = {"shards_reused": len(tasks) - len(todo), "shards_damaged": damaged,
-           "seconds": elapsed, "verify_seconds": verified - started,
-           "images_per_second": total_images / elapsed if todo and elapsed > 0 else None}
-    write_run_log(project_root, "segment", run)
+    write_json(project_root / layout.SEGMENT_METRICS, metrics)
+    write_json(out_dir / "failures.json", [{"image_id": i, "reason": r} for i, r in failures],
+               indent=1, sort_keys=False, newline=False)
+    facts = run.write_log(project_root, "segment")
     images = metrics["images"]
     if images and len(failures) == images:
         raise ProtomaskError(f"segment: every image failed (first: image {failures[0][0]}: "
                              f"{failures[0][1]}); see {out_dir / 'failures.json'}")
-    return {**metrics, **run}
+    return {**metrics, **facts}
 
 
 def segment_metrics(summaries: list[ShardSummary], shards: int, backend: str) -> dict:
@@ -217,8 +218,7 @@ def summary_line(m: dict) -> str:
 
 
 def _summary_of_existing(task: ShardTask) -> ShardSummary:
-    from pipeline.mask_shards import MaskShard
-
+    """The summary of a reused shard, read from its file."""
     with MaskShard(Path(task.out_path)) as shard:
         return ShardSummary(task.index, len(task.image_ids), shard.num_masks,
                             shard.images_without_masks, tuple(shard.failures()), skipped=True)

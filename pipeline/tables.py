@@ -55,7 +55,9 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
         pa.field("kept_path", pa.string(), nullable=False),
         pa.field("kept_split", pa.string(), nullable=False),
     ])),
-    # One row per view of every image: M rows per image (pipeline/crops.py).
+    # One row per view of every image: M rows per image (pipeline/crops.py). Its facts
+    # (num_views, size, fill, order, min_box_size: crops.index_facts) are where readers
+    # find M and S; the crop shards' num_views attribute is never read.
     "crops": (1, pa.schema([
         pa.field("image_id", pa.int64(), nullable=False),
         pa.field("view", pa.int16(), nullable=False),             # 0..M-1
@@ -77,11 +79,6 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
 }
 
 SPLITS = ("train", "val", "test")
-
-
-def schema_of(kind: str) -> pa.Schema:
-    """The Arrow schema of an artifact kind."""
-    return SCHEMAS[kind][1]
 
 
 def write_table(rows: list[dict[str, Any]], path: Path, kind: str, *, fingerprint: str,

@@ -16,7 +16,7 @@ import pytest
 from pipeline import layout
 from pipeline.crops import run_crops
 from pipeline.segment import run_segment
-from tests.test_segment import assert_same_shards
+from tests.mask_shard_checks import assert_same_shards
 from tests.tiny_project import make_tiny_project, tiny_crops_params
 
 BIN = Path(sys.executable).parent

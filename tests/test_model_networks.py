@@ -9,7 +9,7 @@ from torch import nn
 
 from model.backbones import (BACKBONES, backbone_channels, backbone_names, build_backbone,
                              efficientnet_lite0_weights_file, torchvision_cache_file)
-from model.head import ProtoOutput, PrototypeHead
+from model.head import ProtoOutput, PrototypeHead, make_addon
 from model.protomask import ProtoMask
 from model.protopnet import ProtoPNet
 from pipeline.errors import ProtomaskError
@@ -307,3 +307,23 @@ def test_addon_init_param_reaches_both_models_and_default_avoids_saturation() ->
         kaiming = build_model(kind, replace(TrainParams(), model=replace(
             tiny, addon_init="kaiming")), 3).add_on[0]
         assert torch.count_nonzero(kaiming.bias) == 0 and torch.count_nonzero(default.bias) > 0
+
+
+@pytest.mark.parametrize("cls, dim, layers, pool", [(ProtoMask, 1280, 1, True),
+                                                    (ProtoPNet, 128, 2, False)])
+def test_a_network_builds_trunk_add_on_head_in_that_order(cls, dim, layers, pool) -> None:
+    """The shared base class keeps each network's defaults, state dict keys and random
+    draws: the same values as building trunk, add-on and head by hand, in that order."""
+    torch.manual_seed(0)
+    model = cls(build_backbone("tiny_cnn", "none"), 3, addon_init="kaiming", seed=4)
+    torch.manual_seed(0)
+    trunk = build_backbone("tiny_cnn", "none")
+    add_on = make_addon(trunk.out_channels, dim, layers, pool=pool, kaiming=True)
+    head = PrototypeHead(3, 10, dim, seed=4)
+    by_hand = {**{f"trunk.{k}": v for k, v in trunk.state_dict().items()},
+               **{f"add_on.{k}": v for k, v in add_on.state_dict().items()},
+               **{f"head.{k}": v for k, v in head.state_dict().items()}}
+    state = model.state_dict()
+    assert list(state) == list(by_hand)
+    assert all(torch.equal(state[k], by_hand[k]) for k in state)
+    assert list(model.parameter_groups()) == ["trunk", "add_on", "prototypes", "last_layer"]

@@ -8,10 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.errors import ParamsError
-from pipeline.params import (ClassicalParams, CropsParams, Params, SamParams, SegmentParams,
-                             TrainParams, defaults_yaml, fingerprint, load_params,
-                             params_reference_markdown, readme_with_reference, result_fingerprint,
-                             result_keys, speed_only_keys)
+from pipeline.param_docs import (defaults_yaml, params_reference_markdown, readme_with_reference,
+                                 result_keys, speed_only_keys)
+from pipeline.params import (ClassicalParams, CropsParams, DataParams,
+                             EvaluateParams, ModelParams, Params, SamParams, SegmentParams,
+                             TrainParams, choices_of, fingerprint, load_params,
+                             result_fingerprint)
 from stages.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,3 +285,20 @@ def test_reference_lists_every_key() -> None:
 def test_readme_reference_is_generated_from_the_schema() -> None:
     text = (REPO / "README.md").read_text()
     assert readme_with_reference(text) == text, "run: python -m pipeline.params --readme"
+
+
+def test_each_choice_list_is_its_implementation_registry() -> None:
+    """A choice list of the schema names exactly what its implementation knows (the params
+    module cannot import those without torch, so this test ties them)."""
+    from model.backbones import backbone_names
+    from model.saliency import COMPOSITES, METHODS
+    from pipeline.crop_shards import COMPRESSION
+    from pipeline.datasets import SOURCES
+    from pipeline.views import FILL_MODES
+
+    pairs = [((CropsParams, "fill"), FILL_MODES), ((CropsParams, "compression"), COMPRESSION),
+             ((DataParams, "source"), SOURCES), ((EvaluateParams, "saliency"), METHODS),
+             ((EvaluateParams, "lrp_composite"), COMPOSITES),
+             ((ModelParams, "backbone"), backbone_names())]
+    for (cls, name), registry in pairs:
+        assert set(choices_of(cls, name)) == set(registry), f"{cls.__name__}.{name}"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.params import Params, dvc_stage_params, speed_only_keys
+from pipeline.param_docs import dvc_stage_params, speed_only_keys
+from pipeline.params import Params
 from tests.e2e import TINY, make_project, run, set_param
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def test_each_stage_lists_exactly_its_result_keys() -> None:
     for name, stage in stages.items():
         assert stage.get("params", []) == wanted[name], (
             f"dvc.yaml stage {name}: params must be {wanted[name]} "
-            "(pipeline.params.dvc_stage_params)")
+            "(pipeline.param_docs.dvc_stage_params)")
 
 
 def test_every_result_key_is_tracked_and_no_speed_only_key_is() -> None:

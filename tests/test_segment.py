@@ -18,6 +18,7 @@ from pipeline.params import ClassicalParams, as_dict
 from pipeline.segment import run_segment, summary_line
 from pipeline.segmenters.classical import segment_classical
 from tests.e2e import kill_when, stage_env
+from tests.mask_shard_checks import assert_same_shards, shard_bytes
 from tests.tiny_project import make_tiny_project, tiny_params
 
 
@@ -39,29 +40,6 @@ def test_classical_finds_flat_regions_with_consistent_records() -> None:
     assert list(result.areas) == sorted(result.areas, reverse=True)
     assert ((0 <= result.stability_score) & (result.stability_score <= 1)).all()
     assert ((0 < result.predicted_iou) & (result.predicted_iou <= 1)).all()
-
-
-def shard_bytes(project: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in shard_paths(project / layout.SEGMENT_DIR)}
-
-
-def shard_content(path: Path) -> list:
-    """Everything a shard says, decoded (to tell a content change from a byte change)."""
-    with MaskShard(path) as shard:
-        return [(i, shard.status(i), [(bytes(r), *map(np.ndarray.tolist, (
-            m.boxes, m.areas, m.predicted_iou, m.stability_score, m.points)))
-            for m in [shard.masks(i)] for r in m.rles]) for i in shard]
-
-
-def assert_same_shards(a: Path, b: Path) -> None:
-    """Same shard files with the same bytes; says which shard and whether content differs."""
-    names_a = [p.name for p in shard_paths(a / layout.SEGMENT_DIR)]
-    assert names_a == [p.name for p in shard_paths(b / layout.SEGMENT_DIR)]
-    for name in names_a:
-        pa, pb = a / layout.SEGMENT_DIR / name, b / layout.SEGMENT_DIR / name
-        if pa.read_bytes() != pb.read_bytes():
-            same = shard_content(pa) == shard_content(pb)
-            raise AssertionError(f"{name}: bytes differ, content {'same' if same else 'differs'}")
 
 
 @pytest.fixture(scope="module")
@@ -195,14 +173,14 @@ def test_a_model_type_that_does_not_fit_the_checkpoint_stops_before_any_worker(
     import torch
     from click.testing import CliRunner
 
-    import pipeline.segment
+    import pipeline.sharded
     from pipeline.segmenters.tiny_sam import build_tiny_sam
     from stages.cli import main
 
     def no_cluster(*args, **kwargs):
         raise AssertionError("a dask cluster was started")
 
-    monkeypatch.setattr(pipeline.segment, "dask_client", no_cluster)
+    monkeypatch.setattr(pipeline.sharded, "dask_client", no_cluster)
     checkpoint = tmp_path / "tiny_sam.pth"
     torch.save(build_tiny_sam().state_dict(), checkpoint)
     params = sam_params(checkpoint)

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import synthetic
+from pipeline import synthetic, synthetic_designs, synthetic_drawing
 from pipeline.errors import DatasetError
 from pipeline.params import SyntheticParams, as_dict
 from pipeline.synthetic import generate_synthetic
@@ -168,7 +168,7 @@ def test_metadata_names_the_params_and_the_classes(dataset_root: Path) -> None:
     attributes = json.loads((dataset_root / "attributes.json").read_text())
     folders = [folder for _, folder in read_rows(dataset_root / "classes.txt")]
     assert [c["folder"] for c in attributes["classes"]] == folders
-    assert set(attributes["classes"][0]["attributes"]) == set(synthetic.ATTRIBUTE_VALUES)
+    assert set(attributes["classes"][0]["attributes"]) == set(synthetic_designs.ATTRIBUTE_VALUES)
 
 
 # ------------------------------------------------------------------ ground truth
@@ -207,13 +207,13 @@ def test_class_designs_differ_and_spread_the_palette(num_classes: int) -> None:
     assert len({d.folder for d in designs}) == num_classes
     for a, b in itertools.combinations([d.attributes for d in designs], 2):
         differences = [k for k in a if a[k] != b[k]]
-        assert len(differences) >= synthetic.MIN_ATTRIBUTE_DIFFERENCES
-        assert any(k in synthetic.APPEARANCE_ATTRIBUTES for k in differences)
+        assert len(differences) >= synthetic_designs.MIN_ATTRIBUTE_DIFFERENCES
+        assert any(k in synthetic_designs.APPEARANCE_ATTRIBUTES for k in differences)
     for d in designs:
         body = d.attributes["body_colour"]
         assert body not in (d.attributes[k] for k in ("head_colour", "wing_colour", "tail_colour"))
-    uses = Counter(d.attributes[k] for d in designs for k in synthetic.COLOUR_ATTRIBUTES)
-    counts = [uses[c] for c in synthetic.PALETTE]
+    uses = Counter(d.attributes[k] for d in designs for k in synthetic_designs.COLOUR_ATTRIBUTES)
+    counts = [uses[c] for c in synthetic_designs.PALETTE]
     assert max(counts) - min(counts) <= 1
 
 
@@ -293,7 +293,7 @@ def test_without_clutter_the_histogram_gives_the_class_away(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The histogram check has teeth: on a plain grey background without distractors the
     same classifier scores 1.00 (measured), so the clutter is what defeats it."""
-    monkeypatch.setattr(synthetic, "_background",
+    monkeypatch.setattr(synthetic_drawing, "_background",
                         lambda rng, size: np.full((size, size, 3), 128, np.float32))
     root = tmp_path / "plain"
     generate_synthetic(root, SyntheticParams(**{**as_dict(CFG), "distractors": 0}))
