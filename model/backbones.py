@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +65,7 @@ class Trunk(nn.Module):
         self.trainable = True
         self.weights = "none"
 
-    def train(self, mode: bool = True) -> "Trunk":
+    def train(self, mode: bool = True) -> Trunk:
         """Like nn.Module.train, but BatchNorm stays in eval mode when frozen or untrainable."""
         super().train(mode)
         if mode and (self.freeze_bn or not self.trainable):
@@ -73,7 +74,7 @@ class Trunk(nn.Module):
                     module.eval()
         return self
 
-    def set_trainable(self, trainable: bool) -> "Trunk":
+    def set_trainable(self, trainable: bool) -> Trunk:
         """Train the trunk or not: parameters' requires_grad and BatchNorm statistics."""
         self.trainable = bool(trainable)
         for param in self.parameters():

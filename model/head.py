@@ -154,7 +154,7 @@ class PrototypeNetwork(nn.Module):
     default_prototype_dim: int = 128
     default_addon_layers: int = 1
 
-    def __init__(self, trunk: "Trunk", num_classes: int, *, prototypes_per_class: int = 10,
+    def __init__(self, trunk: Trunk, num_classes: int, *, prototypes_per_class: int = 10,
                  prototype_dim: int | None = None, addon_layers: int | None = None,
                  off_class_weight: float = -0.5, addon_init: str = "default",
                  seed: int = 0) -> None:

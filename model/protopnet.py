@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.head import PrototypeNetwork, ProtoOutput
+from model.head import ProtoOutput, PrototypeNetwork
 
 
 class ProtoPNet(PrototypeNetwork):

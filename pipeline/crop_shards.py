@@ -25,16 +25,22 @@ uninitialised bytes), times are not tracked, so the same inputs give the same by
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import h5py
 import numpy as np
 
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
-from pipeline.hdf5_files import (CheckedWriter, ShardCheck, attr_text, check_shard, open_stamped,
-                                 reading)
+from pipeline.hdf5_files import (
+    CheckedWriter,
+    ShardCheck,
+    attr_text,
+    check_shard,
+    open_stamped,
+    reading,
+)
 
 FORMAT = "protomask.crops"
 VERSION = 2      # 2: Fletcher-32 on every chunk, content digest
@@ -128,7 +134,7 @@ class CropShard:
             self._file.close()
             raise
 
-    def __enter__(self) -> "CropShard":
+    def __enter__(self) -> CropShard:
         return self
 
     def __exit__(self, *exc: object) -> None:

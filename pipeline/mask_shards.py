@@ -27,9 +27,9 @@ same bytes.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -148,7 +148,7 @@ class MaskShard:
             raise
         self._row = {int(i): k for k, i in enumerate(self.image_ids)}
 
-    def __enter__(self) -> "MaskShard":
+    def __enter__(self) -> MaskShard:
         return self
 
     def __exit__(self, *exc: object) -> None:

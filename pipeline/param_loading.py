@@ -14,7 +14,6 @@ import yaml
 
 from pipeline.errors import ParamsError
 
-
 # ----------------------------------------------------------------- path rules
 NAME_MAX = 255      # bytes of one path component (Linux, macOS, Windows)
 PATH_MAX = 4096     # bytes of a whole path (Linux)
@@ -55,6 +54,7 @@ def within(path: str | Path, folder: str | Path) -> bool:
 
 # ----------------------------------------------------------------- validation
 def type_name(tp: Any) -> str:
+    """The name of a schema annotation as messages and the README show it (``int or null``)."""
     if typing.get_origin(tp) is typing.Union:
         return " or ".join(type_name(a) for a in typing.get_args(tp))
     return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))

@@ -17,11 +17,25 @@ from typing import Optional
 
 from pipeline.errors import ParamsError
 from pipeline.layout import SYNTHETIC_ROOT
-from pipeline.param_fields import (Interval, as_dict, choices_of, fingerprint, is_speed_only,
-                                   param, result_dict, result_fingerprint, section,
-                                   text_fingerprint)
-from pipeline.param_loading import (ParamsLoader, build_section, check_path_length,
-                                    read_params_yaml, within)
+from pipeline.param_fields import (
+    Interval,
+    as_dict,
+    choices_of,
+    fingerprint,
+    is_speed_only,
+    param,
+    result_dict,
+    result_fingerprint,
+    section,
+    text_fingerprint,
+)
+from pipeline.param_loading import (
+    ParamsLoader,
+    build_section,
+    check_path_length,
+    read_params_yaml,
+    within,
+)
 
 __all__ = ["AugmentParams", "ClassicalParams", "CropsParams", "DataParams", "EvaluateParams",
            "Interval", "LossParams", "ModelParams", "OptimParams", "Params", "ParamsLoader",

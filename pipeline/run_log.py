@@ -6,8 +6,9 @@ and counts that depend on what was already on disk go to ``logs/<name>.json`` (s
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline import layout
 from pipeline.atomic import write_json

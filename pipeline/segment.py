@@ -20,10 +20,15 @@ from pipeline.atomic import write_json
 from pipeline.errors import ImageDecodeError, ProtomaskError
 from pipeline.execution import degenerate_warning, local_worker_count, percent
 from pipeline.imageio import load_rgb, resolve_inside
-from pipeline.mask_shards import (PREFIX, ImageResult, MaskShard, check_mask_shard,
-                                  mask_shard_name, write_shard)
-from pipeline.params import (Params, SegmentParams, fingerprint, result_fingerprint,
-                             text_fingerprint)
+from pipeline.mask_shards import (
+    PREFIX,
+    ImageResult,
+    MaskShard,
+    check_mask_shard,
+    mask_shard_name,
+    write_shard,
+)
+from pipeline.params import Params, SegmentParams, fingerprint, result_fingerprint, text_fingerprint
 from pipeline.sharded import ShardedStage, run_shards
 from pipeline.tables import read_table
 

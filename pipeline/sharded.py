@@ -9,9 +9,10 @@ stage's module; :meth:`ShardRun.write_log` writes the run's wall-clock facts.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from tqdm import tqdm
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -38,9 +38,18 @@ import numpy as np
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.errors import DatasetError
 from pipeline.params import SyntheticParams, as_dict
-from pipeline.synthetic_designs import (ATTRIBUTE_VALUES, BEAK_RGB, EYE_RGB, PALETTE, PART_NAMES,
-                                        SHADE, STREAM_SPLIT, ClassDesign, class_designs,
-                                        seeded_rng)
+from pipeline.synthetic_designs import (
+    ATTRIBUTE_VALUES,
+    BEAK_RGB,
+    EYE_RGB,
+    PALETTE,
+    PART_NAMES,
+    SHADE,
+    STREAM_SPLIT,
+    ClassDesign,
+    class_designs,
+    seeded_rng,
+)
 from pipeline.synthetic_drawing import render_image
 
 __all__ = ["GENERATOR_VERSION", "PART_NAMES", "class_designs", "generate_synthetic",

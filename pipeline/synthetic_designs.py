@@ -14,7 +14,6 @@ import numpy as np
 from pipeline.errors import DatasetError
 from pipeline.params import SyntheticParams
 
-
 # ------------------------------------------------------------------ vocabulary
 PALETTE: dict[str, tuple[int, int, int]] = {        # RGB
     "red": (214, 40, 40),

@@ -12,9 +12,16 @@ import cv2
 import numpy as np
 
 from pipeline.params import SyntheticParams
-from pipeline.synthetic_designs import (BEAK_RGB, EYE_RGB, PALETTE, PART_ID, SHADE,
-                                        STREAM_IMAGE, ClassDesign, seeded_rng)
-
+from pipeline.synthetic_designs import (
+    BEAK_RGB,
+    EYE_RGB,
+    PALETTE,
+    PART_ID,
+    SHADE,
+    STREAM_IMAGE,
+    ClassDesign,
+    seeded_rng,
+)
 
 # ------------------------------------------------------- geometry (object units)
 # The bird faces +x, image convention (y grows downwards). Its canonical length, tail tip

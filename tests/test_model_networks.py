@@ -7,8 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from model.backbones import (BACKBONES, backbone_channels, backbone_names, build_backbone,
-                             efficientnet_lite0_weights_file, torchvision_cache_file)
+from model.backbones import (
+    BACKBONES,
+    backbone_channels,
+    backbone_names,
+    build_backbone,
+    efficientnet_lite0_weights_file,
+    torchvision_cache_file,
+)
 from model.head import ProtoOutput, PrototypeHead, make_addon
 from model.protomask import ProtoMask
 from model.protopnet import ProtoPNet

@@ -8,12 +8,28 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.errors import ParamsError
-from pipeline.param_docs import (defaults_yaml, params_reference_markdown, readme_with_reference,
-                                 result_keys, speed_only_keys)
-from pipeline.params import (ClassicalParams, CropsParams, DataParams,
-                             EvaluateParams, ModelParams, Params, SamParams, SegmentParams,
-                             TrainParams, choices_of, fingerprint, load_params,
-                             result_fingerprint)
+from pipeline.param_docs import (
+    defaults_yaml,
+    params_reference_markdown,
+    readme_with_reference,
+    result_keys,
+    speed_only_keys,
+)
+from pipeline.params import (
+    ClassicalParams,
+    CropsParams,
+    DataParams,
+    EvaluateParams,
+    ModelParams,
+    Params,
+    SamParams,
+    SegmentParams,
+    TrainParams,
+    choices_of,
+    fingerprint,
+    load_params,
+    result_fingerprint,
+)
 from stages.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,9 +148,9 @@ def test_scientific_notation_is_a_float(tmp_path: Path, written: str, value: flo
 def test_numbers_read_as_dvc_reads_them(written: str) -> None:
     """DVC reads params.yaml as YAML 1.2 (ruamel): protomask must see the same scalar type
     for scientific notation, where YAML 1.1 (plain PyYAML) reads a string."""
+    import yaml
     from ruamel.yaml import YAML
 
-    import yaml
     from pipeline.params import ParamsLoader
 
     ours = yaml.load(f"v: {written}\n", Loader=ParamsLoader)["v"]
