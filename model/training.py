@@ -17,7 +17,6 @@ training again, never loaded.
 """
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
@@ -42,7 +41,7 @@ from model.push import push_prototypes
 from model.run_state import (Logger, RunState, checkpoint_path, copy_checkpoint,
                              finished_summary, resume_point)
 from pipeline import devices, layout
-from pipeline.atomic import atomic_file, remove_leftovers
+from pipeline.atomic import remove_leftovers, write_json
 from pipeline.errors import ArtifactError
 from pipeline.params import Params, TrainParams, as_dict, result_fingerprint
 from pipeline.run_log import write_run_log
@@ -314,7 +313,7 @@ def run_step(run: Run, ddp_model: nn.Module, index: int) -> tuple[dict, nn.Modul
         result = push_prototypes(run.model, loader(run.datasets["push"], train,
                                                    shuffle_seed=None), run.device)
         if dist_utils.is_main():
-            _write_json(run.out_dir / "push.json", result.records())
+            write_json(run.out_dir / "push.json", result.records())
         record: dict = {"step": index, "period": "push"}
     else:
         set_trainable(run.model, step.period)
@@ -396,7 +395,7 @@ def run_training(params: Params, kind: str, project_root: Path = Path("."),
     dist_utils.barrier()
     if done is not None:
         if dist_utils.is_main():
-            _write_json(metrics_path, done)
+            write_json(metrics_path, done)
         return done
 
     run = start_run(params, kind, project_root, device, fp, steps)
@@ -415,8 +414,8 @@ def run_training(params: Params, kind: str, project_root: Path = Path("."),
     summary = summarise(run, state)
     if dist_utils.is_main():
         copy_checkpoint(out_dir, "latest", "final")
-        _write_json(out_dir / "summary.json", summary)
-        _write_json(metrics_path, summary)
+        write_json(out_dir / "summary.json", summary)
+        write_json(metrics_path, summary)
         trained = sum(len(run.datasets["train"]) for s in steps[first_step:]
                       if s.period != "push")
         elapsed = time.perf_counter() - started
@@ -427,8 +426,3 @@ def run_training(params: Params, kind: str, project_root: Path = Path("."),
         if speed:
             summary = {**summary, "train_images_per_second": speed}
     return summary
-
-
-def _write_json(path: Path, obj: object) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
