@@ -1,4 +1,9 @@
-"""BatchedSamGenerator gives the stock SamAutomaticMaskGenerator's masks (tiny SAM, CPU)."""
+"""BatchedSamGenerator gives the stock SamAutomaticMaskGenerator's masks (tiny SAM, CPU).
+
+The fast paths' own parity tests sit beside their modules: tests/test_sam_encoder.py
+(fused attention), tests/test_sam_decoder.py (re-associated decoder) and
+tests/test_sam_postprocess.py (paste, small regions, RLE).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -122,6 +127,12 @@ def test_crop_layers_with_downscaled_grids_and_small_decode_batches(model):
     assert sum(counts) > 0
     counts_stock_decoder = check_batch(model, params, points_per_batch=37, fast_decoder=False)
     assert counts_stock_decoder == counts
+
+
+def test_stock_encoder_path_matches_stock(model):
+    """``fast_encoder=False`` (the stock ImageEncoderViT) gives the stock records too."""
+    counts = check_batch(model, dict(PARAMS, crop_n_layers=1), IMAGES[:2], fast_encoder=False)
+    assert sum(counts) > 0
 
 
 def test_single_image_batches_equal_one_big_batch(model):

@@ -67,79 +67,95 @@ def build_tiny_sam(
     grid = image_size // patch_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=image_size,
-                patch_size=patch_size,
-                embed_dim=encoder_dim,
-                depth=encoder_depth,
-                num_heads=encoder_heads,
-                mlp_ratio=2.0,
-                out_chans=prompt_dim,
-                qkv_bias=True,
-                norm_layer=partial(nn.LayerNorm, eps=1e-6),
-                use_rel_pos=True,
-                window_size=window_size,
-                global_attn_indexes=(encoder_depth - 1,),
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=prompt_dim,
-                image_embedding_size=(grid, grid),
-                input_image_size=(image_size, image_size),
-                mask_in_chans=8,
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(
-                    depth=2,
-                    embedding_dim=prompt_dim,
-                    mlp_dim=decoder_mlp_dim,
-                    num_heads=decoder_heads,
-                ),
-                transformer_dim=prompt_dim,
-                iou_head_depth=3,
-                iou_head_hidden_dim=prompt_dim,
-            ),
-        )
+        sam = _tiny_modules(image_size, patch_size, encoder_dim, encoder_depth, encoder_heads,
+                            window_size, prompt_dim, decoder_heads, decoder_mlp_dim)
         with torch.no_grad():
-            enc = sam.image_encoder
-            if enc.pos_embed is not None:
-                # a smooth random field (few low spatial frequencies per channel), so mask
-                # logits vary smoothly over the image and thresholding gives local blobs
-                yy, xx = torch.meshgrid(
-                    torch.arange(grid, dtype=torch.float32) / grid,
-                    torch.arange(grid, dtype=torch.float32) / grid,
-                    indexing="ij",
-                )
-                freq = torch.randint(0, 3, (2, encoder_dim)).float()
-                phase = torch.rand(encoder_dim) * 2 * torch.pi
-                field = torch.cos(
-                    2 * torch.pi * (xx[..., None] * freq[0] + yy[..., None] * freq[1]) + phase
-                )
-                enc.pos_embed.copy_(pos_std * field[None])
-            for blk in enc.blocks:
-                if blk.attn.use_rel_pos:
-                    blk.attn.rel_pos_h.normal_(0.0, 0.2)
-                    blk.attn.rel_pos_w.normal_(0.0, 0.2)
-            dec = sam.mask_decoder
-            for mod in dec.output_upscaling:
-                if isinstance(mod, nn.ConvTranspose2d):
-                    # same weights at the 4 kernel positions: blob-like, not checkered, masks
-                    mean = mod.weight.mean(dim=(2, 3), keepdim=True)
-                    mod.weight.copy_(mean.expand_as(mod.weight) * 2)
-            # channel 0 of the upscaled embedding becomes the constant gelu(1); the
-            # hypernetworks give it a negative weight: a bias that shifts mask logits down
-            last_up = dec.output_upscaling[3]
-            last_up.weight[:, 0] = 0.0
-            last_up.bias[0] = 1.0
-            const = float(torch.nn.functional.gelu(torch.tensor(1.0)))
-            for mlp in dec.output_hypernetworks_mlps:
-                mlp.layers[-1].weight.mul_(logit_gain)
-                mlp.layers[-1].bias.mul_(logit_gain)
-                mlp.layers[-1].weight[0] = 0.0
-                mlp.layers[-1].bias[0] = 0.0
+            _randomise_zero_inits(sam, grid, encoder_dim, pos_std)
+            const = _blob_masks(sam.mask_decoder, logit_gain)
             _calibrate(sam, const, mask_quantile, iou_mean, iou_std, seed)
     return sam.eval()
+
+
+def _tiny_modules(image_size: int, patch_size: int, encoder_dim: int, encoder_depth: int,
+                  encoder_heads: int, window_size: int, prompt_dim: int, decoder_heads: int,
+                  decoder_mlp_dim: int) -> Sam:
+    """The stock SAM modules at tiny sizes (randomly initialised from the torch RNG)."""
+    grid = image_size // patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=image_size,
+            patch_size=patch_size,
+            embed_dim=encoder_dim,
+            depth=encoder_depth,
+            num_heads=encoder_heads,
+            mlp_ratio=2.0,
+            out_chans=prompt_dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=window_size,
+            global_attn_indexes=(encoder_depth - 1,),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=prompt_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=8,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_dim,
+                                          mlp_dim=decoder_mlp_dim, num_heads=decoder_heads),
+            transformer_dim=prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=prompt_dim,
+        ),
+    )
+
+
+def _randomise_zero_inits(sam: Sam, grid: int, encoder_dim: int, pos_std: float) -> None:
+    """Random values for the encoder parameters the real models initialise to zero."""
+    enc = sam.image_encoder
+    if enc.pos_embed is not None:
+        # a smooth random field (few low spatial frequencies per channel), so mask
+        # logits vary smoothly over the image and thresholding gives local blobs
+        yy, xx = torch.meshgrid(
+            torch.arange(grid, dtype=torch.float32) / grid,
+            torch.arange(grid, dtype=torch.float32) / grid,
+            indexing="ij",
+        )
+        freq = torch.randint(0, 3, (2, encoder_dim)).float()
+        phase = torch.rand(encoder_dim) * 2 * torch.pi
+        field = torch.cos(
+            2 * torch.pi * (xx[..., None] * freq[0] + yy[..., None] * freq[1]) + phase
+        )
+        enc.pos_embed.copy_(pos_std * field[None])
+    for blk in enc.blocks:
+        if blk.attn.use_rel_pos:
+            blk.attn.rel_pos_h.normal_(0.0, 0.2)
+            blk.attn.rel_pos_w.normal_(0.0, 0.2)
+
+
+def _blob_masks(dec: MaskDecoder, logit_gain: float) -> float:
+    """Blob-like upscaling, mask logits scaled by ``logit_gain``, and a constant channel
+    for the calibration's logit shift; returns that channel's value."""
+    for mod in dec.output_upscaling:
+        if isinstance(mod, nn.ConvTranspose2d):
+            # same weights at the 4 kernel positions: blob-like, not checkered, masks
+            mean = mod.weight.mean(dim=(2, 3), keepdim=True)
+            mod.weight.copy_(mean.expand_as(mod.weight) * 2)
+    # channel 0 of the upscaled embedding becomes the constant gelu(1); the
+    # hypernetworks give it a negative weight: a bias that shifts mask logits down
+    last_up = dec.output_upscaling[3]
+    last_up.weight[:, 0] = 0.0
+    last_up.bias[0] = 1.0
+    const = float(torch.nn.functional.gelu(torch.tensor(1.0)))
+    for mlp in dec.output_hypernetworks_mlps:
+        mlp.layers[-1].weight.mul_(logit_gain)
+        mlp.layers[-1].bias.mul_(logit_gain)
+        mlp.layers[-1].weight[0] = 0.0
+        mlp.layers[-1].bias[0] = 0.0
+    return const
 
 
 def _calibration_image(seed: int, h: int = 60, w: int = 52) -> np.ndarray:
