@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from model.formatting import format_metric
 from pipeline import layout
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
@@ -66,20 +67,6 @@ def number(value: Any) -> Optional[float]:
     """A finite int/float as float; None for anything else (absent metrics, bools)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
         and math.isfinite(value) else None
-
-
-def fmt(value: Any) -> str:
-    """A metric value as the comparison table shows it."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, dict) and "absent" in value:
-        return f"absent ({value['absent']})"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, float)):
-        return f"{value:.2f}" if not float(value).is_integer() else f"{value:.0f}" \
-            if abs(value) >= 1 else f"{value:.2f}"
-    return str(value)
 
 
 def too_thin(docs: dict[str, dict], rules: EvaluateParams) -> Optional[str]:
@@ -141,15 +128,15 @@ def comparison_markdown(docs: dict[str, dict], rules: EvaluateParams) -> str:
     lines += ["| metric | " + " | ".join(names) + " | better |",
               "|---|" + "---|" * len(names) + "---|"]
     for key, label, better in COMPARED:
-        lines.append(f"| {label} | " + " | ".join(fmt(lookup(docs[m], key)) for m in names)
-                     + f" | {better or ''} |")
+        values = (format_metric(lookup(docs[m], key)) for m in names)
+        lines.append(f"| {label} | " + " | ".join(values) + f" | {better or ''} |")
     if "protopnet" in docs and isinstance(docs["protopnet"].get("upsampled"), dict):
         lines += ["", "ProtoPNet's classic upsampled similarity maps, as a second saliency "
                   "method of the baseline:", "", "| metric | protopnet (upsampled) |", "|---|---|"]
         for key, label, _ in COMPARED:
             value = lookup(docs["protopnet"]["upsampled"], key)
             if value is not None:
-                lines.append(f"| {label} | {fmt(value)} |")
+                lines.append(f"| {label} | {format_metric(value)} |")
     lines += ["", "## The paper's claim", "", verdict(docs, rules).sentence, ""]
     method = {m: docs[m].get("saliency") for m in names}
     seeds = {m: int(docs[m].get("seeds") or 1) for m in names}

@@ -32,10 +32,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from model.formatting import REPORT, format_metric
 from model.metrics import top_fraction_mask
 from model.saliency import prototype_saliency
 from pipeline import layout
 from pipeline.crop_shards import CropShard
+from pipeline.drawing import draw_boxes
+from pipeline.evaluation_set import id_array
 from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.params import EvaluateParams
 from pipeline.tables import read_table
@@ -43,8 +46,6 @@ from pipeline.view_datasets import normalise
 from pipeline.views import resize_square
 
 TILE = 128          # displayed side of a tile in px (PNGs are at least this large)
-VIEW_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-                (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
 
 
 # ------------------------------------------------------------------------- drawing
@@ -87,26 +88,17 @@ def _outline(canvas: np.ndarray, mask: np.ndarray, factor: int, colour: tuple) -
     cv2.drawContours(canvas, contours, -1, colour, 1)
 
 
-def draw_boxes(rgb: np.ndarray, boxes: np.ndarray, highlight: Optional[int] = None,
-               labels: bool = True) -> np.ndarray:
-    """The image enlarged, with inclusive boxes (x0, y0, x1, y1) drawn, one colour each."""
+def with_boxes(rgb: np.ndarray, boxes: np.ndarray, labels: bool = True) -> np.ndarray:
+    """The image enlarged (:func:`upscale`) with inclusive boxes (x0, y0, x1, y1) drawn:
+    numbered views (``labels``) or single regions (:func:`pipeline.drawing.draw_boxes`)."""
     out = upscale(rgb).copy()
-    f = out.shape[0] / rgb.shape[0]
-    for v, (x0, y0, x1, y1) in enumerate(np.asarray(boxes).reshape(-1, 4)):
-        colour = VIEW_COLOURS[v % len(VIEW_COLOURS)] if labels else (255, 255, 0)
-        width = 3 if highlight == v or not labels else 1
-        p0 = (int(round(x0 * f)), int(round(y0 * f)))
-        p1 = (int(round((x1 + 1) * f)) - 1, int(round((y1 + 1) * f)) - 1)
-        if not labels:              # a single box: dark halo for contrast
-            cv2.rectangle(out, p0, p1, (0, 0, 0), width + 2)
-        cv2.rectangle(out, p0, p1, colour, width)
-        if labels:
-            cv2.putText(out, str(v), (p0[0] + 2, p0[1] + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                        colour, 1, cv2.LINE_AA)
-    return out
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    return draw_boxes(out, boxes, out.shape[0] / rgb.shape[0],
+                      views=range(len(boxes)) if labels else None)
 
 
 def save_png(path: Path, rgb: np.ndarray) -> None:
+    """Write H x W x 3 uint8 pixels as a PNG (folders made as needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(rgb)).save(path, format="PNG", optimize=False)
 
@@ -172,7 +164,7 @@ class ReportBuilder:
                                      composite=self.ev.lrp_composite, batch_size=64)
         maps = torch.nan_to_num(maps).cpu().numpy()
         by_p: dict[int, list] = {p: [] for p in shown}
-        for raw, smap, meta in zip(raws, maps, metas):
+        for raw, smap, meta in zip(raws, maps, metas, strict=True):
             meta["rgb"] = raw.permute(1, 2, 0).numpy()
             meta["map"] = smap
             by_p[meta["prototype"]].append(meta)
@@ -187,14 +179,14 @@ class ReportBuilder:
         records = {int(r["prototype"]): r for r in json.loads(path.read_text())}
         wanted = set(shown) | {p for s in self.samples for p in s["ids"]}
         images, _ = read_table(project_root / layout.IMAGES_INDEX, "images")
-        paths = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist()))
+        paths = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist(), strict=True))
         crops, _ = read_table(project_root / layout.CROPS_INDEX, "crops")
         ids = sorted({int(records[p]["image_id"]) for p in wanted
                       if p in records and int(records[p]["image_id"]) >= 0})
-        crops = crops.filter(pc.is_in(crops["image_id"], _arrow(ids)))
+        crops = crops.filter(pc.is_in(crops["image_id"], id_array(ids)))
         table = {(int(a), int(b)): (s, int(r), box) for a, b, s, r, box in zip(
             crops["image_id"].to_pylist(), crops["view"].to_pylist(), crops["shard"].to_pylist(),
-            crops["row"].to_pylist(), crops["box"].to_pylist())}
+            crops["row"].to_pylist(), crops["box"].to_pylist(), strict=True)}
         cache: dict[int, np.ndarray] = {}
         for p in sorted(wanted):
             rec = records.get(p)
@@ -209,7 +201,7 @@ class ReportBuilder:
                 shard, row, box = table[(image_id, int(rec["view"]))]
                 with CropShard(inputs.crops_dir / shard) as cs:
                     entry["view_rgb"] = cs.rows(np.array([row]))[0]
-                entry["context"] = draw_boxes(rgb, np.asarray([box]), labels=False)
+                entry["context"] = with_boxes(rgb, np.asarray([box]), labels=False)
                 entry["box"] = box
             else:
                 small = resize_square(rgb, self.input_size)
@@ -217,7 +209,7 @@ class ReportBuilder:
                 cell_h, cell_w = self.input_size / gh, self.input_size / gw
                 h, w = int(rec["h"]), int(rec["w"])
                 box = [w * cell_w, h * cell_h, (w + 1) * cell_w - 1, (h + 1) * cell_h - 1]
-                entry["context"] = draw_boxes(small, np.asarray([box]), labels=False)
+                entry["context"] = with_boxes(small, np.asarray([box]), labels=False)
                 entry["cell"] = (h, w)
             self.push[p] = entry
 
@@ -263,7 +255,8 @@ class ReportBuilder:
     def _metrics_table(self, metrics: dict) -> str:
         rows = []
         for key, value in _flatten(metrics):
-            rows.append(f"<tr><td>{html.escape(key)}</td><td>{html.escape(_text(value))}</td></tr>")
+            text = html.escape(format_metric(value, REPORT))
+            rows.append(f"<tr><td>{html.escape(key)}</td><td>{text}</td></tr>")
         return ("<h2>Metrics</h2><details open><summary>metrics JSON (also "
                 "<code>metrics.json</code>)</summary><table class='m'>" + "".join(rows)
                 + "</table></details>")
@@ -321,7 +314,7 @@ class ReportBuilder:
             image_id = int(self.test.image_ids[row])
             label = int(self.test.labels[row])
             boxes = self.test.boxes[row]
-            first = (draw_boxes(s["rgb"], boxes) if self.kind == "protomask"
+            first = (with_boxes(s["rgb"], boxes) if self.kind == "protomask"
                      else upscale(s["rgb"]))
             verdict = "correct" if s["pred"] == label else "wrong"
             tiles = [self._img(f"test_{image_id}", first,
@@ -336,11 +329,8 @@ class ReportBuilder:
                     if s["matched"] is not None:
                         m = s["matched"][rank]
                         view = f", view {m}"
-                        f = img.shape[0] / s["rgb"].shape[0]
-                        x0, y0, x1, y1 = boxes[m]
-                        colour = VIEW_COLOURS[m % len(VIEW_COLOURS)]
-                        cv2.rectangle(img, (int(x0 * f), int(y0 * f)),
-                                      (int((x1 + 1) * f) - 1, int((y1 + 1) * f) - 1), colour, 1)
+                        draw_boxes(img, boxes[m:m + 1], img.shape[0] / s["rgb"].shape[0],
+                                   views=[m], numbered=False)
                     pc_ = classes[p] if classes else -1
                     tiles.append(self._img(
                         f"test_{image_id}_{method}_{rank}", img,
@@ -383,19 +373,6 @@ def _flatten(doc: dict, prefix: str = "") -> list[tuple[str, Any]]:
         else:
             out.append((f"{prefix}{key}", value))
     return out
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, dict) and "absent" in value:
-        return f"absent: {value['absent']}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _arrow(values: list[int]):
-    import pyarrow as pa
-    return pa.array(values, type=pa.int64())
 
 
 _PAGE = """<!DOCTYPE html>

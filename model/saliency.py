@@ -52,8 +52,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
-from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, SpecialFirstLayerMapComposite, \
-    layer_map_base
+from zennit.composites import (
+    EpsilonGammaBox,
+    EpsilonPlusFlat,
+    SpecialFirstLayerMapComposite,
+    layer_map_base,
+)
 from zennit.core import Hook, Stabilizer
 from zennit.layer import Sum
 from zennit.rules import ClampMod, Epsilon, ZBox
@@ -141,7 +145,7 @@ class ZPlusRule(Hook):
         self.stabilizer = stabilizer
         self._stabilize = Stabilizer.ensure(stabilizer)
 
-    def copy(self) -> "ZPlusRule":
+    def copy(self) -> ZPlusRule:
         return ZPlusRule(self.stabilizer)
 
     def forward(self, module: nn.Module, input, output) -> None:
@@ -160,7 +164,7 @@ class ZPlusRule(Hook):
                 with ClampMod(max=0., zero_params=list(ZERO_PARAMS))(module) as modified:
                     z = z + modified.forward(inputs[1])
             grads = torch.autograd.grad(z, inputs, relevance / self._stabilize(z))
-        out = sum(i.detach() * g for i, g in zip(inputs, grads))
+        out = sum(i.detach() * g for i, g in zip(inputs, grads, strict=True))
         return tuple(out if g is not None and g.shape == out.shape else None for g in grad_input)
 
 
@@ -189,7 +193,7 @@ class MBConvSkipCanonizer(AttributeCanonizer):
             return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
         return None
 
-    def copy(self) -> "MBConvSkipCanonizer":
+    def copy(self) -> MBConvSkipCanonizer:
         return MBConvSkipCanonizer()
 
     @staticmethod

@@ -34,8 +34,7 @@ from pipeline.params import CropsParams, Params, as_dict, text_fingerprint
 from pipeline.segmenters.base import MaskSet
 from pipeline.sharded import ShardedStage, run_shards
 from pipeline.tables import read_table, write_columns
-from pipeline.views import ViewPlan, boxes_and_areas, cut_view, decode_masks, plan_views, \
-    resize_square
+from pipeline.views import ViewPlan, boxes_and_areas, cut_planned_views, plan_views, resize_square
 
 
 @dataclass(frozen=True)
@@ -95,16 +94,12 @@ def views_of_image(image: np.ndarray, masks: MaskSet, params: CropsParams) -> Im
     plan = plan_views(boxes, areas, scores, width=width, height=height,
                       num_views=params.num_views, min_box_size=params.min_box_size)
     k = plan.distinct
+    crops = cut_planned_views(image, plan.boxes[:k], plan.mask_index[:k], masks.rles,
+                              params.size, params.fill)
     if plan.fallback:
         nan = np.full(params.num_views, np.nan, np.float32)
-        crops = resize_square(image, params.size)[None]
         return ImageViews(plan, crops, np.full(params.num_views, height * width, np.int64),
                           nan, nan.copy())
-    shown = plan.mask_index[:k]
-    decoded = (decode_masks(height, width, [masks.rles[i] for i in shown])
-               if params.fill != "original" else [None] * k)
-    crops = np.stack([cut_view(image, plan.boxes[v], params.size, mask=decoded[v],
-                               fill=params.fill) for v in range(k)])
     idx = plan.mask_index
     return ImageViews(plan, crops, areas[idx], np.asarray(masks.predicted_iou, np.float32)[idx],
                       np.asarray(masks.stability_score, np.float32)[idx])

@@ -1,4 +1,5 @@
-"""A contact sheet of one image's views: the image with its view boxes and the M crops.
+"""A contact sheet of one image's views: the image with its view boxes and the M crops
+(boxes and colours as in the evaluate report: :mod:`pipeline.drawing`).
 
 Reads only artifacts (the images index, the crops index, the crop shards) and the
 image file itself; the segmenter is never run.
@@ -14,14 +15,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import layout
 from pipeline.crop_shards import CropShard
+from pipeline.drawing import draw_boxes, view_colour
 from pipeline.errors import ArtifactError
 from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.tables import read_table
+from pipeline.views import view_owners
 
-PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-           (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-           (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229))
 IMAGE_SIDE = 384    # the longer side of the image panel, px
 TILE = 96           # the smallest side of a crop tile, px
 COLUMNS = 4
@@ -67,46 +66,33 @@ def load_image_views(image_id: int, data_root: Path, project_root: Path = Path("
                             pixels, fallback)
 
 
-def _colour(view: int, duplicate_of: int) -> tuple[int, int, int]:
-    return PALETTE[(view if duplicate_of < 0 else duplicate_of) % len(PALETTE)]
-
-
 def render_sheet(record: ImageViewsRecord) -> Image.Image:
     """The image with each distinct view's box and number, and every crop beside it."""
     font = ImageFont.load_default()
     height, width = record.image.shape[:2]
     scale = IMAGE_SIDE / max(height, width)
-    panel = Image.fromarray(record.image).resize(
-        (max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+    panel = np.array(Image.fromarray(record.image).resize(
+        (max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR))
+    distinct = np.flatnonzero(record.duplicate_of < 0)
+    draw_boxes(panel, record.boxes[distinct], scale, views=distinct.tolist(), width=2,
+               filled_labels=True)
     m, side = len(record.crops), max(TILE, record.crops.shape[1])
     rows = -(-m // COLUMNS)
     header = CAPTION + PAD
-    sheet_w = PAD + panel.width + PAD + COLUMNS * (side + PAD)
-    sheet_h = header + max(panel.height, rows * (side + CAPTION + PAD)) + PAD
+    sheet_w = PAD + panel.shape[1] + PAD + COLUMNS * (side + PAD)
+    sheet_h = header + max(panel.shape[0], rows * (side + CAPTION + PAD)) + PAD
     sheet = Image.new("RGB", (sheet_w, sheet_h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     draw.text((PAD, PAD // 2), record.title, fill=(0, 0, 0), font=font)
-    sheet.paste(panel, (PAD, header))
-    for v in range(m):
-        if record.duplicate_of[v] >= 0:
-            continue
-        x0, y0, x1, y1 = record.boxes[v]
-        corners = [PAD + x0 * scale, header + y0 * scale, PAD + (x1 + 1) * scale - 1,
-                   header + (y1 + 1) * scale - 1]
-        colour = _colour(v, -1)
-        draw.rectangle(corners, outline=colour, width=2)
-        label = str(v)
-        lw = draw.textlength(label, font=font)
-        draw.rectangle([corners[0], corners[1], corners[0] + lw + 3, corners[1] + CAPTION - 2],
-                       fill=colour)
-        draw.text((corners[0] + 2, corners[1]), label, fill=(255, 255, 255), font=font)
-    left = PAD + panel.width + PAD
+    sheet.paste(Image.fromarray(panel), (PAD, header))
+    left = PAD + panel.shape[1] + PAD
+    owners = view_owners(record.duplicate_of)
     for v in range(m):
         x = left + (v % COLUMNS) * (side + PAD)
         y = header + (v // COLUMNS) * (side + CAPTION + PAD)
         tile = Image.fromarray(record.crops[v]).resize((side, side), Image.NEAREST)
         sheet.paste(tile, (x, y))
-        colour = _colour(v, int(record.duplicate_of[v]))
+        colour = view_colour(int(owners[v]))
         draw.rectangle([x - 1, y - 1, x + side, y + side], outline=colour, width=2)
         caption = (f"{v} = {record.duplicate_of[v]}" if record.duplicate_of[v] >= 0
                    else f"{v}: whole image" if record.mask_index[v] < 0

@@ -1,6 +1,7 @@
 """The views of one image: box maths, ordering, padding, fill, resize.
 
-Pure functions on arrays; the crops stage (pipeline/crops.py) strings them together.
+Pure functions on arrays; the crops stage (pipeline/crops.py) strings them together, and
+the evaluate stage cuts a perturbed image's views again with :func:`cut_planned_views`.
 
 - Boxes are inclusive pixel boxes (x_min, y_min, x_max, y_max), computed from the RLE
   mask itself; width = x_max - x_min + 1.
@@ -13,8 +14,8 @@ Pure functions on arrays; the crops stage (pipeline/crops.py) strings them toget
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -149,6 +150,39 @@ def cut_view(image: np.ndarray, box: np.ndarray, size: int, *, mask: np.ndarray 
     if mask is not None and fill != "original":
         region = apply_fill(region, mask[y0:y1 + 1, x0:x1 + 1], fill)
     return resize_square(region, size)
+
+
+def cut_planned_views(image: np.ndarray, boxes: np.ndarray, mask_index: np.ndarray,
+                      rles: Sequence[bytes], size: int, fill: str) -> np.ndarray:
+    """The views of one image as they are stored: what the crops stage writes and what the
+    evaluate stage cuts again from a perturbed copy of the image.
+
+    Args:
+        image: H x W x 3 uint8.
+        boxes: (N, 4) inclusive boxes, one per view.
+        mask_index: (N,) row of each view's mask in ``rles`` (-1: the whole image, no fill).
+        rles: the image's compressed RLE masks (read only when ``fill`` needs them).
+        size: side of the square views.
+        fill: what the pixels outside the mask become (FILL_MODES).
+
+    Returns:
+        (N, size, size, 3) uint8.
+    """
+    height, width = image.shape[:2]
+    masks: list[np.ndarray | None] = [None] * len(boxes)
+    if fill != "original":
+        used = [v for v, k in enumerate(mask_index) if k >= 0]
+        decoded = decode_masks(height, width, [rles[int(mask_index[v])] for v in used])
+        for v, mask in zip(used, decoded, strict=True):
+            masks[v] = mask
+    return np.stack([cut_view(image, box, size, mask=masks[v], fill=fill)
+                     for v, box in enumerate(boxes)])
+
+
+def view_owners(duplicate_of: np.ndarray) -> np.ndarray:
+    """For each view, the view whose pixels it shows: itself, or the view it repeats."""
+    duplicate_of = np.asarray(duplicate_of)
+    return np.where(duplicate_of < 0, np.arange(len(duplicate_of)), duplicate_of)
 
 
 def decode_masks(height: int, width: int, counts: Sequence[bytes]) -> np.ndarray:

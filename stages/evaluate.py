@@ -19,13 +19,15 @@ from stages.common import model_option, stage_command
 @model_option("Which trained network.")
 def evaluate(params: Params, kind: str) -> None:
     from model.evaluation import run_evaluation
+    from model.formatting import SHORT, format_metric
 
     result = run_evaluation(params, kind)
-    m = result.metrics
-    click.echo(f"evaluate {kind}: {m['test_images']} test images, balanced accuracy "
-               f"{_short(m['accuracy'])}%, object overlap {_short(m['object_overlap'])}, "
-               f"background overlap {_short(m['background_overlap'])}, consistency "
-               f"{_short(m['consistency'])} in {result.timings['total_with_report']:.0f} s; "
+    m = {key: format_metric(result.metrics[key], SHORT)
+         for key in ("accuracy", "object_overlap", "background_overlap", "consistency")}
+    click.echo(f"evaluate {kind}: {result.metrics['test_images']} test images, balanced "
+               f"accuracy {m['accuracy']}%, object overlap {m['object_overlap']}, "
+               f"background overlap {m['background_overlap']}, consistency "
+               f"{m['consistency']} in {result.timings['total_with_report']:.0f} s; "
                f"report {layout.evaluate_dir(kind) / 'index.html'}")
 
 
@@ -40,11 +42,3 @@ def compare(params: Params) -> None:
 
     result = run_compare(params.evaluate)
     click.echo(f"compare: {layout.COMPARISON}: {result.sentence}")
-
-
-def _short(value: object) -> str:
-    if isinstance(value, (int, float)):
-        return f"{value:.1f}"
-    if isinstance(value, dict) and "absent" in value:
-        return "absent"
-    return str(value)

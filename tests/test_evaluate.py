@@ -13,14 +13,17 @@ import pytest
 import torch
 
 from model.comparison import run_compare
-from model.evaluation import (METRIC_KEYS, SALIENCY_KEYS, Inputs, load_model, load_test_set,
-                              perturb_image, run_evaluation)
+from model.evaluation import METRIC_KEYS, SALIENCY_KEYS, run_evaluation
+from model.loading import load_model
 from pipeline import layout
+from pipeline.evaluation_set import load_test_set
 from pipeline.imageio import load_rgb
+from pipeline.model_inputs import ModelInputs
 from pipeline.params import EvaluateParams, Params, PerturbParams
+from pipeline.perturbation import perturb_image
 from pipeline.tables import read_table, write_table
 from pipeline.view_datasets import normalise
-from tests.tiny_project import copy_project, shared_trained_project, tiny_trained_params
+from tests.tiny_project import copy_project, tiny_trained_params
 
 FAST = EvaluateParams(device="cpu", batch_size=4, sanity_images=4, report_prototypes=3,
                       report_images=2)
@@ -31,9 +34,8 @@ def eval_params(**evaluate: object) -> Params:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory) -> Path:
-    project = copy_project(shared_trained_project(tmp_path_factory),
-                           tmp_path_factory.mktemp("evaluate") / "p")
+def evaluated(trained_project: Path, tmp_path_factory) -> Path:
+    project = copy_project(trained_project, tmp_path_factory.mktemp("evaluate") / "p")
     for kind in ("protomask", "protopnet"):
         run_evaluation(eval_params(), kind, project)
     run_compare(FAST, project)
@@ -124,7 +126,7 @@ def test_perturbation_is_deterministic_and_the_views_are_recut_like_the_stored_o
         evaluated: Path) -> None:
     params = eval_params()
     model, train = load_model(evaluated, "protomask", "best", 3, torch.device("cpu"))
-    inputs = Inputs("protomask", evaluated, params, train)
+    inputs = ModelInputs("protomask", evaluated, params, train)
     test = load_test_set(evaluated, inputs.dataset.image_ids)
     rgb = load_rgb(evaluated / params.data.root / test.paths[0])
     same = PerturbParams(brightness=1, contrast=1, saturation=1, hue=0, noise_sigma=0, blur=1,
@@ -143,22 +145,22 @@ def test_randomisation_check_is_computed_against_a_different_trunk(evaluated: Pa
     """On this 2-layer tiny CNN the maps of trained and random trunks stay alike (PRP's ZPlus
     rules follow the input, a known weakness); the check must report that, finite, and
     score identical maps as 1."""
-    from model.evaluation import _similarity_report, randomisation_check
+    from model.randomisation import SanityRow, randomisation_check, similarity_report
     from model.saliency import PrototypeSimilarity, prototype_saliency
 
     params = eval_params()
     model, train = load_model(evaluated, "protomask", "best", 3, torch.device("cpu"))
-    inputs = Inputs("protomask", evaluated, params, train)
+    inputs = ModelInputs("protomask", evaluated, params, train)
     views = normalise(torch.stack([inputs.raw(i)[0] for i in range(4)]))
     protos = model.head.prototypes.detach()[:4]
     explainer = PrototypeSimilarity(model.trunk, model.add_on, pooled=True)
     maps, _ = prototype_saliency(explainer, views, protos)
-    rows = [(views[i], protos[i], maps[i], None) for i in range(4)]
+    rows = [SanityRow(views[i], protos[i], maps[i], None) for i in range(4)]
     result = randomisation_check(model, "protomask", rows, params.evaluate, torch.device("cpu"))
     rho = result["prp"]["spearman"]
     assert is_number(rho) and -1 <= rho <= 1 and result["prp"]["pairs"] == 4
     assert result["prp"]["passed"] == (rho < 0.5)
-    self_check = _similarity_report(maps, maps.clone())
+    self_check = similarity_report(maps, maps.clone())
     assert self_check["spearman"] == pytest.approx(1.0) and self_check["passed"] is False
 
 
@@ -186,9 +188,8 @@ def test_perturbed_views_are_cut_with_the_crops_fill_mode(evaluated: Path, fill:
 
     params = eval_params()
     _, train = load_model(evaluated, "protomask", "best", 3, torch.device("cpu"))
-    inputs = Inputs("protomask", evaluated, params, train)
-    inputs.fill = fill
-    test = load_test_set(evaluated, inputs.dataset.image_ids)
+    inputs = ModelInputs("protomask", evaluated, params, train)
+    test = replace(load_test_set(evaluated, inputs.dataset.image_ids), fill=fill)
     rgb = load_rgb(evaluated / params.data.root / test.paths[1])
     shard = evaluated / layout.SEGMENT_DIR / test.crop_shards[1].replace("crops-", "shard-")
     with MaskShard(shard) as masks:
@@ -197,3 +198,19 @@ def test_perturbed_views_are_cut_with_the_crops_fill_mode(evaluated: Path, fill:
     m = len(test.boxes[1])
     want = torch.from_numpy(expected.crops[np.arange(m) % expected.plan.distinct])
     assert torch.equal(inputs.perturbed(rgb, test, 1), want.permute(0, 3, 1, 2))
+
+
+def test_the_views_are_read_as_the_crops_index_states_them_each_shard_opened_once(
+        evaluated: Path) -> None:
+    params = eval_params()
+    _, train = load_model(evaluated, "protomask", "best", 3, torch.device("cpu"))
+    inputs = ModelInputs("protomask", evaluated, params, train)
+    test = load_test_set(evaluated, inputs.dataset.image_ids)
+    _, info = read_table(evaluated / layout.CROPS_INDEX, "crops")
+    assert test.num_views == info["facts"]["num_views"] == params.crops.num_views
+    assert test.boxes.shape == (6, test.num_views, 4) and test.fill == params.crops.fill
+    with inputs.masks:
+        for i in range(len(test.image_ids)):
+            rgb = load_rgb(evaluated / params.data.root / test.paths[i])
+            assert torch.equal(inputs.perturbed(rgb, test, i), inputs.raw(i))
+        assert len(inputs.masks._open) == len(set(test.crop_shards)) > 1

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.metrics import (Absent, balanced_accuracy, confusion_matrix, macro_f1,
-                           top_k_accuracy)
+from model.metrics import Absent, balanced_accuracy, confusion_matrix, macro_f1, top_k_accuracy
 
 # true class 0: 4 samples (3 right, 1 called 1); class 1: 2 samples (1 right, 1 called 0)
 Y_TRUE = np.array([0, 0, 0, 0, 1, 1])

@@ -7,9 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from model.metrics import (Absent, consistency, consistency_per_prototype, crc, inter_pd,
-                           intra_pd, keypoint_index, parts_arrays, parts_in_masks, prc, psc,
-                           ranks_of, stability, top_k_indices)
+from model.metrics import (
+    Absent,
+    consistency,
+    consistency_per_prototype,
+    crc,
+    inter_pd,
+    intra_pd,
+    keypoint_index,
+    parts_arrays,
+    parts_in_masks,
+    prc,
+    psc,
+    ranks_of,
+    stability,
+    top_k_indices,
+)
 
 
 def test_top_k_and_ranks_break_ties_by_lower_index() -> None:

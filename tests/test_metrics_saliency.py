@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from model.metrics import (Absent, background_overlap, ior, mean_of, object_overlap,
-                           pointing_energy, pointing_hit, restrict, top_fraction_mask, vlc)
+from model.metrics import (
+    Absent,
+    background_overlap,
+    ior,
+    mean_of,
+    object_overlap,
+    pointing_energy,
+    pointing_hit,
+    restrict,
+    top_fraction_mask,
+    vlc,
+)
 
 H = W = 20                       # 400 pixels: top 5 % = 20 pixels
 

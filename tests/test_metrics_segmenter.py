@@ -1,13 +1,10 @@
-"""Part-set codes, mask consistency, best-IoU recovery and part isolation by hand."""
+"""Part-set codes and mask consistency by hand."""
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 
-from model.metrics import (Absent, best_iou, mask_consistency, mask_part_codes,
-                           part_isolation)
+from model.metrics import Absent, mask_consistency, mask_part_codes
 
 
 def test_mask_part_codes() -> None:
@@ -33,23 +30,3 @@ def test_mask_consistency_by_hand() -> None:
     assert mask_consistency(codes + [np.array([], int)], labels + [2]) == \
         pytest.approx(100 * (5 / 6 + 1 + 0) / 3)
     assert isinstance(mask_consistency(None, labels), Absent)
-
-
-def test_best_iou() -> None:
-    target = np.zeros((1, 4, 4), bool)
-    target[0, :2, :2] = True
-    masks = np.zeros((2, 4, 4), bool)
-    masks[0, :2, 1:3] = True                    # 2 of 4 overlap: IoU 2 / 6
-    assert best_iou(masks, target)[0] == pytest.approx(1 / 3)
-    masks[1] = target[0]
-    assert best_iou(masks, target).tolist() == [1.0]
-    assert best_iou(np.zeros((0, 4, 4), bool), target).tolist() == [0.0]
-    assert math.isnan(best_iou(masks, np.zeros((1, 4, 4), bool))[0])
-    assert isinstance(best_iou(masks, None), Absent)
-
-
-def test_part_isolation() -> None:
-    # part 0 has a mask of its own (code 1); part 1 only shares one (code 3); part 2 hidden
-    assert part_isolation(np.array([3, 1, 0]), np.array([True, True, False])) == 50.0
-    assert math.isnan(part_isolation(np.array([1]), np.array([False, False])))
-    assert isinstance(part_isolation(None, np.array([True])), Absent)

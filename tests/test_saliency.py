@@ -11,9 +11,16 @@ import torch
 from model.backbones import TinyCNN
 from model.protomask import ProtoMask
 from model.protopnet import ProtoPNet
-from model.saliency import (PRPSimilarity, PrototypeSimilarity, log_similarity, paste_back,
-                            prototype_saliency, randomised_copy, resize_maps,
-                            upsampled_similarity)
+from model.saliency import (
+    PrototypeSimilarity,
+    PRPSimilarity,
+    log_similarity,
+    paste_back,
+    prototype_saliency,
+    randomised_copy,
+    resize_maps,
+    upsampled_similarity,
+)
 
 
 def tiny_net(kind: str, seed: int = 0):
@@ -108,7 +115,7 @@ def test_paste_back_puts_everything_inside_the_inclusive_box() -> None:
     boxes = torch.tensor([[0, 0, 9, 4], [5, 7, 5, 7], [10, 2, 29, 19], [3, 3, 39, 29]])
     canvas = paste_back(maps, boxes, 30, 40)
     assert canvas.shape == (4, 30, 40)
-    for c, (x0, y0, x1, y1) in zip(canvas, boxes.tolist()):
+    for c, (x0, y0, x1, y1) in zip(canvas, boxes.tolist(), strict=True):
         inside = torch.zeros(30, 40, dtype=torch.bool)
         inside[y0:y1 + 1, x0:x1 + 1] = True
         assert (c[~inside] == 0).all()

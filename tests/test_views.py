@@ -1,4 +1,5 @@
-"""View maths on hand-built masks: boxes, usability, order, padding, fallback, fill, resize."""
+"""View maths on hand-built masks: boxes, usability, order, padding, fallback, fill, resize,
+the planned views cut in one call."""
 from __future__ import annotations
 
 import cv2
@@ -6,9 +7,19 @@ import numpy as np
 import pytest
 
 from pipeline.segmenters.base import MaskSet, boxes_of
-from pipeline.views import (apply_fill, boxes_and_areas, cut_view, interpolation_for,
-                            order_masks, pad_cyclically, plan_views, resize_square,
-                            usable_masks)
+from pipeline.views import (
+    apply_fill,
+    boxes_and_areas,
+    cut_planned_views,
+    cut_view,
+    interpolation_for,
+    order_masks,
+    pad_cyclically,
+    plan_views,
+    resize_square,
+    usable_masks,
+    view_owners,
+)
 
 
 def mask_set(masks: np.ndarray, iou: list[float] | None = None) -> MaskSet:
@@ -126,3 +137,28 @@ def test_resize_uses_area_when_shrinking_and_ignores_aspect() -> None:
     assert shrunk.shape == (8, 8, 3) and shrunk[0, :, 0].tolist() == [5, 25, 45, 65, 85, 105,
                                                                      125, 145]
 
+
+
+@pytest.mark.parametrize("fill", ["original", "zero", "mean"])
+def test_planned_views_are_the_boxes_cut_with_their_own_masks(fill: str) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)
+    masks = np.zeros((2, 10, 12), bool)
+    masks[0, 1:6, 2:9] = True
+    masks[1, 4:10, 0:5] = True
+    ms = mask_set(masks)
+    plan = plan_views(*boxes_and_areas(10, 12, ms.rles), np.zeros(2), width=12, height=10,
+                      num_views=4, min_box_size=1)
+    k = plan.distinct
+    views = cut_planned_views(image, plan.boxes[:k], plan.mask_index[:k], ms.rles, 6, fill)
+    assert views.shape == (k, 6, 6, 3) and views.dtype == np.uint8
+    for v in range(k):
+        mask = masks[plan.mask_index[v]]
+        assert np.array_equal(views[v], cut_view(image, plan.boxes[v], 6, mask=mask, fill=fill))
+    assert view_owners(plan.duplicate_of).tolist() == [0, 1, 0, 1]
+
+
+def test_the_whole_image_view_is_the_resized_image_whatever_the_fill() -> None:
+    image = np.random.default_rng(1).integers(0, 255, (10, 12, 3), dtype=np.uint8)
+    whole = cut_planned_views(image, np.array([[0, 0, 11, 9]]), np.array([-1]), [], 8, "zero")
+    assert np.array_equal(whole[0], resize_square(image, 8))

@@ -8,25 +8,46 @@ Modules: ``classification`` (balanced accuracy, top-k, macro F1), ``head`` (glob
 sparsity, NPR), ``parts`` (keypoints -> arrays, parts inside masks), ``saliency`` (S, R,
 VLC, object / background overlap, IOR, pointing game), ``prototypes`` (top-k, ranks,
 intra / inter PD, consistency, stability, PSC, PRC, CRC), ``segmenter`` (part-set codes,
-mask consistency, best-IoU recovery, part isolation), ``sanity`` (randomisation check).
+mask consistency), ``sanity`` (randomisation check).
 """
-from model.metrics.classification import (balanced_accuracy, confusion_matrix, macro_f1,
-                                          top_k_accuracy, top_k_hits)
-from model.metrics.common import (Absent, MetricValue, is_absent, mean_of, std_of,
-                                  to_jsonable)
+from model.metrics.classification import (
+                                          balanced_accuracy,
+                                          confusion_matrix,
+                                          macro_f1,
+                                          top_k_accuracy,
+                                          top_k_hits,
+)
+from model.metrics.common import Absent, MetricValue, mean_of, to_jsonable
 from model.metrics.head import global_size, npr, sparsity
 from model.metrics.parts import keypoint_index, parts_arrays, parts_in_masks
-from model.metrics.prototypes import (consistency, consistency_per_prototype, crc, inter_pd,
-                                      intra_pd, prc, psc, ranks_of, stability, top_k_indices)
-from model.metrics.saliency import (background_overlap, ior, object_overlap, pairwise_iou,
-                                    pointing_energy, pointing_hit, restrict, top_fraction_mask,
-                                    vlc)
-from model.metrics.sanity import (average_ranks, pearson, randomisation_verdict, spearman,
-                                  top_mask_iou)
-from model.metrics.segmenter import best_iou, mask_consistency, mask_part_codes, part_isolation
+from model.metrics.prototypes import (
+                                          consistency,
+                                          consistency_per_prototype,
+                                          crc,
+                                          inter_pd,
+                                          intra_pd,
+                                          prc,
+                                          psc,
+                                          ranks_of,
+                                          stability,
+                                          top_k_indices,
+)
+from model.metrics.saliency import (
+                                          background_overlap,
+                                          ior,
+                                          object_overlap,
+                                          pairwise_iou,
+                                          pointing_energy,
+                                          pointing_hit,
+                                          restrict,
+                                          top_fraction_mask,
+                                          vlc,
+)
+from model.metrics.sanity import average_ranks, randomisation_verdict, spearman, top_mask_iou
+from model.metrics.segmenter import mask_consistency, mask_part_codes
 
 __all__ = [
-    "Absent", "MetricValue", "is_absent", "mean_of", "std_of", "to_jsonable",
+    "Absent", "MetricValue", "mean_of", "to_jsonable",
     "balanced_accuracy", "confusion_matrix", "macro_f1", "top_k_accuracy", "top_k_hits",
     "global_size", "npr", "sparsity",
     "keypoint_index", "parts_arrays", "parts_in_masks",
@@ -34,6 +55,6 @@ __all__ = [
     "pointing_hit", "restrict", "top_fraction_mask", "vlc",
     "consistency", "consistency_per_prototype", "crc", "inter_pd", "intra_pd", "prc", "psc",
     "ranks_of", "stability", "top_k_indices",
-    "average_ranks", "pearson", "randomisation_verdict", "spearman", "top_mask_iou",
-    "best_iou", "mask_consistency", "mask_part_codes", "part_isolation",
+    "average_ranks", "randomisation_verdict", "spearman", "top_mask_iou",
+    "mask_consistency", "mask_part_codes",
 ]

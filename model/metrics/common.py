@@ -8,7 +8,7 @@
   an array when the ground truth it needs is missing altogether (``None``).
 * :class:`Absent` means "not measured" with the reason (no object segmentation, no part
   keypoints, fewer than two classes ...). It is never 0 and never silently averaged in.
-* :func:`mean_of` / :func:`std_of` reduce any mix of floats, arrays and Absents: NaNs and
+* :func:`mean_of` reduces any mix of floats, arrays and Absents: NaNs and
   Absents are skipped; when nothing defined is left the result is an :class:`Absent`.
 * :func:`to_jsonable` turns a value into what a metrics JSON holds: a float, or
   ``{"absent": reason}``.
@@ -20,8 +20,9 @@ small per-item results come back to the CPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -41,10 +42,6 @@ class Absent:
 
 
 MetricValue = Union[float, Absent]
-
-
-def is_absent(value: Any) -> bool:
-    return isinstance(value, Absent)
 
 
 def _defined(values: Any) -> tuple[np.ndarray, list[str]]:
@@ -77,18 +74,6 @@ def mean_of(values: Union[Iterable[Any], Any],
     if flat.size == 0:
         return Absent("; ".join(reasons) if reasons else empty_reason)
     return float(flat.mean())
-
-
-def std_of(values: Union[Iterable[Any], Any],
-           empty_reason: str = "undefined for every item") -> MetricValue:
-    """Population standard deviation (ddof=0) of the defined values; Absent like :func:`mean_of`.
-
-    Meant for "mean +- std over seeds": pass the per-seed scalars.
-    """
-    flat, reasons = _defined(values)
-    if flat.size == 0:
-        return Absent("; ".join(reasons) if reasons else empty_reason)
-    return float(flat.std())
 
 
 def to_jsonable(value: MetricValue) -> Union[float, dict, None]:

@@ -1,4 +1,5 @@
-"""Part keypoints as dense arrays, and which parts fall inside which masks.
+"""Part keypoints as dense arrays (:func:`parts_arrays`, from the data side
+pipeline/evaluation_set.py), and which parts fall inside which masks.
 
 Conventions (the images index's ``parts`` column and the synthetic generator):
 
@@ -12,39 +13,13 @@ Conventions (the images index's ``parts`` column and the synthetic generator):
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from model.metrics.common import ArrayLike, as_bool, as_tensor
-
-
-def parts_arrays(rows: Iterable[Optional[Iterable[dict]]],
-                 num_parts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Dense arrays from the images index's ``parts`` cells.
-
-    ``rows``: per image, None (no keypoints) or a list of ``{"part_id", "x", "y",
-    "visible"}`` (part_id 1-based). Returns ``(part_xy (N, Q, 2) float32, part_visible
-    (N, Q) bool, has_parts (N,) bool)``; an image without keypoints has no visible part
-    and ``has_parts`` False (leave it out of part-based metrics).
-    """
-    rows = list(rows)
-    xy = np.zeros((len(rows), num_parts, 2), np.float32)
-    vis = np.zeros((len(rows), num_parts), bool)
-    has = np.zeros(len(rows), bool)
-    for i, parts in enumerate(rows):
-        if parts is None:
-            continue
-        has[i] = True
-        for p in parts:
-            q = int(p["part_id"]) - 1
-            if not 0 <= q < num_parts:
-                raise ValueError(f"part_id {p['part_id']} outside 1..{num_parts}")
-            xy[i, q] = (float(p["x"]), float(p["y"]))
-            vis[i, q] = bool(p["visible"])
-    return xy, vis, has
+from pipeline.evaluation_set import parts_arrays  # noqa: F401  (the keypoint arrays, data side)
 
 
 def keypoint_index(part_xy: ArrayLike, height: int, width: int,

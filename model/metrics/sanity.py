@@ -7,7 +7,6 @@ shape (N, H, W) (or (N, L)), each returning (N,) float64:
 
 * :func:`spearman`: Spearman rank correlation of the pixel values (average ranks for
   ties), in [-1, 1]; ``absolute=True`` ranks |a| and |b| (Adebayo report both).
-* :func:`pearson`: Pearson correlation of the pixel values, in [-1, 1].
 * :func:`top_mask_iou`: IoU of the two top-5 % masks S (structural agreement of where
   the evidence is, without SSIM), in [0, 1].
 
@@ -58,12 +57,6 @@ def _correlation(x: Tensor, y: Tensor) -> np.ndarray:
     denom = (xc.square().sum(-1) * yc.square().sum(-1)).sqrt()
     r = (xc * yc).sum(-1) / denom.clamp(min=1e-300)
     return to_numpy(torch.where(denom > 0, r.clamp(-1, 1), torch.full_like(r, float("nan"))))
-
-
-def pearson(a: ArrayLike, b: ArrayLike) -> np.ndarray:
-    """(N,) Pearson correlation between maps a[n] and b[n]; NaN if either is constant."""
-    x, y = _pairs(a, b)
-    return _correlation(x, y)
 
 
 def spearman(a: ArrayLike, b: ArrayLike, absolute: bool = False) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Quality of the segmenter ("mask consistency", plus region recovery).
+"""Quality of the segmenter ("mask consistency").
 
 **Part-set code.** For one image with masks (M, H, W) and keypoints (Q parts), the code of
 a mask is the bitmask sum over visible parts q inside the mask of 2**q (q = part_id - 1,
@@ -16,12 +16,13 @@ our default); pass False to score only masks that contain a part.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 
-from model.metrics.common import Absent, ArrayLike, MetricValue, as_bool, as_tensor, to_numpy
+from model.metrics.common import Absent, ArrayLike, MetricValue, as_bool, as_tensor
 from model.metrics.parts import parts_in_masks
 
 NO_PARTS = "no ground-truth part keypoints"
@@ -78,45 +79,3 @@ def mask_consistency(codes: Optional[Sequence[ArrayLike]], labels: ArrayLike,
         n_codes = np.bincount(c_idx, minlength=classes.size)
         per_class = np.where(n_codes > 0, sums / np.maximum(n_codes, 1), 0.0)
     return float(100.0 * per_class.mean())
-
-
-def best_iou(masks: ArrayLike, targets: Optional[ArrayLike]) -> np.ndarray | Absent:
-    """Best-IoU recovery: for each target region, the highest IoU any mask reaches.
-
-    ``masks`` (M, H, W) bool (one image's segmenter masks); ``targets`` (T, H, W) bool
-    ground-truth regions (the object mask G as (1, H, W), or part masks where a dataset
-    has them). Returns (T,) in [0, 1]; 0 when there is no mask; NaN for an empty target.
-    None targets -> Absent.
-    """
-    if targets is None:
-        return Absent("no ground-truth region")
-    t = as_bool(targets)
-    m = as_bool(masks, device=t.device)
-    size_t = t.reshape(t.shape[0], -1).sum(-1, dtype=torch.float64)
-    if m.shape[0] == 0:
-        best = torch.zeros_like(size_t)
-    else:
-        mf = m.reshape(m.shape[0], -1).float()
-        tf = t.reshape(t.shape[0], -1).float()
-        inter = (tf @ mf.T).double()                                     # (T, M)
-        union = size_t[:, None] + mf.sum(-1, dtype=torch.float64)[None, :] - inter
-        best = (inter / union.clamp(min=1)).amax(-1)
-    return to_numpy(torch.where(size_t > 0, best, torch.full_like(best, float("nan"))))
-
-
-def part_isolation(codes: Optional[ArrayLike], part_visible: ArrayLike) -> float | Absent:
-    """Keypoint-based part recovery for one image: 100 * share of visible parts q for which
-    some mask contains part q and no other visible part (a mask with code exactly 2**q).
-
-    Needs only keypoints (no part masks). ``codes`` (M,), ``part_visible`` (Q,). Range
-    [0, 100]; NaN when no part is visible; None codes -> Absent.
-    """
-    if codes is None:
-        return Absent(NO_PARTS)
-    c = np.asarray(as_tensor(codes, torch.long).cpu()).reshape(-1)
-    vis = np.asarray(as_bool(part_visible).cpu()).reshape(-1)
-    if not vis.any():
-        return float("nan")
-    single = np.asarray([1 << q for q in range(vis.size)], np.int64)
-    isolated = np.isin(single, c)
-    return float(100.0 * isolated[vis].mean())

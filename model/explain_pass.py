@@ -1,0 +1,222 @@
+"""One pass over the test images, in batches of ``evaluate.batch_size``.
+
+1. :func:`forward_batch`: the clean input (ProtoMask: the stored views; ProtoPNet: the
+   image at ``baseline_image_size``) and a perturbed copy (:func:`perturb_image` on the
+   decoded image, then cut into the same views / resized the same way) go through the
+   model; per image the top-k prototypes by similarity.
+2. :func:`batch_saliency`: their saliency (PRP or input x gradient) on the clean and the
+   perturbed input, in one batched call.
+3. :func:`score_batch`: the maps put on the image canvas (ProtoMask: the matched view's map
+   pasted into its box; ProtoPNet: the map resized to the image, plus the upsampled
+   similarity map as a second method) and reduced to per-item metrics (:class:`MapStats`)
+   against the ground truth; the report's samples and the sanity check's pairs kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model.map_stats import MapStats
+from model.metrics import top_k_indices
+from model.randomisation import SanityRow, finite
+from model.report import ReportBuilder
+from model.saliency import (
+    PrototypeSimilarity,
+    paste_back,
+    prototype_saliency,
+    resize_maps,
+    upsampled_similarity,
+)
+from model.scalars import Scores
+from model.timing import Timer
+from pipeline.evaluation_set import TestSet, load_image, load_segmentation
+from pipeline.model_inputs import ModelInputs
+from pipeline.params import EvaluateParams
+from pipeline.perturbation import perturb_image, perturbation_seed
+from pipeline.view_datasets import normalise
+
+
+@dataclass
+class EvalRun:
+    """What one evaluation works with: the model, its inputs, the test set, the report."""
+
+    kind: str
+    ev: EvaluateParams
+    device: torch.device
+    model: nn.Module
+    explainer: PrototypeSimilarity
+    inputs: ModelInputs
+    test: TestSet
+    num_classes: int
+    k: int                     # prototypes explained per image
+    report: ReportBuilder
+
+    @property
+    def methods(self) -> list[str]:
+        """The saliency methods scored: evaluate.saliency, and ProtoPNet's upsampled maps."""
+        return [self.ev.saliency] + (["upsampled"] if self.kind == "protopnet" else [])
+
+
+@dataclass
+class Batch:
+    """One batch of test rows through the model, clean and perturbed."""
+
+    rows: list[int]
+    rgbs: list[np.ndarray]     # the decoded clean images
+    x: Tensor                  # normalised clean input (on the device)
+    xp: Tensor                 # normalised perturbed input
+    out: Any                   # the model's outputs on x
+    out_p: Any                 # ... on xp
+    sim: Tensor                # (B, P) similarities
+    sim_p: Tensor
+    ids: Tensor                # (B, K) top-k prototypes
+
+
+@dataclass
+class BatchMaps:
+    """Input-level saliency of every (image, top-k prototype) pair of a batch."""
+
+    rows_in: Tensor              # (2 B K, ...) the inputs explained, clean then perturbed
+    protos: Tensor               # (B K, D) their prototypes
+    maps: Tensor                 # (2, B, K, h, w) clean, perturbed
+    m_clean: Optional[Tensor]    # ProtoMask: (B, K) the view each prototype matched
+    m_pert: Optional[Tensor]
+
+
+@dataclass
+class PassResults:
+    """What the pass keeps: the model's outputs, per-item metrics, sanity pairs."""
+
+    stats: dict[str, MapStats]
+    parts: dict[str, list[Tensor]] = field(default_factory=lambda: {
+        name: [] for name in ("sim", "sim_p", "logits", "logits_p", "top_ids", "matched")})
+    sanity: list[SanityRow] = field(default_factory=list)
+
+    def add(self, batch: Batch) -> None:
+        """Keep a batch's similarities, logits, top-k ids and matched views (CPU)."""
+        for name, value in (("sim", batch.sim), ("sim_p", batch.sim_p),
+                            ("logits", batch.out.logits.float()),
+                            ("logits_p", batch.out_p.logits.float()),
+                            ("top_ids", batch.ids), ("matched", batch.out.matched)):
+            self.parts[name].append(value.cpu())
+
+    def scores(self) -> Scores:
+        """The kept outputs of every batch, concatenated."""
+        return Scores(**{name: torch.cat(values) for name, values in self.parts.items()})
+
+
+def explain_test_set(run: EvalRun, timer: Timer) -> PassResults:
+    """The pass over every test image (timed as forward, saliency and metrics).
+
+    Args:
+        run: the evaluation.
+        timer: takes the seconds of each step.
+
+    Returns:
+        The kept outputs, per-item metrics and sanity pairs.
+    """
+    ev, n = run.ev, len(run.test.image_ids)
+    results = PassResults({m: MapStats(ev.top_fraction) for m in run.methods})
+    samples = set(run.report.sample_rows(n))
+    for start in range(0, n, ev.batch_size):
+        rows = list(range(start, min(n, start + ev.batch_size)))
+        with timer.section("forward"):
+            batch = forward_batch(run, rows)
+            results.add(batch)
+        with timer.section("saliency"):
+            maps = batch_saliency(run, batch)
+        with timer.section("metrics"):
+            score_batch(run, batch, maps, results, samples)
+    return results
+
+
+def forward_batch(run: EvalRun, rows: list[int]) -> Batch:
+    """Test rows ``rows`` through the model, clean and perturbed, with their top-k."""
+    test, inputs, ev = run.test, run.inputs, run.ev
+    rgbs = [load_image(inputs.data_root, test.paths[i]) for i in rows]
+    clean = torch.stack([inputs.raw(i) for i in rows])
+    pert = torch.stack([
+        inputs.perturbed(perturb_image(rgb, ev.perturb,
+                                       perturbation_seed(ev.seed, test.image_ids[i])), test, i)
+        for rgb, i in zip(rgbs, rows, strict=True)])
+    x, xp = normalise(clean).to(run.device), normalise(pert).to(run.device)
+    with torch.no_grad():
+        out, out_p = run.model(x), run.model(xp)
+    head = run.model.head
+    sim, sim_p = head.similarity(out.min_distances), head.similarity(out_p.min_distances)
+    if run.kind == "protopnet":
+        run.report.grid = tuple(out.distances.shape[-2:])
+    return Batch(rows, rgbs, x, xp, out, out_p, sim, sim_p, top_k_indices(sim, run.k))
+
+
+def batch_saliency(run: EvalRun, batch: Batch) -> BatchMaps:
+    """Saliency of every (image, top-k prototype) pair, clean and perturbed, in one call."""
+    b, k, ids = len(batch.rows), run.k, batch.ids
+    protos = run.model.head.prototypes.detach()[ids].reshape(b * k, -1)
+    if run.kind == "protomask":
+        m_clean = batch.out.matched.gather(1, ids)                      # (B, K) view index
+        m_pert = batch.out_p.matched.gather(1, ids)
+        bi = torch.arange(b, device=run.device)[:, None].expand(b, k)
+        rows_in = torch.cat([batch.x[bi, m_clean].flatten(0, 1),
+                             batch.xp[bi, m_pert].flatten(0, 1)])
+    else:
+        m_clean = m_pert = None
+        rows_in = torch.cat([batch.x.repeat_interleave(k, 0), batch.xp.repeat_interleave(k, 0)])
+    maps, _ = prototype_saliency(run.explainer, rows_in, torch.cat([protos, protos]),
+                                 method=run.ev.saliency, composite=run.ev.lrp_composite,
+                                 batch_size=2 * run.ev.batch_size)
+    maps = finite(maps)
+    return BatchMaps(rows_in, protos, maps.reshape(2, b, k, *maps.shape[-2:]), m_clean, m_pert)
+
+
+def canvases(run: EvalRun, batch: Batch, maps: BatchMaps, j: int
+             ) -> dict[str, tuple[Tensor, Tensor]]:
+    """Method -> (clean, perturbed) (K, H, W) maps of batch image ``j`` on its canvas."""
+    i = batch.rows[j]
+    h, w = (int(v) for v in run.test.sizes[i])
+    if run.kind == "protomask":
+        boxes = torch.as_tensor(run.test.boxes[i])
+        return {run.ev.saliency: (
+            paste_back(maps.maps[0, j], boxes[maps.m_clean[j].cpu()], h, w),
+            paste_back(maps.maps[1, j], boxes[maps.m_pert[j].cpu()], h, w))}
+    ids = batch.ids[j]
+    return {run.ev.saliency: (resize_maps(maps.maps[0, j], h, w),
+                              resize_maps(maps.maps[1, j], h, w)),
+            "upsampled": (upsampled_similarity(batch.out.distances[j, ids], h, w),
+                          upsampled_similarity(batch.out_p.distances[j, ids], h, w))}
+
+
+def score_batch(run: EvalRun, batch: Batch, maps: BatchMaps, results: PassResults,
+                samples: set[int]) -> None:
+    """Per-item metrics of a batch's images; the report's samples; the sanity pairs."""
+    test = run.test
+    for j, i in enumerate(batch.rows):
+        canvas = canvases(run, batch, maps, j)
+        h, w = (int(v) for v in test.sizes[i])
+        g = load_segmentation(run.inputs.data_root, test.segmentation[i], h, w)
+        xy, vis = test.parts_of(i)
+        for method, (mc, mp) in canvas.items():
+            results.stats[method].add(mc, mp, batch.ids[j].cpu().numpy(), g, xy, vis)
+        if i in samples:
+            run.report.add_sample(i, batch.rgbs[j], batch.ids[j].cpu(), batch.sim[j].cpu(),
+                                  batch.out.logits[j].float().cpu(),
+                                  None if maps.m_clean is None else maps.m_clean[j].cpu(),
+                                  {m: c[0].cpu() for m, c in canvas.items()}, g)
+    keep_sanity_pairs(run, batch, maps, results.sanity)
+
+
+def keep_sanity_pairs(run: EvalRun, batch: Batch, maps: BatchMaps,
+                      sanity: list[SanityRow]) -> None:
+    """Add the batch's top-1 pairs to ``sanity`` until it holds evaluate.sanity_images."""
+    k = run.k
+    for j in range(len(batch.rows)):
+        if len(sanity) >= run.ev.sanity_images:
+            return
+        dist = (None if run.kind == "protomask"
+                else batch.out.distances[j, batch.ids[j, 0]].cpu())
+        sanity.append(SanityRow(maps.rows_in[j * k].cpu(), maps.protos[j * k].cpu(),
+                                maps.maps[0, j, 0].cpu(), dist))

@@ -1,0 +1,47 @@
+"""The trained network the evaluate stage explains, as the train stage left it."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model.checkpoint import load_checkpoint, restore
+from model.training import build_model
+from pipeline import layout
+from pipeline.errors import ArtifactError, ParamsError
+from pipeline.params import TrainParams, build_section
+
+
+def load_model(project_root: Path, kind: str, which: str, num_classes: int,
+               device: torch.device) -> tuple[nn.Module, TrainParams]:
+    """The trained network of artifacts/train/<kind>/<which>/checkpoint.pt.
+
+    Args:
+        project_root: the project folder.
+        kind: protomask or protopnet.
+        which: the checkpoint (params evaluate.checkpoint, e.g. ``best``).
+        num_classes: classes of the dataset.
+        device: where the network runs (channels-last, eval mode).
+
+    Returns:
+        The network, built with the train params stored in the checkpoint (its trunk
+        weights come from the checkpoint too), and those train params.
+    """
+    path = project_root / layout.TRAIN_DIR / kind / which / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    if not ckpt.pushed:
+        raise ArtifactError(f"{path}: its prototypes were never pushed onto training "
+                            f"{'views' if kind == 'protomask' else 'patches'}, so its "
+                            f"explanations would not show real regions; rerun train")
+    try:
+        train = build_section(TrainParams, ckpt.params.get("train", {}), "train.")
+    except ParamsError as exc:
+        raise ArtifactError(f"{path}: its train params are not readable ({exc})") from None
+    train = replace(train, model=replace(train.model, weights="none"))
+    model = build_model(kind, train, num_classes)
+    restore(ckpt, model=model, rng=False)
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    model.channels_last = True
+    return model, train
