@@ -25,7 +25,7 @@ from pipeline.view_datasets import ViewDataset
 from pipeline.views import resize_square
 from stages.cli import main
 from tests.e2e import kill_when, stage_env
-from tests.tiny_project import (copy_project, make_segmented_project, shared_cropped_project,
+from tests.tiny_project import (copy_project, make_segmented_project,
                                 tiny_crops_params)
 
 M = 6
@@ -42,8 +42,8 @@ def crops_index(project: Path):
 
 
 @pytest.fixture(scope="module")
-def cropped(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
-    project = shared_cropped_project(tmp_path_factory)
+def cropped(cropped_project: Path) -> tuple[Path, dict[str, bytes]]:
+    project = cropped_project
     return project, artifact_bytes(project)
 
 

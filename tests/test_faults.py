@@ -7,6 +7,7 @@ import errno
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,14 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline import layout
-from pipeline.params import as_dict
+from pipeline.params import EvaluateParams, as_dict
 from tests.e2e import stage_env
 from tests.faults import file_size_limit, flip_in_chunk
-from tests.tiny_project import copy_project, shared_trained_project, tiny_trained_params
+from tests.tiny_project import copy_project, tiny_trained_params
 
-OUTPUTS = {"prepare": layout.PREPARE_DIR, "segment": layout.SEGMENT_DIR,
-           "crops": layout.CROPS_DIR, "train": layout.TRAIN_DIR / "protomask"}
+OUTPUTS = {"synthesize": layout.SYNTHETIC_ROOT, "prepare": layout.PREPARE_DIR,
+           "segment": layout.SEGMENT_DIR, "crops": layout.CROPS_DIR,
+           "train": layout.TRAIN_DIR / "protomask", "evaluate": layout.evaluate_dir("protomask")}
 
 
 def stage(project: Path, *args: str, preexec=None) -> subprocess.CompletedProcess:
@@ -39,10 +41,12 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = copy_project(shared_trained_project(tmp_path_factory),
-                        tmp_path_factory.mktemp("faults") / "p")
-    (root / "params.yaml").write_text(yaml.safe_dump(as_dict(tiny_trained_params())))
+def project(trained_project: Path, tmp_path_factory) -> Path:
+    root = copy_project(trained_project, tmp_path_factory.mktemp("faults") / "p")
+    quick = EvaluateParams(device="cpu", batch_size=4, max_images=4, sanity_images=2,
+                           report_prototypes=2, report_images=1)
+    params = replace(tiny_trained_params(), evaluate=quick)
+    (root / "params.yaml").write_text(yaml.safe_dump(as_dict(params)))
     return root
 
 
@@ -52,8 +56,9 @@ def test_a_full_disk_ends_the_stage_in_one_line_and_a_rerun_completes(
     work = copy_project(project, tmp_path / "p")
     import shutil
 
-    shutil.rmtree(work / OUTPUTS[name])
-    args = [name] + (["--model", "protomask"] if name == "train" else [])
+    if (work / OUTPUTS[name]).exists():
+        shutil.rmtree(work / OUTPUTS[name])
+    args = [name] + (["--model", "protomask"] if name in ("train", "evaluate") else [])
     full = stage(work, *args, preexec=file_size_limit(4096))
     assert full.returncode == 1, full.stderr
     line = last_line(full)

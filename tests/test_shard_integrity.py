@@ -21,12 +21,12 @@ from pipeline.segmenters.base import MaskSet
 from pipeline.view_datasets import FullImageDataset, ViewDataset
 from stages.cli import main
 from tests.faults import flip_in_chunk
-from tests.tiny_project import copy_project, shared_cropped_project, tiny_crops_params
+from tests.tiny_project import copy_project, tiny_crops_params
 
 
 @pytest.fixture(scope="module")
-def cropped(tmp_path_factory) -> Path:
-    return shared_cropped_project(tmp_path_factory)
+def cropped(cropped_project: Path) -> Path:
+    return cropped_project
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,19 +14,9 @@ from model.checkpoint import load_checkpoint
 from model.training import run_training, schedule
 from pipeline import layout
 from pipeline.errors import ArtifactError
-from pipeline.params import ModelParams, Params, TrainParams, as_dict
+from pipeline.params import as_dict
 from tests.e2e import kill_when, stage_env
-from tests.tiny_project import copy_project, shared_cropped_project, tiny_crops_params
-
-TINY_MODEL = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2,
-                         prototype_dim=8, baseline_image_size=32)
-
-
-def tiny_train_params(**train: object) -> Params:
-    """Tiny crops and a tiny network: 1 warm-up, 2 joint, push, 2 last-layer epochs."""
-    base = replace(TrainParams(), warmup_epochs=1, joint_epochs=2, last_layer_epochs=2,
-                   batch_size=4, loader_workers=0, device="cpu", model=TINY_MODEL)
-    return replace(tiny_crops_params(), train=replace(base, **train))
+from tests.tiny_project import copy_project, tiny_train_params
 
 
 def weights(project: Path, kind: str, which: str = "final") -> dict[str, torch.Tensor]:
@@ -38,14 +27,10 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    project = copy_project(shared_cropped_project(tmp_path_factory),
-                           tmp_path_factory.mktemp("train") / "p")
-    for kind in ("protomask", "protopnet"):
-        summary = run_training(tiny_train_params(), kind, project)
-        assert summary["steps"] == 6
-    return project
+@pytest.fixture
+def trained(schedule_project: Path) -> Path:
+    """Both models trained through every period (shared: copy before changing it)."""
+    return schedule_project
 
 
 def test_both_models_write_checkpoints_logs_push_and_metrics(trained: Path) -> None:

@@ -14,8 +14,7 @@ import yaml
 from model.checkpoint import load_checkpoint
 from pipeline import layout
 from pipeline.params import as_dict
-from tests.test_train import tiny_train_params, trained  # noqa: F401 - fixture
-from tests.tiny_project import copy_project
+from tests.tiny_project import copy_project, tiny_train_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,8 +28,9 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_two_ranks_train_and_gather_like_one_process(trained: Path, tmp_path: Path) -> None:
-    project = copy_project(trained, tmp_path / "p")
+def test_two_ranks_train_and_gather_like_one_process(schedule_project: Path,
+                                                   tmp_path: Path) -> None:
+    project = copy_project(schedule_project, tmp_path / "p")
     shutil.rmtree(project / layout.TRAIN_DIR / "protomask")
     (project / "params.yaml").write_text(yaml.safe_dump(as_dict(tiny_train_params())))
     run = torchrun(["-m", "stages.cli", "train", "--model", "protomask"], project)

@@ -16,15 +16,14 @@ from pipeline.params import AugmentParams
 from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset, item_seed, normalise
 from pipeline.views import resize_square
-from tests.tiny_project import shared_cropped_project
 
 NO_AUGMENT = AugmentParams(flip=0.0, perspective=0.0, rotate=0.0, shear=0.0, brightness=0.0,
                            contrast=0.0, saturation=0.0, hue=0.0)
 
 
 @pytest.fixture(scope="module")
-def crops_dir(tmp_path_factory) -> Path:
-    return shared_cropped_project(tmp_path_factory) / layout.CROPS_DIR
+def crops_dir(cropped_project: Path) -> Path:
+    return cropped_project / layout.CROPS_DIR
 
 
 def test_views_are_the_stored_crops_normalised(crops_dir) -> None:

@@ -7,7 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.params import CropsParams, DataParams, Params, SegmentParams, SyntheticParams
+from pipeline.params import (CropsParams, DataParams, ModelParams, Params, SegmentParams,
+                             SyntheticParams, TrainParams)
 from pipeline.prepare import run_prepare
 from pipeline.synthetic import generate_synthetic
 
@@ -29,7 +30,6 @@ def make_tiny_project(root: Path, params: Params) -> Path:
 
 # ---------------------------------------------------------------- crops helpers
 TINY_CROPS = CropsParams(num_views=6, size=16)
-_SHARED: dict[str, Path] = {}
 
 
 def tiny_crops_params(segment: dict | None = None, **crops: object) -> Params:
@@ -46,19 +46,14 @@ def make_segmented_project(root: Path, params: Params) -> Path:
     return root
 
 
-def shared_cropped_project(tmp_path_factory) -> Path:
-    """One segmented and cropped tiny project per test session (tiny_crops_params()).
+def make_cropped_project(root: Path) -> Path:
+    """A tiny project segmented and cropped with tiny_crops_params()."""
+    from pipeline.crops import run_crops
 
-    Shared by several test modules: never modify it; copy_project() it first.
-    """
-    if "cropped" not in _SHARED:
-        from pipeline.crops import run_crops
-
-        params = tiny_crops_params()
-        root = make_segmented_project(tmp_path_factory.mktemp("cropped"), params)
-        run_crops(params, root)
-        _SHARED["cropped"] = root
-    return _SHARED["cropped"]
+    params = tiny_crops_params()
+    make_segmented_project(root, params)
+    run_crops(params, root)
+    return root
 
 
 def copy_project(source: Path, target: Path) -> Path:
@@ -68,26 +63,29 @@ def copy_project(source: Path, target: Path) -> Path:
 
 
 # ---------------------------------------------------------------- trained helpers
+TINY_MODEL = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2,
+                         prototype_dim=8, baseline_image_size=32)
+
+
 def tiny_trained_params() -> Params:
     """tiny_crops_params with a 2-step training (1 joint epoch, push) of a tiny_cnn network."""
-    from pipeline.params import ModelParams, TrainParams
-
-    model = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2,
-                        prototype_dim=8, baseline_image_size=32)
     train = replace(TrainParams(), warmup_epochs=0, joint_epochs=1, last_layer_epochs=0,
-                    batch_size=4, loader_workers=0, device="cpu", model=model)
+                    batch_size=4, loader_workers=0, device="cpu", model=TINY_MODEL)
     return replace(tiny_crops_params(), train=train)
 
 
-def shared_trained_project(tmp_path_factory) -> Path:
-    """One cropped tiny project with both models trained (tiny_trained_params()), per test
-    session. Never modify it; copy_project() it first."""
-    if "trained" not in _SHARED:
-        from model.training import run_training
+def tiny_train_params(**train: object) -> Params:
+    """Tiny crops and a tiny network: 1 warm-up, 2 joint, push, 2 last-layer epochs."""
+    base = replace(TrainParams(), warmup_epochs=1, joint_epochs=2, last_layer_epochs=2,
+                   batch_size=4, loader_workers=0, device="cpu", model=TINY_MODEL)
+    return replace(tiny_crops_params(), train=replace(base, **train))
 
-        root = copy_project(shared_cropped_project(tmp_path_factory),
-                            tmp_path_factory.mktemp("trained") / "p")
-        for kind in ("protomask", "protopnet"):
-            run_training(tiny_trained_params(), kind, root)
-        _SHARED["trained"] = root
-    return _SHARED["trained"]
+
+def make_trained_project(cropped: Path, root: Path, params: Params) -> Path:
+    """A copy of a cropped project with both models trained with ``params``."""
+    from model.training import run_training
+
+    project = copy_project(cropped, root)
+    for kind in ("protomask", "protopnet"):
+        run_training(params, kind, project)
+    return project
