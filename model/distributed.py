@@ -42,6 +42,7 @@ def world_size() -> int:
 
 
 def local_rank() -> int:
+    """This process's rank on its machine (0 without torchrun)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
@@ -51,6 +52,7 @@ def is_main() -> bool:
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing without distribution)."""
     if active():
         dist.barrier()
 

@@ -16,6 +16,7 @@ from stages.common import stage_command
     "rerun when they read back intact (a damaged one is named and rebuilt); an interrupted "
     "run resumes. Wall-clock facts go to logs/crops.json."))
 def crops(params: Params) -> None:
+    """Run the crops stage and print its summary line."""
     from pipeline.crops import run_crops, summary_line
 
     click.echo(summary_line(run_crops(params), params.crops.num_views))

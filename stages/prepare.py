@@ -15,6 +15,7 @@ from stages.common import stage_command
     f"tables and {layout.PREPARE_METRICS}). It stops with one line on a dataset of fewer "
     "than 2 classes or with an empty train, validation or test split."))
 def prepare(params: Params) -> None:
+    """Run the prepare stage and print its summary line."""
     from pipeline.prepare import run_prepare
 
     m = run_prepare(params.data)

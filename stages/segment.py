@@ -15,6 +15,7 @@ from stages.common import stage_command
     "Finished shards are kept on a rerun when they read back intact (a damaged one is "
     "named and rebuilt); an interrupted run resumes. Wall-clock facts go to logs/segment.json."))
 def segment(params: Params) -> None:
+    """Run the segment stage and print its summary line."""
     from pipeline.segment import run_segment, summary_line
 
     click.echo(summary_line(run_segment(params)))

@@ -19,6 +19,7 @@ from stages.common import stage_command
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write [default: show-IMAGE_ID.png].")
 def show(params: Params, image_id: int, out: Path | None) -> None:
+    """Write the contact sheet of one image and print its path."""
     from pipeline.show import write_sheet
 
     path = write_sheet(image_id, out or Path(f"show-{image_id}.png"), Path(params.data.root))

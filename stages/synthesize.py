@@ -15,6 +15,7 @@ from stages.common import stage_command
     "only when that folder is absent, empty or written by synthesize (it carries "
     "WRITTEN_BY_PROTOMASK.txt): it never deletes files it did not write."))
 def synthesize(params: Params) -> None:
+    """Write the synthetic dataset (or its note) and print what was written."""
     from pipeline.synthetic import generate_synthetic, write_not_used
 
     if params.data.source != "synthetic":

@@ -17,6 +17,7 @@ from stages.common import model_option, stage_command
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue from latest/ when its params match, or start over.")
 def train(params: Params, kind: str, resume: bool) -> None:
+    """Train one model (under torchrun: this rank's part) and print its summary line."""
     from model import distributed
     from model.training import run_training
 
