@@ -26,8 +26,11 @@ repro: install
 	dvc repro
 	dvc metrics show
 
-# The test suite (unit tests and a few end-to-end dvc repro runs on tiny params).
+# The lint and format gate (ruff, configured in pyproject.toml), then the test suite
+# (unit tests and a few end-to-end dvc repro runs on tiny params).
 test: install
+	ruff check .
+	ruff format --check .
 	python -m pytest
 
 # Re-pin every package after changing install_requires in setup.cfg.

@@ -5,6 +5,7 @@ part and overall, and the seconds per image. Run by hand:
 
     python benchmarks/classical_parts.py --images-per-class 4 [--method slic] [--scale 100]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,11 @@ def main() -> None:
     for f in dataclasses.fields(ClassicalParams):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
     args = parser.parse_args()
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ClassicalParams)
-                 if getattr(args, f.name) is not None}
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(ClassicalParams)
+        if getattr(args, f.name) is not None
+    }
     cfg = dataclasses.replace(ClassicalParams(), **overrides)
     synth = SyntheticParams(image_size=args.image_size)
     per_part: dict[str, list[float]] = {name: [] for name in PART_NAMES}
@@ -56,7 +60,9 @@ def main() -> None:
                 per_part[name].append(iou)
     n = len(masks_per_image)
     print(f"classical {cfg}")
-    print(f"{n} images, {np.mean(masks_per_image):.1f} masks/image, {seconds / n * 1000:.0f} ms/image")
+    print(
+        f"{n} images, {np.mean(masks_per_image):.1f} masks/image, {seconds / n * 1000:.0f} ms/image"
+    )
     for name, values in per_part.items():
         if values:
             print(f"  {name:5s} best IoU mean {np.mean(values):.3f}  (n={len(values)})")

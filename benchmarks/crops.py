@@ -19,6 +19,7 @@ Run by hand (a throwaway synthetic project is built in a temporary folder):
 
 Each compression of param crops.compression is measured on the same views.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,11 +45,15 @@ from pipeline.view_datasets import ViewDataset
 
 def build_project(root: Path, args: argparse.Namespace) -> Params:
     """Synthesize, prepare and segment a small project; return its params."""
-    synthetic = SyntheticParams(num_classes=args.classes, images_per_class=args.images_per_class,
-                                image_size=args.image_size)
-    params = replace(Params(), data=replace(DataParams(), synthetic=synthetic),
-                     segment=SegmentParams(workers=2, shard_size=16),
-                     crops=CropsParams(num_views=args.views, size=args.size))
+    synthetic = SyntheticParams(
+        num_classes=args.classes, images_per_class=args.images_per_class, image_size=args.image_size
+    )
+    params = replace(
+        Params(),
+        data=replace(DataParams(), synthetic=synthetic),
+        segment=SegmentParams(workers=2, shard_size=16),
+        crops=CropsParams(num_views=args.views, size=args.size),
+    )
     generate_synthetic(root / layout.SYNTHETIC_ROOT, synthetic)
     run_prepare(params.data, root)
     run_segment(params, root)
@@ -80,7 +85,7 @@ def naive(params: Params, root: Path, out: Path) -> tuple[float, int, int]:
     """The reference's way for the same distinct views: decode per crop, crop, resize, PNG."""
     views, _ = read_table(root / layout.CROPS_INDEX, "crops")
     images, _ = read_table(root / layout.IMAGES_INDEX, "images")
-    path_of = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist()))
+    path_of = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist(), strict=False))
     distinct = views.filter(views["duplicate_of"].to_numpy() < 0).to_pylist()
     out.mkdir(parents=True, exist_ok=True)
     size = params.crops.size
@@ -90,7 +95,8 @@ def naive(params: Params, root: Path, out: Path) -> tuple[float, int, int]:
             x0, y0, x1, y1 = view["box"]
             crop = image.convert("RGB").crop((x0, y0, x1 + 1, y1 + 1))
             crop.resize((size, size), Image.BILINEAR).save(
-                out / f"{view['image_id']}_{view['view']}.png")
+                out / f"{view['image_id']}_{view['view']}.png"
+            )
     seconds = time.perf_counter() - start
     return seconds, len(distinct), sum(p.stat().st_size for p in out.iterdir())
 
@@ -99,7 +105,7 @@ def loader_rate(crops_dir: Path, batch_size: int, epochs: int) -> float:
     """Views/s of ViewDataset (train split) through a DataLoader with 2 workers."""
     dataset = ViewDataset(crops_dir, "train")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=2, persistent_workers=True)
-    for _ in loader:                       # warm-up epoch: worker start, file opening
+    for _ in loader:  # warm-up epoch: worker start, file opening
         pass
     start, views = time.perf_counter(), 0
     for _ in range(epochs):
@@ -113,13 +119,18 @@ def memory_rates(crops_dir: Path, batch_size: int, epochs: int) -> tuple[float, 
     main process (indexing + collation), and by slicing one tensor (an upper bound)."""
     dataset = ViewDataset(crops_dir, "train")
     items = [dataset[k] for k in range(len(dataset))]
-    held = TensorDataset(torch.stack([views for views, _, _ in items]),
-                         torch.tensor([label for _, label, _ in items]),
-                         torch.tensor([image_id for _, _, image_id in items]))
+    held = TensorDataset(
+        torch.stack([views for views, _, _ in items]),
+        torch.tensor([label for _, label, _ in items]),
+        torch.tensor([image_id for _, _, image_id in items]),
+    )
     rates = []
-    for batches in (lambda: DataLoader(held, batch_size=batch_size),
-                    lambda: (held.tensors[0][lo:lo + batch_size].clone()
-                             for lo in range(0, len(held), batch_size))):
+    for batches in (
+        lambda: DataLoader(held, batch_size=batch_size),
+        lambda: (
+            held.tensors[0][lo : lo + batch_size].clone() for lo in range(0, len(held), batch_size)
+        ),
+    ):
         start, views = time.perf_counter(), 0
         for _ in range(epochs):
             for batch in batches():
@@ -138,37 +149,46 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--compression", nargs="+", default=["gzip", "lzf", "none"],
-                        choices=["gzip", "lzf", "none"])
+    parser.add_argument(
+        "--compression", nargs="+", default=["gzip", "lzf", "none"], choices=["gzip", "lzf", "none"]
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         params = build_project(root, args)
-        run_crops(params, root)            # the index, for the naive run's boxes
+        run_crops(params, root)  # the index, for the naive run's boxes
         n_images = len(read_table(root / layout.IMAGES_INDEX, "images")[0])
         kib = 1024 * n_images
         t_naive, c_naive, b_naive = naive(params, root, root / "naive")
         memory, sliced = memory_rates(root / layout.CROPS_DIR, args.batch_size, args.epochs)
-        print(f"{n_images} images of {args.image_size}px, {args.views} views of {args.size}px, "
-              f"{c_naive} distinct crops")
-        print(f"naive: {c_naive / t_naive:8.1f} crops/s  {b_naive / kib:8.1f} KiB/image "
-              f"(one PNG per crop)")
-        print(f"views/s from memory: through a DataLoader {memory:8.0f}; slicing one tensor "
-              f"{sliced:8.0f}")
+        print(
+            f"{n_images} images of {args.image_size}px, {args.views} views of {args.size}px, "
+            f"{c_naive} distinct crops"
+        )
+        print(
+            f"naive: {c_naive / t_naive:8.1f} crops/s  {b_naive / kib:8.1f} KiB/image "
+            f"(one PNG per crop)"
+        )
+        print(
+            f"views/s from memory: through a DataLoader {memory:8.0f}; slicing one tensor "
+            f"{sliced:8.0f}"
+        )
         print("ours (crops + the whole image per shard), DataLoader with 2 workers:")
         for compression in args.compression:
             run = replace(params, crops=replace(params.crops, compression=compression))
-            t_ours, c_ours, b_ours = ours(run, root)     # rewrites the shards; same index
+            t_ours, c_ours, b_ours = ours(run, root)  # rewrites the shards; same index
             loaded = loader_rate(root / layout.CROPS_DIR, args.batch_size, args.epochs)
             t_reuse, t_verify = reuse_seconds(run, root)
-            print(f"  {compression:5s}: {c_ours / t_ours:8.1f} crops/s "
-                  f"(speed-up {t_naive / t_ours * c_ours / c_naive:.1f}x, target >= 5x)  "
-                  f"{b_ours / kib:8.1f} KiB/image  loader {loaded:8.0f} views/s "
-                  f"(memory/shards = {memory / loaded:.2f}, target <= 2)  rerun with every "
-                  f"shard reused {t_reuse:.2f} s, of which the verification read "
-                  f"{t_verify:.2f} s ({1000 * t_verify / n_images:.1f} ms/image; writing "
-                  f"took {t_ours:.2f} s)")
+            print(
+                f"  {compression:5s}: {c_ours / t_ours:8.1f} crops/s "
+                f"(speed-up {t_naive / t_ours * c_ours / c_naive:.1f}x, target >= 5x)  "
+                f"{b_ours / kib:8.1f} KiB/image  loader {loaded:8.0f} views/s "
+                f"(memory/shards = {memory / loaded:.2f}, target <= 2)  rerun with every "
+                f"shard reused {t_reuse:.2f} s, of which the verification read "
+                f"{t_verify:.2f} s ({1000 * t_verify / n_images:.1f} ms/image; writing "
+                f"took {t_ours:.2f} s)"
+            )
 
 
 if __name__ == "__main__":

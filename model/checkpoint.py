@@ -12,6 +12,7 @@ a crash leaves either the old or the new checkpoint, never a torn one.
 check them: :func:`load_checkpoint` verifies every record first, so a flipped byte or a
 truncated file is an ArtifactError naming the file, never silently different weights.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,9 +20,10 @@ import os
 import random
 import sys
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
 
 FORMAT = "protomask-checkpoint"
-VERSION = 2   # 2: the pushed flag
+VERSION = 2  # 2: the pushed flag
 
 _PLAIN = (str, int, float, bool, type(None), Tensor)
 
@@ -59,10 +61,18 @@ def rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss},
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss,
+        },
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -72,11 +82,17 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what :func:`rng_state` captured (CUDA: as many devices as both have)."""
     py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()),
-                     py["gauss_next"]))
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
     npst = state["numpy"]
-    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
-                         npst["has_gauss"], npst["cached_gaussian"]))
+    np.random.set_state(
+        (
+            npst["kind"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     cuda = list(state.get("cuda") or [])
     if cuda and torch.cuda.is_available():
@@ -97,8 +113,10 @@ def _check_plain(obj: Any, where: str) -> None:
         for i, v in enumerate(obj):
             _check_plain(v, f"{where}[{i}]")
     elif not isinstance(obj, _PLAIN):
-        raise TypeError(f"checkpoint {where}: {type(obj).__name__} is not a plain type "
-                        f"(use str, int, float, bool, None, list, dict or tensor)")
+        raise TypeError(
+            f"checkpoint {where}: {type(obj).__name__} is not a plain type "
+            f"(use str, int, float, bool, None, list, dict or tensor)"
+        )
 
 
 def _canonical(obj: Any) -> Any:
@@ -116,28 +134,40 @@ def _canonical(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(path: Path | str, *, model: nn.Module,
-                    optimizers: Optional[Mapping[str, torch.optim.Optimizer]] = None,
-                    schedulers: Optional[Mapping[str, Any]] = None,
-                    params: Optional[Mapping[str, Any]] = None, fingerprint: str = "",
-                    period: str = "", epoch: int = 0, pushed: bool = False,
-                    extra: Optional[Mapping[str, Any]] = None, with_rng: bool = True) -> None:
+def save_checkpoint(
+    path: Path | str,
+    *,
+    model: nn.Module,
+    optimizers: Optional[Mapping[str, torch.optim.Optimizer]] = None,
+    schedulers: Optional[Mapping[str, Any]] = None,
+    params: Optional[Mapping[str, Any]] = None,
+    fingerprint: str = "",
+    period: str = "",
+    epoch: int = 0,
+    pushed: bool = False,
+    extra: Optional[Mapping[str, Any]] = None,
+    with_rng: bool = True,
+) -> None:
     """Write a checkpoint atomically (temp file in the same folder, fsync, os.replace)."""
     payload: dict[str, Any] = {
-        "format": FORMAT, "version": VERSION,
+        "format": FORMAT,
+        "version": VERSION,
         "model": unwrap_model(model).state_dict(),
         "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
         "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
-        "params": dict(params or {}), "fingerprint": str(fingerprint), "period": str(period),
-        "epoch": int(epoch), "pushed": bool(pushed),
+        "params": dict(params or {}),
+        "fingerprint": str(fingerprint),
+        "period": str(period),
+        "epoch": int(epoch),
+        "pushed": bool(pushed),
         "rng": rng_state() if with_rng else None,
         "extra": dict(extra or {}),
     }
     _check_plain(payload, "checkpoint")
     payload = _canonical(payload)
     path = Path(path)
-    buffer = io.BytesIO()    # serialised first: a full disk then fails in a plain write,
-    torch.save(payload, buffer)   # an OSError naming the file (torch.save would not say)
+    buffer = io.BytesIO()  # serialised first: a full disk then fails in a plain write,
+    torch.save(payload, buffer)  # an OSError naming the file (torch.save would not say)
     with atomic_file(path) as tmp:
         try:
             with open(tmp, "wb") as f:
@@ -164,12 +194,15 @@ def verify_checkpoint(path: Path | str) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise ArtifactError(f"{path}: damaged checkpoint (not a complete archive: "
-                            f"{' '.join(str(exc).split())[:200]}); rerun train to rebuild "
-                            f"it") from None
+        raise ArtifactError(
+            f"{path}: damaged checkpoint (not a complete archive: "
+            f"{' '.join(str(exc).split())[:200]}); rerun train to rebuild "
+            f"it"
+        ) from None
     if bad is not None:
-        raise ArtifactError(f"{path}: damaged checkpoint (checksum error in {bad}); rerun "
-                            f"train to rebuild it")
+        raise ArtifactError(
+            f"{path}: damaged checkpoint (checksum error in {bad}); rerun train to rebuild it"
+        )
 
 
 def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> Checkpoint:
@@ -182,22 +215,38 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> Checkpoint:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt / foreign file
-        raise ArtifactError(f"{path}: not a readable checkpoint "
-                            f"({' '.join(str(exc).split())[:300]})") from exc
+        raise ArtifactError(
+            f"{path}: not a readable checkpoint ({' '.join(str(exc).split())[:300]})"
+        ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a protomask checkpoint")
     if obj.get("version") != VERSION:
-        raise ArtifactError(f"{path}: checkpoint version {obj.get('version')!r} unknown to "
-                            f"this code (knows {VERSION}); retrain or use a matching release")
-    return Checkpoint(model=obj["model"], optimizers=obj["optimizers"],
-                      schedulers=obj["schedulers"], params=obj["params"],
-                      fingerprint=obj["fingerprint"], period=obj["period"], epoch=obj["epoch"],
-                      pushed=bool(obj["pushed"]), rng=obj["rng"], extra=obj["extra"])
+        raise ArtifactError(
+            f"{path}: checkpoint version {obj.get('version')!r} unknown to "
+            f"this code (knows {VERSION}); retrain or use a matching release"
+        )
+    return Checkpoint(
+        model=obj["model"],
+        optimizers=obj["optimizers"],
+        schedulers=obj["schedulers"],
+        params=obj["params"],
+        fingerprint=obj["fingerprint"],
+        period=obj["period"],
+        epoch=obj["epoch"],
+        pushed=bool(obj["pushed"]),
+        rng=obj["rng"],
+        extra=obj["extra"],
+    )
 
 
-def restore(checkpoint: Checkpoint, *, model: Optional[nn.Module] = None,
-            optimizers: Optional[Mapping[str, torch.optim.Optimizer]] = None,
-            schedulers: Optional[Mapping[str, Any]] = None, rng: bool = True) -> None:
+def restore(
+    checkpoint: Checkpoint,
+    *,
+    model: Optional[nn.Module] = None,
+    optimizers: Optional[Mapping[str, torch.optim.Optimizer]] = None,
+    schedulers: Optional[Mapping[str, Any]] = None,
+    rng: bool = True,
+) -> None:
     """Load model / optimiser / scheduler states (those given) and, if ``rng``, RNG states."""
     if model is not None:
         unwrap_model(model).load_state_dict(checkpoint.model)

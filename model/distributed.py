@@ -3,6 +3,7 @@
 Without ``torchrun`` (no WORLD_SIZE > 1 in the environment) every helper is a no-op:
 rank 0 of 1, no sampler, no wrapping.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,9 @@ def sampler(dataset: Dataset, shuffle_seed: Optional[int]) -> Optional[Distribut
     """Each rank's share of the data (shuffled by ``shuffle_seed`` when given)."""
     if not active():
         return None
-    return DistributedSampler(dataset, shuffle=shuffle_seed is not None,
-                              seed=shuffle_seed or 0, drop_last=False)
+    return DistributedSampler(
+        dataset, shuffle=shuffle_seed is not None, seed=shuffle_seed or 0, drop_last=False
+    )
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
@@ -85,7 +87,7 @@ def sum_dict(values: dict[str, float]) -> dict[str, float]:
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
+    return dict(zip(keys, t.tolist(), strict=False))
 
 
 def gather_rows(ids: torch.Tensor, *columns: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -96,6 +98,6 @@ def gather_rows(ids: torch.Tensor, *columns: torch.Tensor) -> tuple[torch.Tensor
     dist.all_gather_object(gathered, (ids, *columns))
     ids = torch.cat([g[0] for g in gathered])
     cols = [torch.cat([g[k + 1] for g in gathered]) for k in range(len(columns))]
-    _, first = np.unique(ids.cpu().numpy(), return_index=True)   # first occurrence of each id
+    _, first = np.unique(ids.cpu().numpy(), return_index=True)  # first occurrence of each id
     keep = torch.from_numpy(np.sort(first))
     return (ids[keep], *[c[keep] for c in cols])

@@ -37,6 +37,7 @@ Ground truth: a metric whose ground truth the dataset lacks entirely is
 ``{"absent": reason}``; an image without it is left out of that metric's mean. Stability
 leaves out pairs where neither S nor S' holds a part (the reference's convention).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,11 +64,30 @@ from pipeline.params import Params
 from pipeline.run_log import write_run_log
 from pipeline.tables import read_table
 
-__all__ = ["METRIC_KEYS", "MODEL_KEYS", "SALIENCY_KEYS", "Evaluation", "load_model",
-           "run_evaluation", "write_outputs"]
+__all__ = [
+    "METRIC_KEYS",
+    "MODEL_KEYS",
+    "SALIENCY_KEYS",
+    "Evaluation",
+    "load_model",
+    "run_evaluation",
+    "write_outputs",
+]
 
-MODEL_KEYS = ("accuracy", "top3_accuracy", "macro_f1", "global_size", "sparsity", "npr",
-              "intra_pd", "inter_pd", "psc", "prc", "crc", "mask_consistency")
+MODEL_KEYS = (
+    "accuracy",
+    "top3_accuracy",
+    "macro_f1",
+    "global_size",
+    "sparsity",
+    "npr",
+    "intra_pd",
+    "inter_pd",
+    "psc",
+    "prc",
+    "crc",
+    "mask_consistency",
+)
 METRIC_KEYS = MODEL_KEYS + SALIENCY_KEYS + ("randomisation",)
 
 
@@ -81,8 +101,9 @@ class Evaluation:
     report: ReportBuilder
 
 
-def run_evaluation(params: Params, kind: str, project_root: Path = Path("."),
-                   write: bool = True) -> Evaluation:
+def run_evaluation(
+    params: Params, kind: str, project_root: Path = Path("."), write: bool = True
+) -> Evaluation:
     """Evaluate one trained model on the test split.
 
     Args:
@@ -100,7 +121,7 @@ def run_evaluation(params: Params, kind: str, project_root: Path = Path("."),
     timer = Timer()
     with timer.section("load"):
         run = open_run(params, kind, project_root)
-    with run.inputs.masks:                  # the mask shards, opened once each
+    with run.inputs.masks:  # the mask shards, opened once each
         results = explain_test_set(run, timer)
         scores = results.scores()
         with timer.section("scalars"):
@@ -108,8 +129,15 @@ def run_evaluation(params: Params, kind: str, project_root: Path = Path("."),
         with timer.section("randomisation"):
             sanity = randomisation_check(run.model, kind, results.sanity, run.ev, run.device)
         with timer.section("report_saliency"):
-            run.report.add_prototypes(run.explainer, run.model.head, run.inputs, scores.sim,
-                                      scores.matched, run.device, project_root)
+            run.report.add_prototypes(
+                run.explainer,
+                run.model.head,
+                run.inputs,
+                scores.sim,
+                scores.matched,
+                run.device,
+                project_root,
+            )
     doc = metrics_document(run, metrics, others, sanity)
     timer.mark("total")
     result = Evaluation(kind, doc, timer.rounded(), run.report)
@@ -136,13 +164,23 @@ def open_run(params: Params, kind: str, project_root: Path) -> EvalRun:
     if n == 0:
         raise ArtifactError(f"{project_root / layout.CROPS_INDEX}: the test split is empty")
     test = load_test_set(project_root, inputs.dataset.image_ids[:n])
-    return EvalRun(kind, ev, device, model, explainer, inputs, test, num_classes,
-                   min(ev.top_k, model.head.num_prototypes),
-                   ReportBuilder(kind, test, ev, inputs.size))
+    return EvalRun(
+        kind,
+        ev,
+        device,
+        model,
+        explainer,
+        inputs,
+        test,
+        num_classes,
+        min(ev.top_k, model.head.num_prototypes),
+        ReportBuilder(kind, test, ev, inputs.size),
+    )
 
 
-def scalar_metrics(run: EvalRun, results: PassResults, scores: Scores
-                   ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def scalar_metrics(
+    run: EvalRun, results: PassResults, scores: Scores
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The scalars of the whole test split.
 
     Args:
@@ -157,31 +195,50 @@ def scalar_metrics(run: EvalRun, results: PassResults, scores: Scores
     """
     metrics = model_metrics(scores, run.test.labels, run.model.head, run.num_classes)
     metrics["mask_consistency"] = segmenter_consistency(run.test, run.inputs.masks)
-    per_method = {m: s.results(run.model.head.num_prototypes, run.test.parts_known)
-                  for m, s in results.stats.items()}
+    per_method = {
+        m: s.results(run.model.head.num_prototypes, run.test.parts_known)
+        for m, s in results.stats.items()
+    }
     metrics.update(per_method.pop(run.ev.saliency))
     return metrics, per_method
 
 
-def metrics_document(run: EvalRun, metrics: dict[str, Any], others: dict[str, dict[str, Any]],
-                     sanity: dict[str, dict]) -> dict[str, Any]:
+def metrics_document(
+    run: EvalRun,
+    metrics: dict[str, Any],
+    others: dict[str, dict[str, Any]],
+    sanity: dict[str, dict],
+) -> dict[str, Any]:
     """metrics/evaluate/<kind>.json: the run's settings, then every metric (JSON values),
     each method's randomisation check under its key ``randomisation``."""
     ev = run.ev
     metrics = dict(metrics, randomisation=sanity[ev.saliency])
     for method, values in others.items():
         metrics[method] = dict(values, randomisation=sanity[method])
-    return {"model": run.kind, "checkpoint": ev.checkpoint, "saliency": ev.saliency,
-            "lrp_composite": ev.lrp_composite if ev.saliency == "prp" else None,
-            "test_images": int(len(run.test.image_ids)), "seeds": 1,
-            "fallback_share": fallback_share(run.test), "top_k": int(run.k),
-            **_json_values(metrics)}
+    return {
+        "model": run.kind,
+        "checkpoint": ev.checkpoint,
+        "saliency": ev.saliency,
+        "lrp_composite": ev.lrp_composite if ev.saliency == "prp" else None,
+        "test_images": int(len(run.test.image_ids)),
+        "seeds": 1,
+        "fallback_share": fallback_share(run.test),
+        "top_k": int(run.k),
+        **_json_values(metrics),
+    }
 
 
 def _json_values(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_json_values(v) if isinstance(v, dict) else
-                v if isinstance(v, (bool, int, str)) or v is None else to_jsonable(v))
-            for k, v in values.items()}
+    return {
+        k: (
+            _json_values(v)
+            if isinstance(v, dict)
+            else v
+            if isinstance(v, (bool, int, str)) or v is None
+            else to_jsonable(v)
+        )
+        for k, v in values.items()
+    }
 
 
 def write_outputs(result: Evaluation, project_root: Path) -> None:
@@ -190,5 +247,6 @@ def write_outputs(result: Evaluation, project_root: Path) -> None:
     result.report.write(out_dir, result.metrics)
     for path in (out_dir / "metrics.json", project_root / layout.evaluate_metrics(result.kind)):
         with atomic_file(path) as tmp:
-            tmp.write_text(json.dumps(result.metrics, indent=2, sort_keys=False,
-                                      allow_nan=False) + "\n")
+            tmp.write_text(
+                json.dumps(result.metrics, indent=2, sort_keys=False, allow_nan=False) + "\n"
+            )

@@ -11,6 +11,7 @@
    similarity map as a second method) and reduced to per-item metrics (:class:`MapStats`)
    against the ground truth; the report's samples and the sanity check's pairs kept.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ class EvalRun:
     inputs: ModelInputs
     test: TestSet
     num_classes: int
-    k: int                     # prototypes explained per image
+    k: int  # prototypes explained per image
     report: ReportBuilder
 
     @property
@@ -66,24 +67,24 @@ class Batch:
     """One batch of test rows through the model, clean and perturbed."""
 
     rows: list[int]
-    rgbs: list[np.ndarray]     # the decoded clean images
-    x: Tensor                  # normalised clean input (on the device)
-    xp: Tensor                 # normalised perturbed input
-    out: Any                   # the model's outputs on x
-    out_p: Any                 # ... on xp
-    sim: Tensor                # (B, P) similarities
+    rgbs: list[np.ndarray]  # the decoded clean images
+    x: Tensor  # normalised clean input (on the device)
+    xp: Tensor  # normalised perturbed input
+    out: Any  # the model's outputs on x
+    out_p: Any  # ... on xp
+    sim: Tensor  # (B, P) similarities
     sim_p: Tensor
-    ids: Tensor                # (B, K) top-k prototypes
+    ids: Tensor  # (B, K) top-k prototypes
 
 
 @dataclass
 class BatchMaps:
     """Input-level saliency of every (image, top-k prototype) pair of a batch."""
 
-    rows_in: Tensor              # (2 B K, ...) the inputs explained, clean then perturbed
-    protos: Tensor               # (B K, D) their prototypes
-    maps: Tensor                 # (2, B, K, h, w) clean, perturbed
-    m_clean: Optional[Tensor]    # ProtoMask: (B, K) the view each prototype matched
+    rows_in: Tensor  # (2 B K, ...) the inputs explained, clean then perturbed
+    protos: Tensor  # (B K, D) their prototypes
+    maps: Tensor  # (2, B, K, h, w) clean, perturbed
+    m_clean: Optional[Tensor]  # ProtoMask: (B, K) the view each prototype matched
     m_pert: Optional[Tensor]
 
 
@@ -92,16 +93,23 @@ class PassResults:
     """What the pass keeps: the model's outputs, per-item metrics, sanity pairs."""
 
     stats: dict[str, MapStats]
-    parts: dict[str, list[Tensor]] = field(default_factory=lambda: {
-        name: [] for name in ("sim", "sim_p", "logits", "logits_p", "top_ids", "matched")})
+    parts: dict[str, list[Tensor]] = field(
+        default_factory=lambda: {
+            name: [] for name in ("sim", "sim_p", "logits", "logits_p", "top_ids", "matched")
+        }
+    )
     sanity: list[SanityRow] = field(default_factory=list)
 
     def add(self, batch: Batch) -> None:
         """Keep a batch's similarities, logits, top-k ids and matched views (CPU)."""
-        for name, value in (("sim", batch.sim), ("sim_p", batch.sim_p),
-                            ("logits", batch.out.logits.float()),
-                            ("logits_p", batch.out_p.logits.float()),
-                            ("top_ids", batch.ids), ("matched", batch.out.matched)):
+        for name, value in (
+            ("sim", batch.sim),
+            ("sim_p", batch.sim_p),
+            ("logits", batch.out.logits.float()),
+            ("logits_p", batch.out_p.logits.float()),
+            ("top_ids", batch.ids),
+            ("matched", batch.out.matched),
+        ):
             self.parts[name].append(value.cpu())
 
     def scores(self) -> Scores:
@@ -139,10 +147,16 @@ def forward_batch(run: EvalRun, rows: list[int]) -> Batch:
     test, inputs, ev = run.test, run.inputs, run.ev
     rgbs = [load_image(inputs.data_root, test.paths[i]) for i in rows]
     clean = torch.stack([inputs.raw(i) for i in rows])
-    pert = torch.stack([
-        inputs.perturbed(perturb_image(rgb, ev.perturb,
-                                       perturbation_seed(ev.seed, test.image_ids[i])), test, i)
-        for rgb, i in zip(rgbs, rows, strict=True)])
+    pert = torch.stack(
+        [
+            inputs.perturbed(
+                perturb_image(rgb, ev.perturb, perturbation_seed(ev.seed, test.image_ids[i])),
+                test,
+                i,
+            )
+            for rgb, i in zip(rgbs, rows, strict=True)
+        ]
+    )
     x, xp = normalise(clean).to(run.device), normalise(pert).to(run.device)
     with torch.no_grad():
         out, out_p = run.model(x), run.model(xp)
@@ -158,40 +172,54 @@ def batch_saliency(run: EvalRun, batch: Batch) -> BatchMaps:
     b, k, ids = len(batch.rows), run.k, batch.ids
     protos = run.model.head.prototypes.detach()[ids].reshape(b * k, -1)
     if run.kind == "protomask":
-        m_clean = batch.out.matched.gather(1, ids)                      # (B, K) view index
+        m_clean = batch.out.matched.gather(1, ids)  # (B, K) view index
         m_pert = batch.out_p.matched.gather(1, ids)
         bi = torch.arange(b, device=run.device)[:, None].expand(b, k)
-        rows_in = torch.cat([batch.x[bi, m_clean].flatten(0, 1),
-                             batch.xp[bi, m_pert].flatten(0, 1)])
+        rows_in = torch.cat(
+            [batch.x[bi, m_clean].flatten(0, 1), batch.xp[bi, m_pert].flatten(0, 1)]
+        )
     else:
         m_clean = m_pert = None
         rows_in = torch.cat([batch.x.repeat_interleave(k, 0), batch.xp.repeat_interleave(k, 0)])
-    maps, _ = prototype_saliency(run.explainer, rows_in, torch.cat([protos, protos]),
-                                 method=run.ev.saliency, composite=run.ev.lrp_composite,
-                                 batch_size=2 * run.ev.batch_size)
+    maps, _ = prototype_saliency(
+        run.explainer,
+        rows_in,
+        torch.cat([protos, protos]),
+        method=run.ev.saliency,
+        composite=run.ev.lrp_composite,
+        batch_size=2 * run.ev.batch_size,
+    )
     maps = finite(maps)
     return BatchMaps(rows_in, protos, maps.reshape(2, b, k, *maps.shape[-2:]), m_clean, m_pert)
 
 
-def canvases(run: EvalRun, batch: Batch, maps: BatchMaps, j: int
-             ) -> dict[str, tuple[Tensor, Tensor]]:
+def canvases(
+    run: EvalRun, batch: Batch, maps: BatchMaps, j: int
+) -> dict[str, tuple[Tensor, Tensor]]:
     """Method -> (clean, perturbed) (K, H, W) maps of batch image ``j`` on its canvas."""
     i = batch.rows[j]
     h, w = (int(v) for v in run.test.sizes[i])
     if run.kind == "protomask":
         boxes = torch.as_tensor(run.test.boxes[i])
-        return {run.ev.saliency: (
-            paste_back(maps.maps[0, j], boxes[maps.m_clean[j].cpu()], h, w),
-            paste_back(maps.maps[1, j], boxes[maps.m_pert[j].cpu()], h, w))}
+        return {
+            run.ev.saliency: (
+                paste_back(maps.maps[0, j], boxes[maps.m_clean[j].cpu()], h, w),
+                paste_back(maps.maps[1, j], boxes[maps.m_pert[j].cpu()], h, w),
+            )
+        }
     ids = batch.ids[j]
-    return {run.ev.saliency: (resize_maps(maps.maps[0, j], h, w),
-                              resize_maps(maps.maps[1, j], h, w)),
-            "upsampled": (upsampled_similarity(batch.out.distances[j, ids], h, w),
-                          upsampled_similarity(batch.out_p.distances[j, ids], h, w))}
+    return {
+        run.ev.saliency: (resize_maps(maps.maps[0, j], h, w), resize_maps(maps.maps[1, j], h, w)),
+        "upsampled": (
+            upsampled_similarity(batch.out.distances[j, ids], h, w),
+            upsampled_similarity(batch.out_p.distances[j, ids], h, w),
+        ),
+    }
 
 
-def score_batch(run: EvalRun, batch: Batch, maps: BatchMaps, results: PassResults,
-                samples: set[int]) -> None:
+def score_batch(
+    run: EvalRun, batch: Batch, maps: BatchMaps, results: PassResults, samples: set[int]
+) -> None:
     """Per-item metrics of a batch's images; the report's samples; the sanity pairs."""
     test = run.test
     for j, i in enumerate(batch.rows):
@@ -202,21 +230,28 @@ def score_batch(run: EvalRun, batch: Batch, maps: BatchMaps, results: PassResult
         for method, (mc, mp) in canvas.items():
             results.stats[method].add(mc, mp, batch.ids[j].cpu().numpy(), g, xy, vis)
         if i in samples:
-            run.report.add_sample(i, batch.rgbs[j], batch.ids[j].cpu(), batch.sim[j].cpu(),
-                                  batch.out.logits[j].float().cpu(),
-                                  None if maps.m_clean is None else maps.m_clean[j].cpu(),
-                                  {m: c[0].cpu() for m, c in canvas.items()}, g)
+            run.report.add_sample(
+                i,
+                batch.rgbs[j],
+                batch.ids[j].cpu(),
+                batch.sim[j].cpu(),
+                batch.out.logits[j].float().cpu(),
+                None if maps.m_clean is None else maps.m_clean[j].cpu(),
+                {m: c[0].cpu() for m, c in canvas.items()},
+                g,
+            )
     keep_sanity_pairs(run, batch, maps, results.sanity)
 
 
-def keep_sanity_pairs(run: EvalRun, batch: Batch, maps: BatchMaps,
-                      sanity: list[SanityRow]) -> None:
+def keep_sanity_pairs(run: EvalRun, batch: Batch, maps: BatchMaps, sanity: list[SanityRow]) -> None:
     """Add the batch's top-1 pairs to ``sanity`` until it holds evaluate.sanity_images."""
     k = run.k
     for j in range(len(batch.rows)):
         if len(sanity) >= run.ev.sanity_images:
             return
-        dist = (None if run.kind == "protomask"
-                else batch.out.distances[j, batch.ids[j, 0]].cpu())
-        sanity.append(SanityRow(maps.rows_in[j * k].cpu(), maps.protos[j * k].cpu(),
-                                maps.maps[0, j, 0].cpu(), dist))
+        dist = None if run.kind == "protomask" else batch.out.distances[j, batch.ids[j, 0]].cpu()
+        sanity.append(
+            SanityRow(
+                maps.rows_in[j * k].cpu(), maps.protos[j * k].cpu(), maps.maps[0, j, 0].cpu(), dist
+            )
+        )

@@ -4,6 +4,7 @@ the stages' one-line summaries, each a :class:`MetricStyle`.
 A value is a number, a bool, None (not computed) or ``{"absent": reason}`` (the metrics
 JSON's absent metric); anything else is shown as ``str(value)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,12 +15,12 @@ from typing import Any, Optional
 class MetricStyle:
     """How :func:`format_metric` writes each kind of value."""
 
-    number: str                          # format spec of a number
-    integer: Optional[str]               # format spec of an int (None: ``number``)
-    whole: Optional[str]                 # format spec of an integer-valued number (int or
-                                         # float) of magnitude 1 or more (None: no rule)
-    absent: str                          # template with {reason}
-    none: str                            # None
+    number: str  # format spec of a number
+    integer: Optional[str]  # format spec of an int (None: ``number``)
+    whole: Optional[str]  # format spec of an integer-valued number (int or
+    # float) of magnitude 1 or more (None: no rule)
+    absent: str  # template with {reason}
+    none: str  # None
     booleans: Optional[tuple[str, str]]  # (true, false); None: a bool is a number
 
 

@@ -7,6 +7,7 @@ L2 distances by expansion, ProtoPNet's log similarity and a bias-free linear cla
 The head always computes in float32 with autocast off: with D in the hundreds, the
 expansion ||z||^2 - 2 z.p + ||p||^2 cancels catastrophically in bf16/fp16.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple, Optional
@@ -28,15 +29,16 @@ class ProtoOutput(NamedTuple):
     add-on feature map (B, D, H, W) for ProtoPNet.
     """
 
-    logits: Tensor          # (B, K)
-    min_distances: Tensor   # (B, P)
-    matched: Tensor         # (B, P) long
-    distances: Tensor       # (B, P, *candidates)
+    logits: Tensor  # (B, K)
+    min_distances: Tensor  # (B, P)
+    matched: Tensor  # (B, P) long
+    distances: Tensor  # (B, P, *candidates)
     embeddings: Optional[Tensor] = None
 
 
-def make_addon(in_channels: int, dim: int, layers: int = 1, *, pool: bool,
-               kaiming: bool = False) -> nn.Sequential:
+def make_addon(
+    in_channels: int, dim: int, layers: int = 1, *, pool: bool, kaiming: bool = False
+) -> nn.Sequential:
     """The add-on: 1x1 conv(s) then [global average pool] then sigmoid.
 
     ``layers`` 1: conv(C -> D) (ProtoMask's reference add-on); 2: conv(C -> D), ReLU,
@@ -63,12 +65,22 @@ def make_addon(in_channels: int, dim: int, layers: int = 1, *, pool: bool,
 class PrototypeHead(nn.Module):
     """Prototypes (P, D), their classes, the similarity and the last layer."""
 
-    def __init__(self, num_classes: int, prototypes_per_class: int, dim: int, *,
-                 off_class_weight: float = -0.5, seed: int = 0, epsilon: float = 1e-4) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        prototypes_per_class: int,
+        dim: int,
+        *,
+        off_class_weight: float = -0.5,
+        seed: int = 0,
+        epsilon: float = 1e-4,
+    ) -> None:
         super().__init__()
         if num_classes < 2 or prototypes_per_class < 1 or dim < 1:
-            raise ValueError(f"need num_classes >= 2, prototypes_per_class >= 1, dim >= 1; got "
-                             f"{num_classes}, {prototypes_per_class}, {dim}")
+            raise ValueError(
+                f"need num_classes >= 2, prototypes_per_class >= 1, dim >= 1; got "
+                f"{num_classes}, {prototypes_per_class}, {dim}"
+            )
         self.num_classes = num_classes
         self.prototypes_per_class = prototypes_per_class
         self.dim = dim
@@ -78,8 +90,9 @@ class PrototypeHead(nn.Module):
         self.prototypes = nn.Parameter(torch.rand(num, dim, generator=gen))
         classes = torch.arange(num) // prototypes_per_class
         self.register_buffer("prototype_classes", classes)
-        self.register_buffer("prototype_class_identity",
-                             nn.functional.one_hot(classes, num_classes).float())
+        self.register_buffer(
+            "prototype_class_identity", nn.functional.one_hot(classes, num_classes).float()
+        )
         self.register_buffer("_class_table", self._build_class_table(), persistent=False)
         self.last_layer = nn.Linear(num, num_classes, bias=False)
         self.set_last_layer(off_class_weight)
@@ -154,18 +167,28 @@ class PrototypeNetwork(nn.Module):
     default_prototype_dim: int = 128
     default_addon_layers: int = 1
 
-    def __init__(self, trunk: Trunk, num_classes: int, *, prototypes_per_class: int = 10,
-                 prototype_dim: int | None = None, addon_layers: int | None = None,
-                 off_class_weight: float = -0.5, addon_init: str = "default",
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        trunk: Trunk,
+        num_classes: int,
+        *,
+        prototypes_per_class: int = 10,
+        prototype_dim: int | None = None,
+        addon_layers: int | None = None,
+        off_class_weight: float = -0.5,
+        addon_init: str = "default",
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         dim = self.default_prototype_dim if prototype_dim is None else prototype_dim
         layers = self.default_addon_layers if addon_layers is None else addon_layers
         self.trunk = trunk
-        self.add_on = make_addon(trunk.out_channels, dim, layers, pool=self.pool,
-                                 kaiming=addon_init == "kaiming")
-        self.head = PrototypeHead(num_classes, prototypes_per_class, dim,
-                                  off_class_weight=off_class_weight, seed=seed)
+        self.add_on = make_addon(
+            trunk.out_channels, dim, layers, pool=self.pool, kaiming=addon_init == "kaiming"
+        )
+        self.head = PrototypeHead(
+            num_classes, prototypes_per_class, dim, off_class_weight=off_class_weight, seed=seed
+        )
         self.channels_last = False
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -174,9 +197,12 @@ class PrototypeNetwork(nn.Module):
         Returns:
             trunk, add_on, prototypes and last_layer parameters.
         """
-        return {"trunk": list(self.trunk.parameters()), "add_on": list(self.add_on.parameters()),
-                "prototypes": [self.head.prototypes],
-                "last_layer": list(self.head.last_layer.parameters())}
+        return {
+            "trunk": list(self.trunk.parameters()),
+            "add_on": list(self.add_on.parameters()),
+            "prototypes": [self.head.prototypes],
+            "last_layer": list(self.head.last_layer.parameters()),
+        }
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -1,4 +1,5 @@
 """The trained network the evaluate stage explains, as the train stage left it."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -14,8 +15,9 @@ from pipeline.errors import ArtifactError, ParamsError
 from pipeline.params import TrainParams, build_section
 
 
-def load_model(project_root: Path, kind: str, which: str, num_classes: int,
-               device: torch.device) -> tuple[nn.Module, TrainParams]:
+def load_model(
+    project_root: Path, kind: str, which: str, num_classes: int, device: torch.device
+) -> tuple[nn.Module, TrainParams]:
     """The trained network of artifacts/train/<kind>/<which>/checkpoint.pt.
 
     Args:
@@ -32,9 +34,11 @@ def load_model(project_root: Path, kind: str, which: str, num_classes: int,
     path = project_root / layout.TRAIN_DIR / kind / which / "checkpoint.pt"
     ckpt = load_checkpoint(path)
     if not ckpt.pushed:
-        raise ArtifactError(f"{path}: its prototypes were never pushed onto training "
-                            f"{'views' if kind == 'protomask' else 'patches'}, so its "
-                            f"explanations would not show real regions; rerun train")
+        raise ArtifactError(
+            f"{path}: its prototypes were never pushed onto training "
+            f"{'views' if kind == 'protomask' else 'patches'}, so its "
+            f"explanations would not show real regions; rerun train"
+        )
     try:
         train = build_section(TrainParams, ckpt.params.get("train", {}), "train.")
     except ParamsError as exc:

@@ -11,16 +11,18 @@ total = ce * CE_w + cluster * Clst - separation * Sep + diversity * Div + l1 * L
   full N x N matrix), computed WITH gradient (the reference's was a Python float).
 * L1: absolute sum of the last-layer weights from prototypes to other classes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.head import PrototypeHead, ProtoOutput
+from model.head import ProtoOutput, PrototypeHead
 
 DIVERSITY_SCALE = 0.001
 
@@ -35,7 +37,7 @@ class LossWeights:
     diversity: float = 0.2
     l1: float = 1e-3
 
-    def for_period(self, period: str) -> "LossWeights":
+    def for_period(self, period: str) -> LossWeights:
         """The reference's terms per period: warmup/joint without L1; last_layer CE + L1 only."""
         if period in ("warmup", "joint"):
             return replace(self, l1=0.0)
@@ -50,8 +52,9 @@ def class_weights(labels: Tensor | Sequence[int], num_classes: int) -> Tensor:
     counts = torch.bincount(labels, minlength=num_classes).double()
     if len(counts) > num_classes:
         raise ValueError(f"label {int(labels.max())} out of range for {num_classes} classes")
-    weights = torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)),
-                          torch.zeros_like(counts))
+    weights = torch.where(
+        counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts)
+    )
     return weights.float()
 
 
@@ -78,10 +81,10 @@ def diversity_loss(labels: Tensor, head: PrototypeHead) -> Tensor:
     Differentiable; coinciding prototypes (e.g. two pushed onto one view) get zero gradient
     from their pair instead of NaN.
     """
-    table = head.class_prototype_table()[labels]            # (B, Q)
+    table = head.class_prototype_table()[labels]  # (B, Q)
     valid = table >= 0
-    protos = head.prototypes[table.clamp_min(0)].float()    # (B, Q, D)
-    diff = protos[:, :, None, :] - protos[:, None, :, :]    # (B, Q, Q, D)
+    protos = head.prototypes[table.clamp_min(0)].float()  # (B, Q, D)
+    diff = protos[:, :, None, :] - protos[:, None, :, :]  # (B, Q, Q, D)
     sq = (diff * diff).sum(-1)
     pair = valid[:, :, None] & valid[:, None, :]
     dist = torch.where(sq > 0, sq.clamp_min(1e-30).sqrt(), torch.zeros_like(sq)) * pair
@@ -100,9 +103,13 @@ def cross_entropy(logits: Tensor, labels: Tensor, weights: Optional[Tensor] = No
     return F.cross_entropy(logits.float(), labels, weight=weights)
 
 
-def prototype_loss(output: ProtoOutput, labels: Tensor, head: PrototypeHead,
-                   weights: LossWeights = LossWeights(),
-                   class_weight: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
+def prototype_loss(
+    output: ProtoOutput,
+    labels: Tensor,
+    head: PrototypeHead,
+    weights: LossWeights = LossWeights(),
+    class_weight: Optional[Tensor] = None,
+) -> tuple[Tensor, dict[str, float]]:
     """The weighted total and its parts as floats (one device sync) for logging.
 
     Terms whose coefficient is 0 are still reported (cheap), but only as logged values;
@@ -115,8 +122,12 @@ def prototype_loss(output: ProtoOutput, labels: Tensor, head: PrototypeHead,
         "diversity": diversity_loss(labels, head),
         "l1": l1_wrong_class(head),
     }
-    total = (weights.cross_entropy * parts["cross_entropy"] + weights.cluster * parts["cluster"]
-             - weights.separation * parts["separation"]
-             + weights.diversity * parts["diversity"] + weights.l1 * parts["l1"])
+    total = (
+        weights.cross_entropy * parts["cross_entropy"]
+        + weights.cluster * parts["cluster"]
+        - weights.separation * parts["separation"]
+        + weights.diversity * parts["diversity"]
+        + weights.l1 * parts["l1"]
+    )
     values = torch.stack([total.detach()] + [v.detach().float() for v in parts.values()]).tolist()
-    return total, dict(zip(["total", *parts], values))
+    return total, dict(zip(["total", *parts], values, strict=False))

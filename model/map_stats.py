@@ -4,6 +4,7 @@ For each test image the top-k prototypes' maps (clean and perturbed copy) on the
 canvas go in; only small per-item arrays are kept (never the maps), and
 :meth:`MapStats.results` reduces them to the method's scalars (README: Metrics).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,10 +32,24 @@ from model.metrics.prototypes import NO_PARTS
 from model.metrics.saliency import NO_SEGMENTATION
 
 # the scalars of one saliency method, in the order of the metrics JSON
-SALIENCY_KEYS = ("vlc", "object_overlap", "background_overlap", "ior", "pointing_game",
-                 "pointing_hit", "consistency", "stability", "empty_saliency")
-_OBJECT_KEYS = (("object_overlap", "obj"), ("background_overlap", "bg"), ("ior", "ior"),
-                ("pointing_game", "energy"), ("pointing_hit", "hit"))
+SALIENCY_KEYS = (
+    "vlc",
+    "object_overlap",
+    "background_overlap",
+    "ior",
+    "pointing_game",
+    "pointing_hit",
+    "consistency",
+    "stability",
+    "empty_saliency",
+)
+_OBJECT_KEYS = (
+    ("object_overlap", "obj"),
+    ("background_overlap", "bg"),
+    ("ior", "ior"),
+    ("pointing_game", "energy"),
+    ("pointing_hit", "hit"),
+)
 
 
 @dataclass
@@ -48,14 +63,21 @@ class MapStats:
     ior: list = field(default_factory=list)
     energy: list = field(default_factory=list)
     hit: list = field(default_factory=list)
-    hits: list = field(default_factory=list)          # (K, Q) per image with parts
+    hits: list = field(default_factory=list)  # (K, Q) per image with parts
     hits_p: list = field(default_factory=list)
-    hit_ids: list = field(default_factory=list)       # (K,) ids of those images
+    hit_ids: list = field(default_factory=list)  # (K,) ids of those images
     empty: list = field(default_factory=list)
     any_g: bool = False
 
-    def add(self, maps: Tensor, maps_p: Tensor, ids: np.ndarray, g: Optional[np.ndarray],
-            xy: Optional[np.ndarray], vis: Optional[np.ndarray]) -> None:
+    def add(
+        self,
+        maps: Tensor,
+        maps_p: Tensor,
+        ids: np.ndarray,
+        g: Optional[np.ndarray],
+        xy: Optional[np.ndarray],
+        vis: Optional[np.ndarray],
+    ) -> None:
         """Add one image.
 
         Args:
@@ -107,7 +129,8 @@ class MapStats:
             ids = np.stack(self.hit_ids)
             hits, hits_p = torch.stack(self.hits), torch.stack(self.hits_p)
             out["consistency"] = consistency(ids, hits, num_prototypes)
-            out["stability"] = mean_of(stability(hits, hits_p, empty_value=float("nan")),
-                                       "no part in any S or S'")
+            out["stability"] = mean_of(
+                stability(hits, hits_p, empty_value=float("nan")), "no part in any S or S'"
+            )
         out["empty_saliency"] = mean_of(self.empty)
         return out

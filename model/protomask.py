@@ -1,4 +1,5 @@
 """ProtoMask: prototypes compared with segment-crop views, one embedding per view."""
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,9 @@ class ProtoMask(PrototypeNetwork):
         z = self.embed(views)
         d = self.head.distances(z).transpose(1, 2)  # (B, P, M)
         min_d, matched = d.min(dim=2)
-        return ProtoOutput(self.head.classify(min_d), min_d, matched, d,
-                           z if return_embeddings else None)
+        return ProtoOutput(
+            self.head.classify(min_d), min_d, matched, d, z if return_embeddings else None
+        )
 
     def push_candidates(self, views: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """Push candidates (B, M, D) and their grid (M,): one per view."""

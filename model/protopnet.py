@@ -1,4 +1,5 @@
 """ProtoPNet baseline (Chen et al. 2019) on full images: patch prototypes on the feature map."""
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,9 @@ class ProtoPNet(PrototypeNetwork):
         f = self.features(images)
         d = self.head.distances(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, P, h, w)
         min_d, matched = d.flatten(2).min(dim=2)
-        return ProtoOutput(self.head.classify(min_d), min_d, matched, d,
-                           f if return_embeddings else None)
+        return ProtoOutput(
+            self.head.classify(min_d), min_d, matched, d, f if return_embeddings else None
+        )
 
     def push_candidates(self, images: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """Push candidates (B, h*w, D), one per feature-map location, and the grid (h, w)."""

@@ -10,10 +10,12 @@ Distances are computed directly, sum((z - p)^2) in float64, one (candidate, own-
 prototype) pair at a time, so a pair's distance does not depend on what else is in its
 batch. The caller feeds un-augmented inputs; the model runs in eval mode here.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -35,8 +37,8 @@ class PushCandidates:
 
     distance: Tensor  # (P,) float64, inf where none
     image_id: Tensor  # (P,) long, -1 where none
-    index: Tensor     # (P,) long, flat candidate index (view m, or h * W + w), -1 where none
-    vectors: Tensor   # (P, D) float32
+    index: Tensor  # (P,) long, flat candidate index (view m, or h * W + w), -1 where none
+    vectors: Tensor  # (P, D) float32
 
 
 @dataclass
@@ -45,8 +47,8 @@ class PushResult:
 
     distance: Tensor  # (P,) float64
     image_id: Tensor  # (P,) long
-    index: Tensor     # (P,) long
-    vectors: Tensor   # (P, D) float32, the new prototypes
+    index: Tensor  # (P,) long
+    vectors: Tensor  # (P, D) float32, the new prototypes
     grid: tuple[int, ...]  # (M,) for ProtoMask, (h, w) for ProtoPNet
 
     def location(self) -> Tensor:
@@ -63,21 +65,35 @@ class PushResult:
         """One JSON-friendly dict per prototype: prototype, image_id, view or h/w, distance."""
         loc = self.location().tolist()
         keys = ("view",) if len(self.grid) == 1 else ("h", "w")
-        return [{"prototype": p, "image_id": int(i), **dict(zip(keys, l)),
-                 "distance": float(d)}
-                for p, (i, l, d) in enumerate(zip(self.image_id.tolist(), loc,
-                                                  self.distance.tolist()))]
+        return [
+            {
+                "prototype": p,
+                "image_id": int(i),
+                **dict(zip(keys, where, strict=False)),
+                "distance": float(d),
+            }
+            for p, (i, where, d) in enumerate(
+                zip(self.image_id.tolist(), loc, self.distance.tolist(), strict=False)
+            )
+        ]
 
 
-def _key_less(d_a: Tensor, i_a: Tensor, x_a: Tensor,
-              d_b: Tensor, i_b: Tensor, x_b: Tensor) -> Tensor:
+def _key_less(
+    d_a: Tensor, i_a: Tensor, x_a: Tensor, d_b: Tensor, i_b: Tensor, x_b: Tensor
+) -> Tensor:
     """Elementwise (d_a, i_a, x_a) < (d_b, i_b, x_b) lexicographically."""
     return (d_a < d_b) | ((d_a == d_b) & ((i_a < i_b) | ((i_a == i_b) & (x_a < x_b))))
 
 
-def reduce_candidates(prototype: Tensor, distance: Tensor, image_id: Tensor, index: Tensor,
-                      vectors: Tensor, num_prototypes: int,
-                      fallback: Optional[Tensor] = None) -> PushCandidates:
+def reduce_candidates(
+    prototype: Tensor,
+    distance: Tensor,
+    image_id: Tensor,
+    index: Tensor,
+    vectors: Tensor,
+    num_prototypes: int,
+    fallback: Optional[Tensor] = None,
+) -> PushCandidates:
     """Per prototype, the candidate row with the smallest (distance, image_id, index).
 
     Rows: ``prototype`` (R,) target prototype, ``distance`` (R,) float64, ``image_id`` and
@@ -100,12 +116,18 @@ def reduce_candidates(prototype: Tensor, distance: Tensor, image_id: Tensor, ind
     best_row = torch.full((p_num,), big, dtype=torch.long, device=dev)
     best_row = best_row.scatter_reduce(0, prototype[m], rows[m], "amin")
     found = (best_row != big) & torch.isfinite(best_d)
-    out_vec = (fallback.to(dev, vectors.dtype).clone() if fallback is not None else
-               torch.zeros(p_num, vectors.shape[1], dtype=vectors.dtype, device=dev))
+    out_vec = (
+        fallback.to(dev, vectors.dtype).clone()
+        if fallback is not None
+        else torch.zeros(p_num, vectors.shape[1], dtype=vectors.dtype, device=dev)
+    )
     out_vec[found] = vectors[best_row[found]]
-    return PushCandidates(best_d.masked_fill(~found, float("inf")),
-                          best_i.masked_fill(~found, _NO_ID), best_x.masked_fill(~found, _NO_ID),
-                          out_vec)
+    return PushCandidates(
+        best_d.masked_fill(~found, float("inf")),
+        best_i.masked_fill(~found, _NO_ID),
+        best_x.masked_fill(~found, _NO_ID),
+        out_vec,
+    )
 
 
 def merge_candidates(parts: Sequence[PushCandidates]) -> PushCandidates:
@@ -119,10 +141,15 @@ def merge_candidates(parts: Sequence[PushCandidates]) -> PushCandidates:
     proto = torch.arange(p_num, device=dev).repeat(len(parts))
     image_id = torch.cat([c.image_id for c in parts])
     keep = image_id >= 0
-    return reduce_candidates(proto[keep], torch.cat([c.distance for c in parts])[keep],
-                             image_id[keep], torch.cat([c.index for c in parts])[keep],
-                             torch.cat([c.vectors for c in parts])[keep], p_num,
-                             fallback=parts[0].vectors)
+    return reduce_candidates(
+        proto[keep],
+        torch.cat([c.distance for c in parts])[keep],
+        image_id[keep],
+        torch.cat([c.index for c in parts])[keep],
+        torch.cat([c.vectors for c in parts])[keep],
+        p_num,
+        fallback=parts[0].vectors,
+    )
 
 
 def gather_across_ranks(local: PushCandidates) -> PushCandidates:
@@ -139,19 +166,20 @@ def gather_across_ranks(local: PushCandidates) -> PushCandidates:
     return merge_candidates([PushCandidates(*(g[r] for g in gathered)) for r in range(world)])
 
 
-def _batch_candidates(cands: Tensor, labels: Tensor, image_ids: Tensor, protos: Tensor,
-                      table: Tensor) -> PushCandidates:
+def _batch_candidates(
+    cands: Tensor, labels: Tensor, image_ids: Tensor, protos: Tensor, table: Tensor
+) -> PushCandidates:
     """Best candidate per prototype within one batch; cands (B, N, D), protos (P, D) f64."""
     b, n, d = cands.shape
     q = table.shape[1]
-    pidx = table[labels]                                    # (B, Q)
+    pidx = table[labels]  # (B, Q)
     chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, n * q * d))
     dmin_parts, arg_parts = [], []
     for s in range(0, b, chunk):
-        c = cands[s:s + chunk].double()                     # (b', N, D)
-        p = protos[pidx[s:s + chunk].clamp_min(0)]          # (b', Q, D)
+        c = cands[s : s + chunk].double()  # (b', N, D)
+        p = protos[pidx[s : s + chunk].clamp_min(0)]  # (b', Q, D)
         dd = ((c[:, :, None, :] - p[:, None, :, :]) ** 2).sum(-1)  # (b', N, Q)
-        dmin = dd.amin(dim=1)                               # (b', Q)
+        dmin = dd.amin(dim=1)  # (b', Q)
         pos = torch.arange(n, device=dd.device)[None, :, None].expand_as(dd)
         arg = torch.where(dd == dmin[:, None, :], pos, n).amin(dim=1)  # first minimum
         dmin_parts.append(dmin)
@@ -161,14 +189,21 @@ def _batch_candidates(cands: Tensor, labels: Tensor, image_ids: Tensor, protos: 
     rows_img = torch.arange(b, device=cands.device)[:, None].expand(b, q).flatten()[valid]
     arg = arg.flatten()[valid]
     vec = cands[rows_img, arg].float()
-    return reduce_candidates(pidx.flatten()[valid], dmin.flatten()[valid],
-                             image_ids.to(cands.device)[rows_img], arg, vec, len(protos))
+    return reduce_candidates(
+        pidx.flatten()[valid],
+        dmin.flatten()[valid],
+        image_ids.to(cands.device)[rows_img],
+        arg,
+        vec,
+        len(protos),
+    )
 
 
-def find_push_candidates(model: nn.Module,
-                         batches: Iterable[tuple[Tensor, Tensor, Tensor]],
-                         device: Optional[torch.device | str] = None
-                         ) -> tuple[PushCandidates, tuple[int, ...]]:
+def find_push_candidates(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor, Tensor]],
+    device: Optional[torch.device | str] = None,
+) -> tuple[PushCandidates, tuple[int, ...]]:
     """Scan (inputs, labels, image_ids) batches; the global best candidate per prototype
     (gathered across DDP ranks) and the candidate grid. The model is left in its mode."""
     core = unwrap_model(model)
@@ -177,10 +212,12 @@ def find_push_candidates(model: nn.Module,
     protos = head.prototypes.detach().to(dev, torch.float64)
     table = head.class_prototype_table().to(dev)
     p_num = len(protos)
-    best = PushCandidates(torch.full((p_num,), float("inf"), dtype=torch.float64, device=dev),
-                          torch.full((p_num,), _NO_ID, dtype=torch.long, device=dev),
-                          torch.full((p_num,), _NO_ID, dtype=torch.long, device=dev),
-                          head.prototypes.detach().to(dev, torch.float32).clone())
+    best = PushCandidates(
+        torch.full((p_num,), float("inf"), dtype=torch.float64, device=dev),
+        torch.full((p_num,), _NO_ID, dtype=torch.long, device=dev),
+        torch.full((p_num,), _NO_ID, dtype=torch.long, device=dev),
+        head.prototypes.detach().to(dev, torch.float32).clone(),
+    )
     grid: tuple[int, ...] = ()
     was_training = core.training
     core.eval()
@@ -191,8 +228,13 @@ def find_push_candidates(model: nn.Module,
                 if grid and g != grid:
                     raise ValueError(f"push candidates changed shape: {grid} then {g}")
                 grid = g
-                batch = _batch_candidates(cands, torch.as_tensor(labels, device=dev).long(),
-                                          torch.as_tensor(image_ids).long(), protos, table)
+                batch = _batch_candidates(
+                    cands,
+                    torch.as_tensor(labels, device=dev).long(),
+                    torch.as_tensor(image_ids).long(),
+                    protos,
+                    table,
+                )
                 best = merge_candidates([best, batch])
     finally:
         core.train(was_training)
@@ -204,9 +246,12 @@ def find_push_candidates(model: nn.Module,
     return best, grid
 
 
-def push_prototypes(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, Tensor]],
-                    device: Optional[torch.device | str] = None,
-                    update: bool = True) -> PushResult:
+def push_prototypes(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor, Tensor]],
+    device: Optional[torch.device | str] = None,
+    update: bool = True,
+) -> PushResult:
     """Exact push: replace each prototype by its class's nearest training embedding.
 
     ``batches`` yields (inputs, labels, image_ids) of UN-augmented training data (views
@@ -220,5 +265,6 @@ def push_prototypes(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, Te
     if update:
         with torch.no_grad():
             head.prototypes.copy_(best.vectors.to(head.prototypes.device, head.prototypes.dtype))
-    return PushResult(best.distance.cpu(), best.image_id.cpu(), best.index.cpu(),
-                      best.vectors.cpu(), grid)
+    return PushResult(
+        best.distance.cpu(), best.image_id.cpu(), best.index.cpu(), best.vectors.cpu(), grid
+    )

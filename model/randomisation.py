@@ -6,6 +6,7 @@ trained model and from the same model with a re-initialised trunk (seeded by
 mean Spearman correlation of the two input-level maps is below 0.5. For ProtoPNet the
 upsampled similarity maps are checked the same way.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
@@ -28,10 +29,10 @@ RANDOMISATION_THRESHOLD = 0.5
 class SanityRow(NamedTuple):
     """One (input, prototype) pair of the check, with the trained model's map."""
 
-    input: Tensor                   # the normalised model input (a view or the image)
-    prototype: Tensor               # the prototype vector
-    trained_map: Tensor             # (h, w) input-level saliency of the trained model
-    distances: Optional[Tensor]     # ProtoPNet: (gh, gw) distances to the prototype
+    input: Tensor  # the normalised model input (a view or the image)
+    prototype: Tensor  # the prototype vector
+    trained_map: Tensor  # (h, w) input-level saliency of the trained model
+    distances: Optional[Tensor]  # ProtoPNet: (gh, gw) distances to the prototype
 
 
 def finite(maps: Tensor) -> Tensor:
@@ -39,8 +40,9 @@ def finite(maps: Tensor) -> Tensor:
     return torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def randomisation_check(model: nn.Module, kind: str, rows: list[SanityRow],
-                        ev: EvaluateParams, device: torch.device) -> dict[str, dict]:
+def randomisation_check(
+    model: nn.Module, kind: str, rows: list[SanityRow], ev: EvaluateParams, device: torch.device
+) -> dict[str, dict]:
     """Trained vs trunk-randomised saliency of the same (input, prototype) pairs.
 
     Args:
@@ -62,10 +64,17 @@ def randomisation_check(model: nn.Module, kind: str, rows: list[SanityRow],
     protos = torch.stack([r.prototype for r in rows]).to(device)
     trained = torch.stack([r.trained_map for r in rows])
     random_model = randomised_copy(model, ev.seed).eval()
-    explainer = PrototypeSimilarity(random_model.trunk, random_model.add_on,
-                                    pooled=kind == "protomask")
-    rand, _ = prototype_saliency(explainer, inputs, protos, method=ev.saliency,
-                                 composite=ev.lrp_composite, batch_size=len(rows))
+    explainer = PrototypeSimilarity(
+        random_model.trunk, random_model.add_on, pooled=kind == "protomask"
+    )
+    rand, _ = prototype_saliency(
+        explainer,
+        inputs,
+        protos,
+        method=ev.saliency,
+        composite=ev.lrp_composite,
+        batch_size=len(rows),
+    )
     out = {ev.saliency: similarity_report(trained, finite(rand).cpu())}
     if kind == "protopnet":
         h, w = inputs.shape[-2:]
@@ -86,7 +95,10 @@ def similarity_report(a: Tensor, b: Tensor) -> dict[str, Any]:
         pairs) and ``passed`` (the mean Spearman is below RANDOMISATION_THRESHOLD).
     """
     verdict = randomisation_verdict(spearman(a, b), RANDOMISATION_THRESHOLD)
-    return {"spearman": verdict["mean_similarity"],
-            "spearman_abs": mean_of(spearman(a, b, absolute=True), "constant maps"),
-            "top_mask_iou": mean_of(top_mask_iou(a, b), "no positive saliency"),
-            "pairs": verdict["pairs"], "passed": verdict["passed"]}
+    return {
+        "spearman": verdict["mean_similarity"],
+        "spearman_abs": mean_of(spearman(a, b, absolute=True), "constant maps"),
+        "top_mask_iou": mean_of(top_mask_iou(a, b), "no positive saliency"),
+        "pairs": verdict["pairs"],
+        "passed": verdict["passed"],
+    }

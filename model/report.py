@@ -18,6 +18,7 @@ colour map whose opacity grows with the value; the white outline is S (the top
 ``evaluate.top_fraction`` pixels the metrics use); a green outline is the ground-truth
 object G where there is one.
 """
+
 from __future__ import annotations
 
 import html
@@ -45,7 +46,7 @@ from pipeline.tables import read_table
 from pipeline.view_datasets import normalise
 from pipeline.views import resize_square
 
-TILE = 128          # displayed side of a tile in px (PNGs are at least this large)
+TILE = 128  # displayed side of a tile in px (PNGs are at least this large)
 
 
 # ------------------------------------------------------------------------- drawing
@@ -58,8 +59,9 @@ def upscale(rgb: np.ndarray, side: int = TILE) -> np.ndarray:
     return cv2.resize(rgb, (w * f, h * f), interpolation=cv2.INTER_NEAREST)
 
 
-def overlay(rgb: np.ndarray, saliency: np.ndarray, top_fraction: float,
-            g: Optional[np.ndarray] = None) -> np.ndarray:
+def overlay(
+    rgb: np.ndarray, saliency: np.ndarray, top_fraction: float, g: Optional[np.ndarray] = None
+) -> np.ndarray:
     """rgb (H, W, 3) uint8 with the saliency (H, W) heat map, S outlined white, G green."""
     sal = np.clip(np.nan_to_num(saliency.astype(np.float64)), 0, None)
     positive = sal[sal > 0]
@@ -68,7 +70,7 @@ def overlay(rgb: np.ndarray, saliency: np.ndarray, top_fraction: float,
     peak = float(np.percentile(positive, 99.5)) if positive.size else 0.0
     norm = np.clip(sal / peak, 0, 1) if peak > 0 else sal
     heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-    alpha = (0.85 * norm)[:, :, None]     # linear: weak diffuse relevance stays faint
+    alpha = (0.85 * norm)[:, :, None]  # linear: weak diffuse relevance stays faint
     out = (rgb * (1 - alpha) + heat * alpha).astype(np.uint8)
     f = max(1, int(np.ceil(TILE / max(rgb.shape[:2]))))
     out = cv2.resize(out, (rgb.shape[1] * f, rgb.shape[0] * f), interpolation=cv2.INTER_NEAREST)
@@ -82,8 +84,9 @@ def overlay(rgb: np.ndarray, saliency: np.ndarray, top_fraction: float,
 def _outline(canvas: np.ndarray, mask: np.ndarray, factor: int, colour: tuple) -> None:
     if not mask.any():
         return
-    big = cv2.resize(mask.astype(np.uint8), (canvas.shape[1], canvas.shape[0]),
-                     interpolation=cv2.INTER_NEAREST)
+    big = cv2.resize(
+        mask.astype(np.uint8), (canvas.shape[1], canvas.shape[0]), interpolation=cv2.INTER_NEAREST
+    )
     contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(canvas, contours, -1, colour, 1)
 
@@ -93,8 +96,9 @@ def with_boxes(rgb: np.ndarray, boxes: np.ndarray, labels: bool = True) -> np.nd
     numbered views (``labels``) or single regions (:func:`pipeline.drawing.draw_boxes`)."""
     out = upscale(rgb).copy()
     boxes = np.asarray(boxes).reshape(-1, 4)
-    return draw_boxes(out, boxes, out.shape[0] / rgb.shape[0],
-                      views=range(len(boxes)) if labels else None)
+    return draw_boxes(
+        out, boxes, out.shape[0] / rgb.shape[0], views=range(len(boxes)) if labels else None
+    )
 
 
 def save_png(path: Path, rgb: np.ndarray) -> None:
@@ -115,9 +119,9 @@ class ReportBuilder:
         self.samples: list[dict] = []
         self.prototypes: list[dict] = []
         self.push: dict[int, dict] = {}
-        self.images: dict[str, np.ndarray] = {}     # file name -> pixels, written by write()
-        self.grid: tuple[int, int] = (1, 1)         # ProtoPNet's feature-map grid (h, w)
-        self._classes: Optional[list[int]] = None   # class of each prototype
+        self.images: dict[str, np.ndarray] = {}  # file name -> pixels, written by write()
+        self.grid: tuple[int, int] = (1, 1)  # ProtoPNet's feature-map grid (h, w)
+        self._classes: Optional[list[int]] = None  # class of each prototype
 
     # ---- test images
     def sample_rows(self, n: int) -> list[int]:
@@ -126,17 +130,41 @@ class ReportBuilder:
             return []
         return sorted({int(round(v)) for v in np.linspace(0, n - 1, count)})
 
-    def add_sample(self, row: int, rgb: np.ndarray, ids: Tensor, sims: Tensor, logits: Tensor,
-                   matched: Optional[Tensor], canvases: dict[str, Tensor],
-                   g: Optional[np.ndarray]) -> None:
-        self.samples.append({
-            "row": row, "rgb": rgb, "ids": ids.tolist(), "sims": sims[ids].tolist(),
-            "pred": int(logits.argmax()), "matched": None if matched is None else matched.tolist(),
-            "maps": {m: c.numpy() for m, c in canvases.items()}, "g": g})
+    def add_sample(
+        self,
+        row: int,
+        rgb: np.ndarray,
+        ids: Tensor,
+        sims: Tensor,
+        logits: Tensor,
+        matched: Optional[Tensor],
+        canvases: dict[str, Tensor],
+        g: Optional[np.ndarray],
+    ) -> None:
+        self.samples.append(
+            {
+                "row": row,
+                "rgb": rgb,
+                "ids": ids.tolist(),
+                "sims": sims[ids].tolist(),
+                "pred": int(logits.argmax()),
+                "matched": None if matched is None else matched.tolist(),
+                "maps": {m: c.numpy() for m, c in canvases.items()},
+                "g": g,
+            }
+        )
 
     # ---- prototypes
-    def add_prototypes(self, explainer, head, inputs, sim: Tensor, matched: Tensor,
-                       device: torch.device, project_root: Path) -> None:
+    def add_prototypes(
+        self,
+        explainer,
+        head,
+        inputs,
+        sim: Tensor,
+        matched: Tensor,
+        device: torch.device,
+        project_root: Path,
+    ) -> None:
         """Top-k test inputs of the shown prototypes (:func:`shown_prototypes`) with their
         input-level saliency, and the push sources (push.json)."""
         self._classes = head.prototype_classes.tolist()
@@ -160,16 +188,23 @@ class ReportBuilder:
                 protos.append(head.prototypes.detach()[p])
                 metas.append({"prototype": p, "row": i, "view": m, "sim": float(sim[i, p])})
         x = normalise(torch.stack(raws)).to(device)
-        maps, _ = prototype_saliency(explainer, x, torch.stack(protos), method=self.ev.saliency,
-                                     composite=self.ev.lrp_composite, batch_size=64)
+        maps, _ = prototype_saliency(
+            explainer,
+            x,
+            torch.stack(protos),
+            method=self.ev.saliency,
+            composite=self.ev.lrp_composite,
+            batch_size=64,
+        )
         maps = torch.nan_to_num(maps).cpu().numpy()
         by_p: dict[int, list] = {p: [] for p in shown}
         for raw, smap, meta in zip(raws, maps, metas, strict=True):
             meta["rgb"] = raw.permute(1, 2, 0).numpy()
             meta["map"] = smap
             by_p[meta["prototype"]].append(meta)
-        self.prototypes = [{"prototype": p, "class": self._classes[p], "top": by_p[p]}
-                           for p in shown]
+        self.prototypes = [
+            {"prototype": p, "class": self._classes[p], "top": by_p[p]} for p in shown
+        ]
 
     def _load_push(self, project_root: Path, inputs, shown: list[int]) -> None:
         """Push source pixels of the shown prototypes and of those in the samples."""
@@ -181,12 +216,25 @@ class ReportBuilder:
         images, _ = read_table(project_root / layout.IMAGES_INDEX, "images")
         paths = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist(), strict=True))
         crops, _ = read_table(project_root / layout.CROPS_INDEX, "crops")
-        ids = sorted({int(records[p]["image_id"]) for p in wanted
-                      if p in records and int(records[p]["image_id"]) >= 0})
+        ids = sorted(
+            {
+                int(records[p]["image_id"])
+                for p in wanted
+                if p in records and int(records[p]["image_id"]) >= 0
+            }
+        )
         crops = crops.filter(pc.is_in(crops["image_id"], id_array(ids)))
-        table = {(int(a), int(b)): (s, int(r), box) for a, b, s, r, box in zip(
-            crops["image_id"].to_pylist(), crops["view"].to_pylist(), crops["shard"].to_pylist(),
-            crops["row"].to_pylist(), crops["box"].to_pylist(), strict=True)}
+        table = {
+            (int(a), int(b)): (s, int(r), box)
+            for a, b, s, r, box in zip(
+                crops["image_id"].to_pylist(),
+                crops["view"].to_pylist(),
+                crops["shard"].to_pylist(),
+                crops["row"].to_pylist(),
+                crops["box"].to_pylist(),
+                strict=True,
+            )
+        }
         cache: dict[int, np.ndarray] = {}
         for p in sorted(wanted):
             rec = records.get(p)
@@ -219,8 +267,12 @@ class ReportBuilder:
         out_dir.mkdir(parents=True, exist_ok=True)
         for old in list(out_dir.glob("*.png")) + list(out_dir.glob("img/*.png")):
             old.unlink()
-        body = [self._header(metrics), self._metrics_table(metrics), self._prototype_section(),
-                self._sample_section()]
+        body = [
+            self._header(metrics),
+            self._metrics_table(metrics),
+            self._prototype_section(),
+            self._sample_section(),
+        ]
         for name, pixels in self.images.items():
             save_png(out_dir / name, pixels)
         page = _PAGE.format(title=html.escape(f"{self.kind} evaluation"), body="\n".join(body))
@@ -228,8 +280,10 @@ class ReportBuilder:
 
     def _img(self, name: str, pixels: np.ndarray, caption: str, width: int = TILE) -> str:
         self.images[f"img/{name}.png"] = pixels
-        return (f'<figure><img src="img/{name}.png" width="{width}" alt="{html.escape(name)}">'
-                f"<figcaption>{caption}</figcaption></figure>")
+        return (
+            f'<figure><img src="img/{name}.png" width="{width}" alt="{html.escape(name)}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
 
     def _class(self, c: int) -> str:
         names = self.test.class_names
@@ -244,22 +298,27 @@ class ReportBuilder:
         method = metrics.get("saliency")
         if method == "prp":
             method = f"PRP ({metrics.get('lrp_composite')})"
-        return (f"<h1>{model}: explanations on the test split</h1>"
-                f"<p>{metrics.get('test_images')} test images, checkpoint "
-                f"<code>{metrics.get('checkpoint')}</code>, saliency {html.escape(str(method))}, "
-                f"top-{metrics.get('top_k')} prototypes per image. Overlays: heat = positive "
-                f"saliency (scaled to its 99.5th percentile), white outline = S (top "
-                f"{100 * self.ev.top_fraction:g}% pixels), green outline = ground-truth "
-                f"object.</p>")
+        return (
+            f"<h1>{model}: explanations on the test split</h1>"
+            f"<p>{metrics.get('test_images')} test images, checkpoint "
+            f"<code>{metrics.get('checkpoint')}</code>, saliency {html.escape(str(method))}, "
+            f"top-{metrics.get('top_k')} prototypes per image. Overlays: heat = positive "
+            f"saliency (scaled to its 99.5th percentile), white outline = S (top "
+            f"{100 * self.ev.top_fraction:g}% pixels), green outline = ground-truth "
+            f"object.</p>"
+        )
 
     def _metrics_table(self, metrics: dict) -> str:
         rows = []
         for key, value in _flatten(metrics):
             text = html.escape(format_metric(value, REPORT))
             rows.append(f"<tr><td>{html.escape(key)}</td><td>{text}</td></tr>")
-        return ("<h2>Metrics</h2><details open><summary>metrics JSON (also "
-                "<code>metrics.json</code>)</summary><table class='m'>" + "".join(rows)
-                + "</table></details>")
+        return (
+            "<h2>Metrics</h2><details open><summary>metrics JSON (also "
+            "<code>metrics.json</code>)</summary><table class='m'>"
+            + "".join(rows)
+            + "</table></details>"
+        )
 
     def _push_tiles(self, p: int) -> str:
         push = self.push.get(p)
@@ -267,23 +326,34 @@ class ReportBuilder:
             return "<figure><figcaption>no push record</figcaption></figure>"
         tiles = []
         if "view_rgb" in push:
-            tiles.append(self._img(f"push_{p}_view", upscale(push["view_rgb"]),
-                                   f"pushed view<br>train image {push['image_id']}"))
+            tiles.append(
+                self._img(
+                    f"push_{p}_view",
+                    upscale(push["view_rgb"]),
+                    f"pushed view<br>train image {push['image_id']}",
+                )
+            )
             tiles.append(self._img(f"push_{p}_context", push["context"], "its box"))
         else:
             h, w = push["cell"]
-            tiles.append(self._img(f"push_{p}_context", push["context"],
-                                   f"pushed patch (cell {h},{w})<br>train image "
-                                   f"{push['image_id']}"))
+            tiles.append(
+                self._img(
+                    f"push_{p}_context",
+                    push["context"],
+                    f"pushed patch (cell {h},{w})<br>train image {push['image_id']}",
+                )
+            )
         return "".join(tiles)
 
     def _prototype_section(self) -> str:
         if not self.prototypes:
             return "<h2>Prototypes</h2><p>none shown (evaluate.report_prototypes is 0).</p>"
         what = "matched view" if self.kind == "protomask" else "test image (model input)"
-        parts = [f"<h2>Prototypes</h2><p>Each row: where the prototype was pushed, then its "
-                 f"top-{self.ev.top_k} test inputs by similarity ({what}) with the saliency "
-                 f"of that prototype.</p>"]
+        parts = [
+            f"<h2>Prototypes</h2><p>Each row: where the prototype was pushed, then its "
+            f"top-{self.ev.top_k} test inputs by similarity ({what}) with the saliency "
+            f"of that prototype.</p>"
+        ]
         for entry in self.prototypes:
             p = entry["prototype"]
             tiles = [self._push_tiles(p)]
@@ -292,34 +362,50 @@ class ReportBuilder:
                 image_id = int(self.test.image_ids[row])
                 label = int(self.test.labels[row])
                 view = f", view {meta['view']}" if meta["view"] is not None else ""
-                tiles.append(self._img(
-                    f"proto_{p}_top{rank}", overlay(meta["rgb"], meta["map"], self.ev.top_fraction),
-                    f"#{rank + 1} image {image_id}{view}<br>sim {meta['sim']:.3f}<br>"
-                    f"{self._class(label)}"))
-            parts.append(f"<div class='row'><div class='label'>prototype {p}<br>class "
-                         f"{self._class(entry['class'])}</div>{''.join(tiles)}</div>")
+                tiles.append(
+                    self._img(
+                        f"proto_{p}_top{rank}",
+                        overlay(meta["rgb"], meta["map"], self.ev.top_fraction),
+                        f"#{rank + 1} image {image_id}{view}<br>sim {meta['sim']:.3f}<br>"
+                        f"{self._class(label)}",
+                    )
+                )
+            parts.append(
+                f"<div class='row'><div class='label'>prototype {p}<br>class "
+                f"{self._class(entry['class'])}</div>{''.join(tiles)}</div>"
+            )
         return "\n".join(parts)
 
     def _sample_section(self) -> str:
         if not self.samples:
             return "<h2>Test images</h2><p>none shown (evaluate.report_images is 0).</p>"
-        parts = ["<h2>Test images</h2><p>Each row: the test image (ProtoMask: with its view "
-                 "boxes, numbered), then for each of its top prototypes the saliency on the "
-                 "image canvas" + (" pasted back into the matched view's box (outlined)"
-                                   if self.kind == "protomask" else "")
-                 + ", and the prototype's push source.</p>"]
+        parts = [
+            "<h2>Test images</h2><p>Each row: the test image (ProtoMask: with its view "
+            "boxes, numbered), then for each of its top prototypes the saliency on the "
+            "image canvas"
+            + (
+                " pasted back into the matched view's box (outlined)"
+                if self.kind == "protomask"
+                else ""
+            )
+            + ", and the prototype's push source.</p>"
+        ]
         classes = self._classes
         for s in sorted(self.samples, key=lambda d: d["row"]):
             row = s["row"]
             image_id = int(self.test.image_ids[row])
             label = int(self.test.labels[row])
             boxes = self.test.boxes[row]
-            first = (with_boxes(s["rgb"], boxes) if self.kind == "protomask"
-                     else upscale(s["rgb"]))
+            first = with_boxes(s["rgb"], boxes) if self.kind == "protomask" else upscale(s["rgb"])
             verdict = "correct" if s["pred"] == label else "wrong"
-            tiles = [self._img(f"test_{image_id}", first,
-                               f"image {image_id}<br>true {self._class(label)}<br>predicted "
-                               f"{self._class(s['pred'])} ({verdict})")]
+            tiles = [
+                self._img(
+                    f"test_{image_id}",
+                    first,
+                    f"image {image_id}<br>true {self._class(label)}<br>predicted "
+                    f"{self._class(s['pred'])} ({verdict})",
+                )
+            ]
             for method, maps in s["maps"].items():
                 if len(s["maps"]) > 1:
                     tiles.append(f"<div class='label'>{html.escape(_method_name(method))}</div>")
@@ -329,12 +415,21 @@ class ReportBuilder:
                     if s["matched"] is not None:
                         m = s["matched"][rank]
                         view = f", view {m}"
-                        draw_boxes(img, boxes[m:m + 1], img.shape[0] / s["rgb"].shape[0],
-                                   views=[m], numbered=False)
+                        draw_boxes(
+                            img,
+                            boxes[m : m + 1],
+                            img.shape[0] / s["rgb"].shape[0],
+                            views=[m],
+                            numbered=False,
+                        )
                     pc_ = classes[p] if classes else -1
-                    tiles.append(self._img(
-                        f"test_{image_id}_{method}_{rank}", img,
-                        f"prototype {p} ({self._class(pc_)})<br>sim {s['sims'][rank]:.3f}{view}"))
+                    tiles.append(
+                        self._img(
+                            f"test_{image_id}_{method}_{rank}",
+                            img,
+                            f"prototype {p} ({self._class(pc_)})<br>sim {s['sims'][rank]:.3f}{view}",
+                        )
+                    )
                     if method == self.ev.saliency and p in self.push:
                         tiles.append(self._push_thumb(p))
             parts.append(f"<div class='row'>{''.join(tiles)}</div>")
@@ -345,8 +440,10 @@ class ReportBuilder:
         pixels = push.get("view_rgb", push["context"])
         name = f"push_{p}_thumb"
         self.images[f"img/{name}.png"] = upscale(pixels, TILE // 2)
-        return (f'<figure class="thumb"><img src="img/{name}.png" width="{TILE // 2}" '
-                f'alt="{name}"><figcaption>prototype {p}<br>as pushed</figcaption></figure>')
+        return (
+            f'<figure class="thumb"><img src="img/{name}.png" width="{TILE // 2}" '
+            f'alt="{name}"><figcaption>prototype {p}<br>as pushed</figcaption></figure>'
+        )
 
 
 def shown_prototypes(classes: list[int], limit: Optional[int]) -> list[int]:
@@ -355,14 +452,21 @@ def shown_prototypes(classes: list[int], limit: Optional[int]) -> list[int]:
     by_class: dict[int, list[int]] = {}
     for p, c in enumerate(classes):
         by_class.setdefault(c, []).append(p)
-    order = [ps[j] for j in range(max((len(v) for v in by_class.values()), default=0))
-             for _, ps in sorted(by_class.items()) if j < len(ps)]
+    order = [
+        ps[j]
+        for j in range(max((len(v) for v in by_class.values()), default=0))
+        for _, ps in sorted(by_class.items())
+        if j < len(ps)
+    ]
     return sorted(order if limit is None else order[:limit])
 
 
 def _method_name(method: str) -> str:
-    return {"prp": "PRP", "gradient": "input x gradient",
-            "upsampled": "upsampled similarity (ProtoPNet's own)"}.get(method, method)
+    return {
+        "prp": "PRP",
+        "gradient": "input x gradient",
+        "upsampled": "upsampled similarity (ProtoPNet's own)",
+    }.get(method, method)
 
 
 def _flatten(doc: dict, prefix: str = "") -> list[tuple[str, Any]]:

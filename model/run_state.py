@@ -6,6 +6,7 @@ dvclive logs. :func:`finished_summary` says when a rerun has nothing to do,
 :func:`resume_point` where an interrupted run continues; both verify every checkpoint
 (CRC) and never hand out a damaged or un-pushed one.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,7 @@ def finished_summary(out_dir: Path, fp: str, num_steps: int) -> Optional[dict]:
         if ckpt.fingerprint != fp:
             return None
         if not ckpt.pushed:
-            log.warning("train: %s holds prototypes that were never pushed; rebuilding it",
-                        path)
+            log.warning("train: %s holds prototypes that were never pushed; rebuilding it", path)
             return None
     if not _holds_step(checkpoint_path(out_dir, "final"), fp, num_steps - 1):
         return None
@@ -81,11 +81,18 @@ def resume_point(out_dir: Path, fp: str) -> Optional[Checkpoint]:
     if ckpt.fingerprint != fp:
         return None
     best_step, last = int(ckpt.extra["best_step"]), int(ckpt.extra["next_step"]) - 1
-    if best_step >= 0 and best_step != last and \
-            not _holds_step(checkpoint_path(out_dir, "best"), fp, best_step):
-        log.warning("train: %s is damaged or missing and latest/ is a later step (%d, best "
-                    "was %d): training from the start to rebuild it",
-                    checkpoint_path(out_dir, "best"), last, best_step)
+    if (
+        best_step >= 0
+        and best_step != last
+        and not _holds_step(checkpoint_path(out_dir, "best"), fp, best_step)
+    ):
+        log.warning(
+            "train: %s is damaged or missing and latest/ is a later step (%d, best "
+            "was %d): training from the start to rebuild it",
+            checkpoint_path(out_dir, "best"),
+            last,
+            best_step,
+        )
         return None
     return ckpt
 
@@ -104,8 +111,9 @@ class Logger:
             from dvclive import Live
 
             shutil.rmtree(directory, ignore_errors=True)
-            self.live = Live(str(directory), resume=False, save_dvc_exp=False, dvcyaml=None,
-                             report=None)
+            self.live = Live(
+                str(directory), resume=False, save_dvc_exp=False, dvcyaml=None, report=None
+            )
             for record in history:
                 self.log(record)
 
@@ -133,11 +141,16 @@ class RunState:
     history: list = field(default_factory=list)
 
     def extra(self) -> dict:
-        return {"next_step": self.next_step, "best_val": self.best_val,
-                "best_step": self.best_step, "history": json.dumps(self.history)}
+        return {
+            "next_step": self.next_step,
+            "best_val": self.best_val,
+            "best_step": self.best_step,
+            "history": json.dumps(self.history),
+        }
 
     @classmethod
-    def of(cls, ckpt: Checkpoint) -> "RunState":
+    def of(cls, ckpt: Checkpoint) -> RunState:
         e = ckpt.extra
-        return cls(int(e["next_step"]), float(e["best_val"]), int(e["best_step"]),
-                   json.loads(e["history"]))
+        return cls(
+            int(e["next_step"]), float(e["best_val"]), int(e["best_step"]), json.loads(e["history"])
+        )

@@ -44,6 +44,7 @@ brings the baseline's map from its square input back to the image size;
 :func:`upsampled_similarity` is ProtoPNet's classic explanation, the similarity map over
 locations upsampled (bicubic) to the image.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -157,11 +158,11 @@ class ZPlusRule(Hook):
         negative = bool((x < 0).any())
         with torch.enable_grad():
             inputs = [x.clamp(min=0).requires_grad_(True)]
-            with ClampMod(min=0., zero_params=list(ZERO_PARAMS))(module) as modified:
+            with ClampMod(min=0.0, zero_params=list(ZERO_PARAMS))(module) as modified:
                 z = modified.forward(inputs[0])
             if negative:
                 inputs.append(x.clamp(max=0).requires_grad_(True))
-                with ClampMod(max=0., zero_params=list(ZERO_PARAMS))(module) as modified:
+                with ClampMod(max=0.0, zero_params=list(ZERO_PARAMS))(module) as modified:
                     z = z + modified.forward(inputs[1])
             grads = torch.autograd.grad(z, inputs, relevance / self._stabilize(z))
         out = sum(i.detach() * g for i, g in zip(inputs, grads, strict=True))
@@ -171,8 +172,13 @@ class ZPlusRule(Hook):
 # ----------------------------------------------------------------------- canonizers
 def _is_mbconv_with_skip(module: nn.Module) -> bool:
     args = getattr(module, "_block_args", None)
-    return (type(module).__name__ == "MBConvBlock" and args is not None and args.id_skip
-            and _stride_one(args.stride) and args.input_filters == args.output_filters)
+    return (
+        type(module).__name__ == "MBConvBlock"
+        and args is not None
+        and args.id_skip
+        and _stride_one(args.stride)
+        and args.input_filters == args.output_filters
+    )
 
 
 def _stride_one(stride) -> bool:
@@ -235,8 +241,12 @@ class ExactMergeBatchNorm(SequentialMergeBatchNorm):
 def canonizers() -> list:
     """BatchNorm merged into the preceding conv; residual sums of ResNet and EfficientNet as
     ``Sum`` modules. Each applies only where its pattern occurs."""
-    return [ExactMergeBatchNorm(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer(),
-            MBConvSkipCanonizer()]
+    return [
+        ExactMergeBatchNorm(),
+        ResNetBottleneckCanonizer(),
+        ResNetBasicBlockCanonizer(),
+        MBConvSkipCanonizer(),
+    ]
 
 
 def input_bounds(device: torch.device) -> tuple[Tensor, Tensor]:
@@ -251,8 +261,10 @@ def make_composite(name: str, device: torch.device):
     low, high = input_bounds(device)
     zero = list(ZERO_PARAMS)
     if name == "epsilon_plus_box":
-        layer_map = layer_map_base() + [(Convolution, ZPlusRule()),
-                                        (nn.Linear, Epsilon(zero_params=zero))]
+        layer_map = layer_map_base() + [
+            (Convolution, ZPlusRule()),
+            (nn.Linear, Epsilon(zero_params=zero)),
+        ]
         first_map = [(Convolution, ZBox(low=low, high=high, zero_params=zero))]
         return SpecialFirstLayerMapComposite(layer_map, first_map, canonizers=canonizers())
     if name == "epsilon_gamma_box":
@@ -263,9 +275,15 @@ def make_composite(name: str, device: torch.device):
 
 
 # ------------------------------------------------------------------------ attribution
-def prototype_saliency(explainer: PrototypeSimilarity, inputs: Tensor, prototypes: Tensor, *,
-                       method: str = "prp", composite: str = "epsilon_plus_box",
-                       batch_size: int = 64) -> tuple[Tensor, Tensor]:
+def prototype_saliency(
+    explainer: PrototypeSimilarity,
+    inputs: Tensor,
+    prototypes: Tensor,
+    *,
+    method: str = "prp",
+    composite: str = "epsilon_plus_box",
+    batch_size: int = 64,
+) -> tuple[Tensor, Tensor]:
     """Pixel maps (N, H, W) float32 and similarities (N,) of prototypes (N, D) on inputs
     (N, 3, H, W) (normalised), in chunks of ``batch_size`` rows, on the inputs' device.
 
@@ -278,9 +296,13 @@ def prototype_saliency(explainer: PrototypeSimilarity, inputs: Tensor, prototype
     maps, sims = [], []
     for start in range(0, len(inputs), batch_size):
         # channels-last: about 25 % faster convolutions on CPU (oneDNN) as on CUDA
-        x = inputs[start:start + batch_size].detach().clone(
-            memory_format=torch.channels_last).requires_grad_(True)
-        explainer.targets = prototypes[start:start + batch_size].detach()
+        x = (
+            inputs[start : start + batch_size]
+            .detach()
+            .clone(memory_format=torch.channels_last)
+            .requires_grad_(True)
+        )
+        explainer.targets = prototypes[start : start + batch_size].detach()
         if method == "prp":
             explainer.prp = True
             comp = make_composite(composite, x.device)
@@ -308,8 +330,13 @@ def resize_maps(maps: Tensor, height: int, width: int) -> Tensor:
     if maps.shape[-2:] == (height, width):
         return maps
     shrink = height < maps.shape[-2] or width < maps.shape[-1]
-    return F.interpolate(maps[:, None].float(), size=(height, width), mode="bilinear",
-                         align_corners=False, antialias=shrink)[:, 0]
+    return F.interpolate(
+        maps[:, None].float(),
+        size=(height, width),
+        mode="bilinear",
+        align_corners=False,
+        antialias=shrink,
+    )[:, 0]
 
 
 def paste_back(maps: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
@@ -321,12 +348,13 @@ def paste_back(maps: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
         x1, y1 = min(int(x1), width - 1), min(int(y1), height - 1)
         if x1 < x0 or y1 < y0:
             continue
-        out[i, y0:y1 + 1, x0:x1 + 1] = resize_maps(maps[i:i + 1], y1 - y0 + 1, x1 - x0 + 1)[0]
+        out[i, y0 : y1 + 1, x0 : x1 + 1] = resize_maps(maps[i : i + 1], y1 - y0 + 1, x1 - x0 + 1)[0]
     return out
 
 
-def upsampled_similarity(distances: Tensor, height: int, width: int,
-                         epsilon: float = SIMILARITY_EPSILON) -> Tensor:
+def upsampled_similarity(
+    distances: Tensor, height: int, width: int, epsilon: float = SIMILARITY_EPSILON
+) -> Tensor:
     """ProtoPNet's explanation: similarity maps of distance maps (N, h, w), upsampled
     bicubically to (N, height, width) (clamped at 0, as bicubic can overshoot)."""
     sim = log_similarity(distances.float(), epsilon)

@@ -1,6 +1,7 @@
 """The evaluate stage's scalar metrics of the whole test split (README: Metrics): class-
 balanced accuracy, top-3, macro F1, the head's compactness, prototype distances, the
 perturbation ranks, and the segmenter's mask consistency."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,16 +38,17 @@ from pipeline.model_inputs import ViewMasks
 class Scores:
     """The model's outputs over the whole test split, concatenated (CPU)."""
 
-    sim: Tensor        # (N, P) prototype similarities, clean input
-    sim_p: Tensor      # (N, P) the same on the perturbed copy
-    logits: Tensor     # (N, C)
-    logits_p: Tensor   # (N, C)
-    top_ids: Tensor    # (N, K) top-k prototypes by similarity
-    matched: Tensor    # (N, P) ProtoMask: the view each prototype matched
+    sim: Tensor  # (N, P) prototype similarities, clean input
+    sim_p: Tensor  # (N, P) the same on the perturbed copy
+    logits: Tensor  # (N, C)
+    logits_p: Tensor  # (N, C)
+    top_ids: Tensor  # (N, K) top-k prototypes by similarity
+    matched: Tensor  # (N, P) ProtoMask: the view each prototype matched
 
 
-def model_metrics(scores: Scores, labels: np.ndarray, head: torch.nn.Module,
-                  num_classes: int) -> dict[str, Any]:
+def model_metrics(
+    scores: Scores, labels: np.ndarray, head: torch.nn.Module, num_classes: int
+) -> dict[str, Any]:
     """Accuracy, compactness, prototype distance and perturbation metrics.
 
     Args:
@@ -68,7 +70,8 @@ def model_metrics(scores: Scores, labels: np.ndarray, head: torch.nn.Module,
         "accuracy": balanced_accuracy(y, pred, num_classes),
         "top3_accuracy": top_k_accuracy(y, scores.logits, min(3, num_classes)),
         "macro_f1": macro_f1(y, pred, num_classes),
-        "global_size": float(global_size(weight)), "sparsity": sparsity(weight),
+        "global_size": float(global_size(weight)),
+        "sparsity": sparsity(weight),
         "npr": npr(weight),
         "intra_pd": mean_of(intra_pd(vectors), "fewer than two prototypes per image"),
         "inter_pd": inter_pd(vectors, y),
@@ -101,7 +104,8 @@ def segmenter_consistency(test: TestSet, masks: ViewMasks) -> MetricValue:
         if not path.is_file():
             return Absent(f"mask shard {path.name} not found (run segment)")
         for i in rows:
-            codes.append(mask_part_codes(masks.distinct(test, i), test.part_xy[i],
-                                         test.part_visible[i]))
+            codes.append(
+                mask_part_codes(masks.distinct(test, i), test.part_xy[i], test.part_visible[i])
+            )
             labels.append(int(test.labels[i]))
     return mask_consistency(codes, np.asarray(labels))

@@ -1,4 +1,5 @@
 """Wall-clock sections of a stage run, for its run log (never for DVC-tracked outputs)."""
+
 from __future__ import annotations
 
 import time

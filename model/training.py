@@ -15,15 +15,17 @@ the last step. The test split is never read here. Every checkpoint is CRC-checke
 before use; a damaged ``best/`` or ``final/`` is rebuilt from ``latest/`` or by
 training again, never loaded.
 """
+
 from __future__ import annotations
 
 import random
 import shutil
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -38,8 +40,14 @@ from model.losses import LossWeights, class_weights, prototype_loss
 from model.protomask import ProtoMask
 from model.protopnet import ProtoPNet
 from model.push import push_prototypes
-from model.run_state import (Logger, RunState, checkpoint_path, copy_checkpoint,
-                             finished_summary, resume_point)
+from model.run_state import (
+    Logger,
+    RunState,
+    checkpoint_path,
+    copy_checkpoint,
+    finished_summary,
+    resume_point,
+)
 from pipeline import devices, layout
 from pipeline.atomic import remove_leftovers, write_json
 from pipeline.errors import ArtifactError
@@ -82,25 +90,35 @@ def build_model(kind: str, train: TrainParams, num_classes: int) -> nn.Module:
     """The network named ``kind`` from params train.model."""
     m = train.model
     trunk = build_backbone(m.backbone, m.weights, freeze_bn=m.freeze_bn)
-    common = dict(prototypes_per_class=m.prototypes_per_class, prototype_dim=m.prototype_dim,
-                  off_class_weight=m.off_class_weight, addon_init=m.addon_init,
-                  seed=train.seed)
+    common = dict(
+        prototypes_per_class=m.prototypes_per_class,
+        prototype_dim=m.prototype_dim,
+        off_class_weight=m.off_class_weight,
+        addon_init=m.addon_init,
+        seed=train.seed,
+    )
     if kind == "protomask":
         return ProtoMask(trunk, num_classes, **common)
     return ProtoPNet(trunk, num_classes, **common)
 
 
-def make_dataset(kind: str, params: Params, split: str, project_root: Path,
-                 augment: bool) -> Dataset:
+def make_dataset(
+    kind: str, params: Params, split: str, project_root: Path, augment: bool
+) -> Dataset:
     """Views (ProtoMask) or full images (ProtoPNet) of one split."""
     crops_dir = project_root / layout.CROPS_DIR
     aug = params.train.augment if augment else None
     if kind == "protomask":
         return ViewDataset(crops_dir, split, augment=aug, seed=params.train.seed)
-    return FullImageDataset(crops_dir, split, size=params.train.model.baseline_image_size,
-                            data_root=project_root / params.data.root,
-                            images_index=project_root / layout.IMAGES_INDEX, augment=aug,
-                            seed=params.train.seed)
+    return FullImageDataset(
+        crops_dir,
+        split,
+        size=params.train.model.baseline_image_size,
+        data_root=project_root / params.data.root,
+        images_index=project_root / layout.IMAGES_INDEX,
+        augment=aug,
+        seed=params.train.seed,
+    )
 
 
 def loader(dataset: Dataset, train: TrainParams, *, shuffle_seed: Optional[int]) -> DataLoader:
@@ -109,26 +127,40 @@ def loader(dataset: Dataset, train: TrainParams, *, shuffle_seed: Optional[int])
     generator = None
     if shuffle_seed is not None and sampler is None:
         generator = torch.Generator().manual_seed(shuffle_seed)
-    return DataLoader(dataset, batch_size=train.batch_size,
-                      shuffle=shuffle_seed is not None and sampler is None, sampler=sampler,
-                      generator=generator, num_workers=train.loader_workers,
-                      persistent_workers=False, drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=train.batch_size,
+        shuffle=shuffle_seed is not None and sampler is None,
+        sampler=sampler,
+        generator=generator,
+        num_workers=train.loader_workers,
+        persistent_workers=False,
+        drop_last=False,
+    )
 
 
 def make_optimizers(model: nn.Module, train: TrainParams) -> tuple[dict, dict]:
     """One Adam per period over its parameter groups, and the joint period's StepLR."""
     groups = unwrap_model(model).parameter_groups()
     o = train.optim
-    lr = {"trunk": o.trunk_lr, "add_on": o.add_on_lr, "prototypes": o.prototypes_lr,
-          "last_layer": o.last_layer_lr}
+    lr = {
+        "trunk": o.trunk_lr,
+        "add_on": o.add_on_lr,
+        "prototypes": o.prototypes_lr,
+        "last_layer": o.last_layer_lr,
+    }
     decay = {"trunk": o.weight_decay, "add_on": o.weight_decay}
     optimizers = {
-        period: torch.optim.Adam([{"params": groups[g], "lr": lr[g],
-                                   "weight_decay": decay.get(g, 0.0)} for g in names])
+        period: torch.optim.Adam(
+            [{"params": groups[g], "lr": lr[g], "weight_decay": decay.get(g, 0.0)} for g in names]
+        )
         for period, names in TRAINED_GROUPS.items()
     }
-    schedulers = {"joint": torch.optim.lr_scheduler.StepLR(
-        optimizers["joint"], step_size=o.step_size, gamma=o.gamma)}
+    schedulers = {
+        "joint": torch.optim.lr_scheduler.StepLR(
+            optimizers["joint"], step_size=o.step_size, gamma=o.gamma
+        )
+    }
     return optimizers, schedulers
 
 
@@ -149,9 +181,15 @@ def autocast(device: torch.device, train: TrainParams):
     return nullcontext()
 
 
-def run_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
-              weights: LossWeights, class_weight: torch.Tensor, device: torch.device,
-              train: TrainParams) -> dict[str, float]:
+def run_epoch(
+    model: nn.Module,
+    batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    weights: LossWeights,
+    class_weight: torch.Tensor,
+    device: torch.device,
+    train: TrainParams,
+) -> dict[str, float]:
     """One training epoch with gradient accumulation; mean losses and accuracy."""
     model.train()
     head = unwrap_model(model).head
@@ -184,8 +222,9 @@ def run_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimi
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable, device: torch.device,
-            train: TrainParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module, batches: Iterable, device: torch.device, train: TrainParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image_ids, labels, logits) over a loader, gathered across ranks, sorted by id."""
     model.eval()
     ids, labels, logits = [], [], []
@@ -208,13 +247,19 @@ def accuracy(labels: np.ndarray, logits: np.ndarray) -> float:
     return float(100.0 * (logits.argmax(1) == labels).mean()) if len(labels) else 0.0
 
 
-def training_fingerprint(params: Params, kind: str, crops_fp: str, precision: str,
-                         world_size: int = 1) -> str:
+def training_fingerprint(
+    params: Params, kind: str, crops_fp: str, precision: str, world_size: int = 1
+) -> str:
     """What decides the trained weights: the train params that change results (not the
     speed-only ones: device, loader workers, channels_last), the model kind, the crops,
     the arithmetic actually used (bf16 autocast or fp32) and the number of DDP ranks."""
-    return (result_fingerprint(params.train)[:8] + kind[:4] + crops_fp[:8] + precision
-            + (f"x{world_size}" if world_size > 1 else ""))
+    return (
+        result_fingerprint(params.train)[:8]
+        + kind[:4]
+        + crops_fp[:8]
+        + precision
+        + (f"x{world_size}" if world_size > 1 else "")
+    )
 
 
 def precision_of(device: torch.device, train: TrainParams) -> str:
@@ -268,25 +313,41 @@ class Run:
         return self.params.train
 
 
-def start_run(params: Params, kind: str, project_root: Path, device: torch.device,
-              fp: str, steps: list[Step]) -> Run:
+def start_run(
+    params: Params, kind: str, project_root: Path, device: torch.device, fp: str, steps: list[Step]
+) -> Run:
     """Seed, then build the datasets, the network, its optimisers and loss weights."""
     train = params.train
     seed_everything(train.seed)
-    datasets = {"train": make_dataset(kind, params, "train", project_root, augment=True),
-                "push": make_dataset(kind, params, "train", project_root, augment=False),
-                "val": make_dataset(kind, params, "val", project_root, augment=False)}
-    num_classes = len(read_table(project_root / layout.IMAGES_INDEX, "images")[1]["facts"]
-                      ["class_names"])
+    datasets = {
+        "train": make_dataset(kind, params, "train", project_root, augment=True),
+        "push": make_dataset(kind, params, "train", project_root, augment=False),
+        "val": make_dataset(kind, params, "val", project_root, augment=False),
+    }
+    num_classes = len(
+        read_table(project_root / layout.IMAGES_INDEX, "images")[1]["facts"]["class_names"]
+    )
     model = build_model(kind, train, num_classes).to(device)
     if device.type == "cuda" and train.channels_last:
         model = model.to(memory_format=torch.channels_last)
         unwrap_model(model).channels_last = True
     optimizers, schedulers = make_optimizers(model, train)
     labels = torch.tensor(datasets["train"].labels)
-    return Run(params, kind, project_root / layout.TRAIN_DIR / kind, device, fp, steps, model,
-               optimizers, schedulers, LossWeights(**as_dict(train.loss)),
-               class_weights(labels, num_classes).to(device), datasets, pushed_after(steps))
+    return Run(
+        params,
+        kind,
+        project_root / layout.TRAIN_DIR / kind,
+        device,
+        fp,
+        steps,
+        model,
+        optimizers,
+        schedulers,
+        LossWeights(**as_dict(train.loss)),
+        class_weights(labels, num_classes).to(device),
+        datasets,
+        pushed_after(steps),
+    )
 
 
 def resume_or_restart(run: Run, resume: bool) -> RunState:
@@ -298,7 +359,7 @@ def resume_or_restart(run: Run, resume: bool) -> RunState:
         restore(ckpt, model=run.model, optimizers=run.optimizers, schedulers=run.schedulers)
         state = RunState.of(ckpt)
         if dist_utils.is_main() and state.best_step == state.next_step - 1:
-            copy_checkpoint(run.out_dir, "latest", "best")   # a kill may have come before it
+            copy_checkpoint(run.out_dir, "latest", "best")  # a kill may have come before it
     elif dist_utils.is_main():
         shutil.rmtree(run.out_dir, ignore_errors=True)
     dist_utils.barrier()
@@ -310,8 +371,9 @@ def run_step(run: Run, ddp_model: nn.Module, index: int) -> tuple[dict, nn.Modul
     returns its record and the (re)wrapped model."""
     step, train = run.steps[index], run.train
     if step.period == "push":
-        result = push_prototypes(run.model, loader(run.datasets["push"], train,
-                                                   shuffle_seed=None), run.device)
+        result = push_prototypes(
+            run.model, loader(run.datasets["push"], train, shuffle_seed=None), run.device
+        )
         if dist_utils.is_main():
             write_json(run.out_dir / "push.json", result.records())
         record: dict = {"step": index, "period": "push"}
@@ -320,14 +382,21 @@ def run_step(run: Run, ddp_model: nn.Module, index: int) -> tuple[dict, nn.Modul
         ddp_model = dist_utils.rewrap(ddp_model, run.model, run.device)
         run.datasets["train"].set_epoch(index)
         batches = loader(run.datasets["train"], train, shuffle_seed=train.seed * 100003 + index)
-        stats = run_epoch(ddp_model, batches, run.optimizers[step.period],
-                          run.weights.for_period(step.period), run.class_weight, run.device,
-                          train)
+        stats = run_epoch(
+            ddp_model,
+            batches,
+            run.optimizers[step.period],
+            run.weights.for_period(step.period),
+            run.class_weight,
+            run.device,
+            train,
+        )
         if step.period == "joint":
             run.schedulers["joint"].step()
         record = {"step": index, "period": step.period, "epoch": step.epoch, **stats}
-    _, val_y, val_logits = predict(run.model, loader(run.datasets["val"], train,
-                                                     shuffle_seed=None), run.device, train)
+    _, val_y, val_logits = predict(
+        run.model, loader(run.datasets["val"], train, shuffle_seed=None), run.device, train
+    )
     record["val_accuracy"] = accuracy(val_y, val_logits)
     return record, ddp_model
 
@@ -343,11 +412,18 @@ def record_step(run: Run, state: RunState, record: dict, logger: Logger) -> None
     state.next_step = index + 1
     if dist_utils.is_main():
         step = run.steps[index]
-        save_checkpoint(checkpoint_path(run.out_dir, "latest"), model=run.model,
-                        optimizers=run.optimizers, schedulers=run.schedulers,
-                        params=as_dict(run.params), fingerprint=run.fingerprint,
-                        period=step.period, epoch=step.epoch, pushed=run.pushed[index],
-                        extra=state.extra())
+        save_checkpoint(
+            checkpoint_path(run.out_dir, "latest"),
+            model=run.model,
+            optimizers=run.optimizers,
+            schedulers=run.schedulers,
+            params=as_dict(run.params),
+            fingerprint=run.fingerprint,
+            period=step.period,
+            epoch=step.epoch,
+            pushed=run.pushed[index],
+            extra=state.extra(),
+        )
         if is_best:
             copy_checkpoint(run.out_dir, "latest", "best")
         logger.log(record)
@@ -356,19 +432,27 @@ def record_step(run: Run, state: RunState, record: dict, logger: Logger) -> None
 
 def summarise(run: Run, state: RunState) -> dict:
     """The stage's metrics (no wall-clock values: those go to the run log)."""
-    if state.best_step < 0:    # cannot happen: every schedule ends with pushed states
+    if state.best_step < 0:  # cannot happen: every schedule ends with pushed states
         raise ArtifactError(f"{run.out_dir}: no pushed state was reached; rerun train")
     return {
-        "model": run.kind, "steps": len(run.steps), "best_step": state.best_step,
+        "model": run.kind,
+        "steps": len(run.steps),
+        "best_step": state.best_step,
         "best_val_accuracy": state.best_val,
         "final_val_accuracy": state.history[-1]["val_accuracy"],
-        "final_train_accuracy": next((h["train_accuracy"] for h in reversed(state.history)
-                                      if "train_accuracy" in h), None),
+        "final_train_accuracy": next(
+            (h["train_accuracy"] for h in reversed(state.history) if "train_accuracy" in h), None
+        ),
     }
 
 
-def run_training(params: Params, kind: str, project_root: Path = Path("."),
-                 resume: bool = True, stop_after: Optional[int] = None) -> dict:
+def run_training(
+    params: Params,
+    kind: str,
+    project_root: Path = Path("."),
+    resume: bool = True,
+    stop_after: Optional[int] = None,
+) -> dict:
     """Train ``kind`` (protomask | protopnet); return the stage's metrics.
 
     Args:
@@ -386,8 +470,9 @@ def run_training(params: Params, kind: str, project_root: Path = Path("."),
     metrics_path = project_root / layout.train_metrics(kind)
     device = resolve_device(params.train.device)
     crops_fp = read_table(project_root / layout.CROPS_INDEX, "crops")[1]["fingerprint"]
-    fp = training_fingerprint(params, kind, crops_fp, precision_of(device, params.train),
-                              dist_utils.world_size())
+    fp = training_fingerprint(
+        params, kind, crops_fp, precision_of(device, params.train), dist_utils.world_size()
+    )
     steps = schedule(params.train)
     if dist_utils.is_main():
         remove_leftovers(out_dir)
@@ -406,8 +491,11 @@ def run_training(params: Params, kind: str, project_root: Path = Path("."),
     for index in range(first_step, len(steps)):
         record, ddp_model = run_step(run, ddp_model, index)
         record_step(run, state, record, logger)
-        if stop_after is not None and index + 1 - first_step >= stop_after \
-                and index + 1 < len(steps):
+        if (
+            stop_after is not None
+            and index + 1 - first_step >= stop_after
+            and index + 1 < len(steps)
+        ):
             logger.close()
             return {"stopped_at_step": index}
     logger.close()
@@ -416,13 +504,18 @@ def run_training(params: Params, kind: str, project_root: Path = Path("."),
         copy_checkpoint(out_dir, "latest", "final")
         write_json(out_dir / "summary.json", summary)
         write_json(metrics_path, summary)
-        trained = sum(len(run.datasets["train"]) for s in steps[first_step:]
-                      if s.period != "push")
+        trained = sum(len(run.datasets["train"]) for s in steps[first_step:] if s.period != "push")
         elapsed = time.perf_counter() - started
         speed = round(trained / elapsed, 2) if trained else None
-        write_run_log(project_root, f"train-{kind}", {
-            "seconds": round(elapsed, 2), "resumed_at_step": first_step,
-            "train_images_per_second": speed})
+        write_run_log(
+            project_root,
+            f"train-{kind}",
+            {
+                "seconds": round(elapsed, 2),
+                "resumed_at_step": first_step,
+                "train_images_per_second": speed,
+            },
+        )
         if speed:
             summary = {**summary, "train_images_per_second": speed}
     return summary

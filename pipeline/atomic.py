@@ -1,4 +1,5 @@
 """Write-then-rename helpers: an interrupted stage never leaves a half-written artifact."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,16 @@ def atomic_file(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_json(path: Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = True,
-               allow_nan: bool = True, default: Callable[[Any], Any] | None = None,
-               newline: bool = True) -> None:
+def write_json(
+    path: Path,
+    obj: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = True,
+    allow_nan: bool = True,
+    default: Callable[[Any], Any] | None = None,
+    newline: bool = True,
+) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (the one JSON writer of the project).
 
     Args:
@@ -40,8 +48,7 @@ def write_json(path: Path, obj: Any, *, indent: int | None = 2, sort_keys: bool 
         indent, sort_keys, allow_nan, default: as for :func:`json.dumps`.
         newline: end the text with a newline.
     """
-    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan,
-                      default=default)
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan, default=default)
     with atomic_file(path) as tmp:
         tmp.write_text(text + ("\n" if newline else ""), encoding="utf-8")
 
@@ -74,8 +81,7 @@ def remove_leftovers(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [p for p in directory.rglob(".*")
-             if ".tmp-" in p.name or ".old-" in p.name]
+    found = [p for p in directory.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
     for path in sorted(found, key=lambda p: len(p.parts), reverse=True):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

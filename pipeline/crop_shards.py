@@ -23,6 +23,7 @@ A repeated view (duplicate_of >= 0) is not stored again: its ``row`` is the row 
 view it repeats. No variable-length HDF5 type is used (their global heap leaves
 uninitialised bytes), times are not tracked, so the same inputs give the same bytes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -43,24 +44,24 @@ from pipeline.hdf5_files import (
 )
 
 FORMAT = "protomask.crops"
-VERSION = 2      # 2: Fletcher-32 on every chunk, content digest
+VERSION = 2  # 2: Fletcher-32 on every chunk, content digest
 KIND, STAGE = "crop shard", "crops"
 
 # Per-view columns stored in every shard, with their fixed-size dtypes and trailing shape.
 VIEW_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
     "image_id": ("int64", ()),
     "view": ("int16", ()),
-    "mask_index": ("int32", ()),        # row of the mask among the image's masks; -1: whole image
-    "duplicate_of": ("int16", ()),      # the view this one repeats; -1: none
-    "box": ("int32", (4,)),             # inclusive x_min, y_min, x_max, y_max
-    "area": ("int64", ()),              # mask pixels (the image's for a fallback view)
-    "predicted_iou": ("float32", ()),   # NaN for a fallback view
-    "stability_score": ("float32", ()), # NaN for a fallback view
+    "mask_index": ("int32", ()),  # row of the mask among the image's masks; -1: whole image
+    "duplicate_of": ("int16", ()),  # the view this one repeats; -1: none
+    "box": ("int32", (4,)),  # inclusive x_min, y_min, x_max, y_max
+    "area": ("int64", ()),  # mask pixels (the image's for a fallback view)
+    "predicted_iou": ("float32", ()),  # NaN for a fallback view
+    "stability_score": ("float32", ()),  # NaN for a fallback view
     "class_id": ("int32", ()),
-    "split": ("S5", ()),                # train | val | test
-    "row": ("int32", ()),               # row in ``crops``
-    "image_row": ("int32", ()),         # row in ``full``
-    "fallback": ("uint8", ()),          # 1: the image had no usable mask
+    "split": ("S5", ()),  # train | val | test
+    "row": ("int32", ()),  # row in ``crops``
+    "image_row": ("int32", ()),  # row in ``full``
+    "fallback": ("uint8", ()),  # 1: the image had no usable mask
 }
 
 
@@ -69,37 +70,59 @@ def crop_shard_paths(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob("crops-*.h5"))
 
 
-COMPRESSION = {"gzip": {"compression": "gzip", "compression_opts": 1},
-               "lzf": {"compression": "lzf"}, "none": {}}
+COMPRESSION = {
+    "gzip": {"compression": "gzip", "compression_opts": 1},
+    "lzf": {"compression": "lzf"},
+    "none": {},
+}
 
 
-def _images_dataset(writer: CheckedWriter, name: str, images: np.ndarray,
-                    compression: str) -> None:
+def _images_dataset(writer: CheckedWriter, name: str, images: np.ndarray, compression: str) -> None:
     """(n, S, S, 3) uint8, one chunk per image, compressed as ``compression`` says."""
     if compression not in COMPRESSION:
-        raise ValueError(f"compression must be one of {', '.join(COMPRESSION)}, "
-                         f"got {compression!r}")
+        raise ValueError(
+            f"compression must be one of {', '.join(COMPRESSION)}, got {compression!r}"
+        )
     writer.dataset(name, images, rows_per_chunk=1, **COMPRESSION[compression])
 
 
-def write_crop_shard(path: Path, crops: np.ndarray, full: np.ndarray,
-                     views: Mapping[str, np.ndarray], *, fingerprint: str, size: int,
-                     fill: str, num_views: int, mask_shard: str,
-                     compression: str = "gzip") -> None:
+def write_crop_shard(
+    path: Path,
+    crops: np.ndarray,
+    full: np.ndarray,
+    views: Mapping[str, np.ndarray],
+    *,
+    fingerprint: str,
+    size: int,
+    fill: str,
+    num_views: int,
+    mask_shard: str,
+    compression: str = "gzip",
+) -> None:
     """Write one crop shard atomically; identical inputs give identical bytes."""
     missing = set(VIEW_COLUMNS) - set(views)
     if missing or len(crops) == 0 or len(full) == 0:
-        raise ValueError(f"a crop shard needs crops, full images and every view column "
-                         f"(missing: {sorted(missing)})")
+        raise ValueError(
+            f"a crop shard needs crops, full images and every view column "
+            f"(missing: {sorted(missing)})"
+        )
     with atomic_file(Path(path)) as tmp:
         # No chunk cache: every chunk reaches the file inside create_dataset, so where it
         # lands cannot depend on when Python frees the dataset object (it did, under dask).
-        with h5py.File(tmp, "w", track_order=False, libver=("earliest", "v110"),
-                       rdcc_nbytes=0) as f:
-            f.attrs.update({"format": np.bytes_(FORMAT), "version": np.int32(VERSION),
-                            "fingerprint": np.bytes_(fingerprint), "size": np.int32(size),
-                            "fill": np.bytes_(fill), "num_views": np.int32(num_views),
-                            "mask_shard": np.bytes_(mask_shard)})
+        with h5py.File(
+            tmp, "w", track_order=False, libver=("earliest", "v110"), rdcc_nbytes=0
+        ) as f:
+            f.attrs.update(
+                {
+                    "format": np.bytes_(FORMAT),
+                    "version": np.int32(VERSION),
+                    "fingerprint": np.bytes_(fingerprint),
+                    "size": np.int32(size),
+                    "fill": np.bytes_(fill),
+                    "num_views": np.int32(num_views),
+                    "mask_shard": np.bytes_(mask_shard),
+                }
+            )
             writer = CheckedWriter(f)
             _images_dataset(writer, "crops", crops, compression)
             _images_dataset(writer, "full", full, compression)

@@ -11,6 +11,7 @@ resumed run ends with the same bytes as an uninterrupted one.
 metrics/crops.json holds only what the inputs and params decide; wall-clock facts
 (seconds, images/s, shards reused) go to the run log logs/crops.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,23 @@ import pyarrow as pa
 
 from pipeline import layout
 from pipeline.atomic import write_json
-from pipeline.crop_shards import (VERSION, CropShard, check_crop_shard, crop_shard_paths,
-                                  write_crop_shard)
+from pipeline.crop_shards import (
+    VERSION,
+    CropShard,
+    check_crop_shard,
+    crop_shard_paths,
+    write_crop_shard,
+)
 from pipeline.errors import ArtifactError, ImageDecodeError
 from pipeline.execution import degenerate_warning, percent
 from pipeline.imageio import load_rgb, resolve_inside
-from pipeline.mask_shards import (MaskShard, crop_shard_name, mask_shard_index, mask_shard_name,
-                                  shard_paths)
+from pipeline.mask_shards import (
+    MaskShard,
+    crop_shard_name,
+    mask_shard_index,
+    mask_shard_name,
+    shard_paths,
+)
 from pipeline.params import CropsParams, Params, as_dict, text_fingerprint
 from pipeline.segmenters.base import MaskSet
 from pipeline.sharded import ShardedStage, run_shards
@@ -79,9 +90,9 @@ class ImageViews:
     """One image's views: the plan, its distinct crops and the per-view mask records."""
 
     plan: ViewPlan
-    crops: np.ndarray            # (distinct, S, S, 3) uint8
-    area: np.ndarray             # (M,) int64
-    predicted_iou: np.ndarray    # (M,) float32, NaN for the whole-image fallback
+    crops: np.ndarray  # (distinct, S, S, 3) uint8
+    area: np.ndarray  # (M,) int64
+    predicted_iou: np.ndarray  # (M,) float32, NaN for the whole-image fallback
     stability_score: np.ndarray  # (M,) float32, NaN for the whole-image fallback
 
 
@@ -89,24 +100,42 @@ def views_of_image(image: np.ndarray, masks: MaskSet, params: CropsParams) -> Im
     """Plan and cut the M views of one image from its masks (pure; no I/O)."""
     height, width = image.shape[:2]
     boxes, areas = boxes_and_areas(height, width, masks.rles)
-    scores = {"area": areas, "predicted_iou": masks.predicted_iou,
-              "stability_score": masks.stability_score}[params.order]
-    plan = plan_views(boxes, areas, scores, width=width, height=height,
-                      num_views=params.num_views, min_box_size=params.min_box_size)
+    scores = {
+        "area": areas,
+        "predicted_iou": masks.predicted_iou,
+        "stability_score": masks.stability_score,
+    }[params.order]
+    plan = plan_views(
+        boxes,
+        areas,
+        scores,
+        width=width,
+        height=height,
+        num_views=params.num_views,
+        min_box_size=params.min_box_size,
+    )
     k = plan.distinct
-    crops = cut_planned_views(image, plan.boxes[:k], plan.mask_index[:k], masks.rles,
-                              params.size, params.fill)
+    crops = cut_planned_views(
+        image, plan.boxes[:k], plan.mask_index[:k], masks.rles, params.size, params.fill
+    )
     if plan.fallback:
         nan = np.full(params.num_views, np.nan, np.float32)
-        return ImageViews(plan, crops, np.full(params.num_views, height * width, np.int64),
-                          nan, nan.copy())
+        return ImageViews(
+            plan, crops, np.full(params.num_views, height * width, np.int64), nan, nan.copy()
+        )
     idx = plan.mask_index
-    return ImageViews(plan, crops, areas[idx], np.asarray(masks.predicted_iou, np.float32)[idx],
-                      np.asarray(masks.stability_score, np.float32)[idx])
+    return ImageViews(
+        plan,
+        crops,
+        areas[idx],
+        np.asarray(masks.predicted_iou, np.float32)[idx],
+        np.asarray(masks.stability_score, np.float32)[idx],
+    )
 
 
-def view_rows(entry: ImageEntry, views: ImageViews, first_row: int, image_row: int
-              ) -> dict[str, np.ndarray]:
+def view_rows(
+    entry: ImageEntry, views: ImageViews, first_row: int, image_row: int
+) -> dict[str, np.ndarray]:
     """The per-view columns (crop_shards.VIEW_COLUMNS) of one image whose distinct crops
     start at ``first_row``; a repeated view points at its original's row."""
     plan = views.plan
@@ -115,8 +144,11 @@ def view_rows(entry: ImageEntry, views: ImageViews, first_row: int, image_row: i
     return {
         "image_id": np.full(m, entry.image_id, np.int64),
         "view": np.arange(m, dtype=np.int16),
-        "mask_index": plan.mask_index, "duplicate_of": plan.duplicate_of, "box": plan.boxes,
-        "area": views.area, "predicted_iou": views.predicted_iou,
+        "mask_index": plan.mask_index,
+        "duplicate_of": plan.duplicate_of,
+        "box": plan.boxes,
+        "area": views.area,
+        "predicted_iou": views.predicted_iou,
         "stability_score": views.stability_score,
         "class_id": np.full(m, entry.class_id, np.int32),
         "split": np.full(m, entry.split.encode(), "S5"),
@@ -131,8 +163,9 @@ def load_image(root: Path, entry: ImageEntry) -> np.ndarray:
     try:
         return load_rgb(resolve_inside(root, entry.path))
     except ImageDecodeError as exc:
-        raise ArtifactError(f"{exc}; it decoded when prepare ran: the data changed, "
-                            f"rerun prepare") from None
+        raise ArtifactError(
+            f"{exc}; it decoded when prepare ran: the data changed, rerun prepare"
+        ) from None
 
 
 def crop_shard(task: CropTask) -> CropSummary:
@@ -146,53 +179,76 @@ def crop_shard(task: CropTask) -> CropSummary:
         for image_row, entry in enumerate(task.images):
             image = load_image(root, entry)
             masks = shard.masks(entry.image_id)
-            if shard.status(entry.image_id) == "ok" and \
-                    (masks.height, masks.width) != image.shape[:2]:
+            if (
+                shard.status(entry.image_id) == "ok"
+                and (masks.height, masks.width) != image.shape[:2]
+            ):
                 raise ArtifactError(
                     f"{task.mask_path}: image {entry.image_id} is {image.shape[1]}x"
                     f"{image.shape[0]} but its masks are {masks.width}x{masks.height}; "
-                    f"the masks are stale, rerun segment")
+                    f"the masks are stale, rerun segment"
+                )
             views = views_of_image(image, masks, task.params)
             for name, values in view_rows(entry, views, next_row, image_row).items():
                 columns[name].append(values)
             crops.append(views.crops)
             full.append(resize_square(image, task.params.size))
             next_row += len(views.crops)
-    write_crop_shard(Path(task.out_path), np.concatenate(crops), np.stack(full),
-                     {name: np.concatenate(parts) for name, parts in columns.items()},
-                     fingerprint=task.fingerprint, size=task.params.size,
-                     fill=task.params.fill, num_views=task.params.num_views,
-                     compression=task.params.compression,
-                     mask_shard=Path(task.mask_path).name)
+    write_crop_shard(
+        Path(task.out_path),
+        np.concatenate(crops),
+        np.stack(full),
+        {name: np.concatenate(parts) for name, parts in columns.items()},
+        fingerprint=task.fingerprint,
+        size=task.params.size,
+        fill=task.params.fill,
+        num_views=task.params.num_views,
+        compression=task.params.compression,
+        mask_shard=Path(task.mask_path).name,
+    )
     return CropSummary(task.index, len(task.images), next_row)
 
 
 # ------------------------------------------------------------------------ planning
-def _check_coverage(segment_dir: Path, found: dict[int, Path], uncovered: list[int],
-                    expected_shards: int) -> None:
+def _check_coverage(
+    segment_dir: Path, found: dict[int, Path], uncovered: list[int], expected_shards: int
+) -> None:
     """Name the missing mask shards when the images index has images in no shard."""
     if not uncovered:
         return
     expected = range(max(expected_shards, max(found, default=-1) + 1))
     missing = [mask_shard_name(i) for i in expected if i not in found]
-    named = (", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")) if missing else \
-        "unknown shards"
-    raise ArtifactError(f"{segment_dir}: mask shard(s) missing: {named} ({len(uncovered)} "
-                        f"images of the images index have no masks, e.g. image "
-                        f"{uncovered[0]}); rerun segment")
+    named = (
+        (", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        if missing
+        else "unknown shards"
+    )
+    raise ArtifactError(
+        f"{segment_dir}: mask shard(s) missing: {named} ({len(uncovered)} "
+        f"images of the images index have no masks, e.g. image "
+        f"{uncovered[0]}); rerun segment"
+    )
 
 
 def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[CropTask]:
     """One task per mask shard, with its images' index rows and its fingerprint."""
     table, info = read_table(project_root / layout.IMAGES_INDEX, "images")
-    rows = {int(r["image_id"]): r for r in table.select(
-        ["image_id", "path", "class_id", "split", "pixel_hash"]).to_pylist()}
+    rows = {
+        int(r["image_id"]): r
+        for r in table.select(["image_id", "path", "class_id", "split", "pixel_hash"]).to_pylist()
+    }
     segment_dir = project_root / layout.SEGMENT_DIR
     paths = shard_paths(segment_dir)
     if not paths:
         raise ArtifactError(f"{segment_dir}: no mask shards; run segment first (dvc repro)")
-    base = json.dumps({"crops": as_dict(params.crops), "format_version": VERSION,
-                       "images_index": info["fingerprint"]}, sort_keys=True)
+    base = json.dumps(
+        {
+            "crops": as_dict(params.crops),
+            "format_version": VERSION,
+            "images_index": info["fingerprint"],
+        },
+        sort_keys=True,
+    )
     tasks, found, covered = [], {}, set()
     for path in paths:
         index = mask_shard_index(path)
@@ -202,16 +258,32 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[CropTa
             mask_fp = shard.fingerprint
         strangers = [i for i in ids if i not in rows]
         if strangers:
-            raise ArtifactError(f"{path}: image {strangers[0]} is not in the images index; "
-                                f"the masks are stale, rerun segment")
+            raise ArtifactError(
+                f"{path}: image {strangers[0]} is not in the images index; "
+                f"the masks are stale, rerun segment"
+            )
         covered.update(ids)
-        entries = tuple(ImageEntry(i, rows[i]["path"], int(rows[i]["class_id"]),
-                                   rows[i]["split"]) for i in sorted(ids))
-        own = json.dumps([[rows[i][k] for k in ("image_id", "path", "class_id", "split",
-                                                 "pixel_hash")] for i in sorted(ids)])
-        tasks.append(CropTask(index, str(path), str(out_dir / crop_shard_name(path)),
-                              str(project_root / params.data.root), entries,
-                              text_fingerprint(base + mask_fp + own), params.crops))
+        entries = tuple(
+            ImageEntry(i, rows[i]["path"], int(rows[i]["class_id"]), rows[i]["split"])
+            for i in sorted(ids)
+        )
+        own = json.dumps(
+            [
+                [rows[i][k] for k in ("image_id", "path", "class_id", "split", "pixel_hash")]
+                for i in sorted(ids)
+            ]
+        )
+        tasks.append(
+            CropTask(
+                index,
+                str(path),
+                str(out_dir / crop_shard_name(path)),
+                str(project_root / params.data.root),
+                entries,
+                text_fingerprint(base + mask_fp + own),
+                params.crops,
+            )
+        )
     uncovered = sorted(set(rows) - covered)
     expected = -(-len(rows) // params.segment.shard_size)
     _check_coverage(segment_dir, found, uncovered, expected)
@@ -238,11 +310,22 @@ def assemble_index(tasks: list[CropTask], out_dir: Path) -> dict[str, np.ndarray
 def index_arrays(columns: dict[str, np.ndarray]) -> dict[str, pa.Array]:
     """Arrow columns of the crops table from the assembled numpy columns."""
     fallback = columns["fallback"].astype(bool)
-    arrays = {name: pa.array(columns[name]) for name in
-              ("image_id", "view", "mask_index", "duplicate_of", "area", "class_id", "row",
-               "image_row")}
+    arrays = {
+        name: pa.array(columns[name])
+        for name in (
+            "image_id",
+            "view",
+            "mask_index",
+            "duplicate_of",
+            "area",
+            "class_id",
+            "row",
+            "image_row",
+        )
+    }
     arrays["box"] = pa.FixedSizeListArray.from_arrays(
-        pa.array(columns["box"].reshape(-1).astype(np.int32)), 4)
+        pa.array(columns["box"].reshape(-1).astype(np.int32)), 4
+    )
     for name in ("predicted_iou", "stability_score"):
         arrays[name] = pa.array(columns[name], mask=fallback)
     arrays["split"] = pa.array(np.char.decode(columns["split"], "ascii").tolist(), pa.string())
@@ -259,7 +342,8 @@ def crops_metrics(columns: dict[str, np.ndarray], num_views: int) -> dict:
     duplicates = int((columns["duplicate_of"] >= 0).sum())
     fallbacks = int(columns["fallback"].sum()) // num_views
     return {
-        "images": images, "views": views,
+        "images": images,
+        "views": views,
         "fallback_images": fallbacks,
         "fallback_share": round(fallbacks / max(images, 1), 4),
         "duplicate_view_share": round(duplicates / max(views, 1), 4),
@@ -279,22 +363,34 @@ def run_crops(params: Params, project_root: Path = Path(".")) -> dict:
         The metrics (as in metrics/crops.json) and this run's wall-clock facts (as in
         logs/crops.json).
     """
-    project_root = Path(project_root).resolve()   # workers may run elsewhere
+    project_root = Path(project_root).resolve()  # workers may run elsewhere
     out_dir = project_root / layout.CROPS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)
-    stage = ShardedStage("crops", "crops", check_crop_shard, crop_shard,
-                         keep=frozenset({layout.CROPS_INDEX.name}))
-    run = run_shards(stage, tasks, out_dir, project_root, workers=params.segment.workers,
-                     scheduler=params.segment.scheduler)
+    stage = ShardedStage(
+        "crops", "crops", check_crop_shard, crop_shard, keep=frozenset({layout.CROPS_INDEX.name})
+    )
+    run = run_shards(
+        stage,
+        tasks,
+        out_dir,
+        project_root,
+        workers=params.segment.workers,
+        scheduler=params.segment.scheduler,
+    )
     columns = assemble_index(tasks, out_dir)
-    write_columns(index_arrays(columns), project_root / layout.CROPS_INDEX, "crops",
-                  fingerprint=text_fingerprint("".join(t.fingerprint for t in tasks)),
-                  facts=index_facts(params.crops))
+    write_columns(
+        index_arrays(columns),
+        project_root / layout.CROPS_INDEX,
+        "crops",
+        fingerprint=text_fingerprint("".join(t.fingerprint for t in tasks)),
+        facts=index_facts(params.crops),
+    )
     metrics = crops_metrics(columns, params.crops.num_views)
     metrics["shards"] = len(tasks)
-    metrics["bytes_per_image"] = round(sum(p.stat().st_size for p in crop_shard_paths(out_dir))
-                                       / max(metrics["images"], 1))
+    metrics["bytes_per_image"] = round(
+        sum(p.stat().st_size for p in crop_shard_paths(out_dir)) / max(metrics["images"], 1)
+    )
     write_json(project_root / layout.CROPS_METRICS, metrics)
     return {**metrics, **run.write_log(project_root, "crops")}
 
@@ -309,8 +405,13 @@ def index_facts(params: CropsParams) -> dict[str, object]:
     Returns:
         The facts stored in the index's Parquet metadata.
     """
-    return {"num_views": params.num_views, "size": params.size, "fill": params.fill,
-            "order": params.order, "min_box_size": params.min_box_size}
+    return {
+        "num_views": params.num_views,
+        "size": params.size,
+        "fill": params.fill,
+        "order": params.order,
+        "min_box_size": params.min_box_size,
+    }
 
 
 def summary_line(m: dict, num_views: int) -> str:
@@ -318,10 +419,14 @@ def summary_line(m: dict, num_views: int) -> str:
     images fell back to whole-image views."""
     speed = f", {m['images_per_second']:.1f} images/s" if m["images_per_second"] else ""
     damaged = f", {len(m['shards_damaged'])} damaged rebuilt" if m["shards_damaged"] else ""
-    return (f"crops: {m['images']} images x {num_views} views in {m['shards']} shards "
-            f"({m['shards_reused']} reused{damaged}{speed}); {m['mean_distinct_views']} "
-            f"distinct views per image; {m['fallback_images']} whole-image fallbacks "
-            f"({percent(m['fallback_share'])})"
-            + degenerate_warning(m["fallback_share"], "have no usable mask",
-                                 "every view of theirs is the whole image; check segment "
-                                 "params and crops.min_box_size"))
+    return (
+        f"crops: {m['images']} images x {num_views} views in {m['shards']} shards "
+        f"({m['shards_reused']} reused{damaged}{speed}); {m['mean_distinct_views']} "
+        f"distinct views per image; {m['fallback_images']} whole-image fallbacks "
+        f"({percent(m['fallback_share'])})"
+        + degenerate_warning(
+            m["fallback_share"],
+            "have no usable mask",
+            "every view of theirs is the whole image; check segment params and crops.min_box_size",
+        )
+    )

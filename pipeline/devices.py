@@ -1,5 +1,6 @@
 """Which torch device a stage or worker uses (params ``segment.device``, ``train.device``,
 ``evaluate.device``; their form is checked by ``Params.check``)."""
+
 from __future__ import annotations
 
 from pipeline.errors import ParamsError

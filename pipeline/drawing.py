@@ -5,6 +5,7 @@ Boxes are inclusive pixel boxes (x0, y0, x1, y1) of the original image; ``scale`
 them onto a canvas that shows the image enlarged or shrunk by that factor, the box
 covering whole canvas pixels of its first to its last image pixel.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,9 +18,18 @@ Colour = tuple[int, int, int]
 
 # one colour per view number, cycled (RGB)
 VIEW_COLOURS: tuple[Colour, ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))
-REGION_COLOUR: Colour = (255, 255, 0)     # a single region (not a view), on a dark halo
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+)
+REGION_COLOUR: Colour = (255, 255, 0)  # a single region (not a view), on a dark halo
 _FONT, _FONT_SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.35
 
 
@@ -28,9 +38,16 @@ def view_colour(view: int) -> Colour:
     return VIEW_COLOURS[int(view) % len(VIEW_COLOURS)]
 
 
-def draw_boxes(canvas: np.ndarray, boxes: np.ndarray, scale: float, *,
-               views: Optional[Sequence[int]] = None, numbered: bool = True, width: int = 1,
-               filled_labels: bool = False) -> np.ndarray:
+def draw_boxes(
+    canvas: np.ndarray,
+    boxes: np.ndarray,
+    scale: float,
+    *,
+    views: Optional[Sequence[int]] = None,
+    numbered: bool = True,
+    width: int = 1,
+    filled_labels: bool = False,
+) -> np.ndarray:
     """Draw boxes on ``canvas`` (H x W x 3 uint8, in place).
 
     Args:
@@ -60,12 +77,14 @@ def draw_boxes(canvas: np.ndarray, boxes: np.ndarray, scale: float, *,
     return canvas
 
 
-def _label(canvas: np.ndarray, text: str, corner: tuple[int, int], colour: Colour,
-           filled: bool) -> None:
+def _label(
+    canvas: np.ndarray, text: str, corner: tuple[int, int], colour: Colour, filled: bool
+) -> None:
     """``text`` just inside ``corner`` (a box's top-left), in ``colour`` or on a patch of it."""
     if filled:
         (text_w, _), _ = cv2.getTextSize(text, _FONT, _FONT_SCALE, 1)
         cv2.rectangle(canvas, corner, (corner[0] + text_w + 3, corner[1] + 13), colour, -1)
         colour = (255, 255, 255)
-    cv2.putText(canvas, text, (corner[0] + 2, corner[1] + 11), _FONT, _FONT_SCALE, colour, 1,
-                cv2.LINE_AA)
+    cv2.putText(
+        canvas, text, (corner[0] + 2, corner[1] + 11), _FONT, _FONT_SCALE, colour, 1, cv2.LINE_AA
+    )

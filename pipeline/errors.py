@@ -1,4 +1,5 @@
 """Errors a user can act on: stages print them as one line, never a traceback."""
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ The crops index is read once: its rows give each image's M views (boxes, masks, 
 whole-image fallback), its facts the crops params the views were cut with (``num_views``,
 ``size``, ``fill``), so the evaluate stage cuts a perturbed copy exactly as crops did.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -26,23 +27,23 @@ from pipeline.tables import read_table
 class TestSet:
     """The evaluated test images (sorted by image_id) with ground truth and view boxes."""
 
-    image_ids: np.ndarray            # (N,)
-    labels: np.ndarray               # (N,)
+    image_ids: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,)
     paths: list[str]
-    sizes: np.ndarray                # (N, 2) height, width
+    sizes: np.ndarray  # (N, 2) height, width
     segmentation: list[Optional[str]]
-    part_xy: Optional[np.ndarray]    # (N, Q, 2) or None (no keypoints at all)
+    part_xy: Optional[np.ndarray]  # (N, Q, 2) or None (no keypoints at all)
     part_visible: Optional[np.ndarray]
-    has_parts: np.ndarray            # (N,) bool
-    boxes: np.ndarray                # (N, M, 4) inclusive x0, y0, x1, y1
-    mask_index: np.ndarray           # (N, M) -1: the whole image
-    duplicate_of: np.ndarray         # (N, M) -1: not a repeat
-    fallback: np.ndarray             # (N,) bool: every view is the whole image
+    has_parts: np.ndarray  # (N,) bool
+    boxes: np.ndarray  # (N, M, 4) inclusive x0, y0, x1, y1
+    mask_index: np.ndarray  # (N, M) -1: the whole image
+    duplicate_of: np.ndarray  # (N, M) -1: not a repeat
+    fallback: np.ndarray  # (N,) bool: every view is the whole image
     crop_shards: list[str]
     class_names: list[str]
     part_names: Optional[list[str]]
-    num_views: int                   # crops index facts (M)
-    fill: str                        # crops index facts: pixels outside the mask
+    num_views: int  # crops index facts (M)
+    fill: str  # crops index facts: pixels outside the mask
 
     @property
     def parts_known(self) -> bool:
@@ -61,8 +62,9 @@ def id_array(values: Iterable[int]) -> pa.Array:
     return pa.array(np.asarray(list(values), np.int64), type=pa.int64())
 
 
-def parts_arrays(rows: Iterable[Optional[Iterable[dict]]],
-                 num_parts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def parts_arrays(
+    rows: Iterable[Optional[Iterable[dict]]], num_parts: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dense arrays from the images index's ``parts`` cells.
 
     ``rows``: per image, None (no keypoints) or a list of ``{"part_id", "x", "y",
@@ -103,31 +105,41 @@ def load_test_set(project_root: Path, image_ids: np.ndarray) -> TestSet:
     facts = crops_info["facts"]
     m = int(facts["num_views"])
     crops = crops.filter(pc.is_in(crops["image_id"], id_array(image_ids))).sort_by(
-        [("image_id", "ascending"), ("view", "ascending")])
+        [("image_id", "ascending"), ("view", "ascending")]
+    )
     n = len(image_ids)
     picked = [rows[int(i)] for i in image_ids]
     part_names = info["facts"].get("part_names")
     part_rows = [r["parts"] for r in picked]
     if any(p is not None for p in part_rows):
-        q = len(part_names) if part_names else max(int(p["part_id"]) for ps in part_rows
-                                                   if ps for p in ps)
+        q = (
+            len(part_names)
+            if part_names
+            else max(int(p["part_id"]) for ps in part_rows if ps for p in ps)
+        )
         xy, vis, has = parts_arrays(part_rows, q)
     else:
         xy = vis = None
         has = np.zeros(len(picked), bool)
     return TestSet(
-        image_ids=np.asarray(image_ids), labels=np.asarray([r["class_id"] for r in picked]),
+        image_ids=np.asarray(image_ids),
+        labels=np.asarray([r["class_id"] for r in picked]),
         paths=[r["path"] for r in picked],
         sizes=np.asarray([(r["height"], r["width"]) for r in picked], np.int64).reshape(-1, 2),
-        segmentation=[r["segmentation_path"] for r in picked], part_xy=xy, part_visible=vis,
+        segmentation=[r["segmentation_path"] for r in picked],
+        part_xy=xy,
+        part_visible=vis,
         has_parts=has,
         boxes=np.asarray(crops["box"].to_pylist(), np.int64).reshape(n, m, 4),
         mask_index=crops["mask_index"].to_numpy().reshape(n, m),
         duplicate_of=crops["duplicate_of"].to_numpy().reshape(n, m),
         fallback=crops["fallback"].to_numpy(zero_copy_only=False)[::m].astype(bool),
         crop_shards=crops["shard"].to_pylist()[::m],
-        class_names=list(info["facts"]["class_names"]), part_names=part_names,
-        num_views=m, fill=str(facts["fill"]))
+        class_names=list(info["facts"]["class_names"]),
+        part_names=part_names,
+        num_views=m,
+        fill=str(facts["fill"]),
+    )
 
 
 def fallback_share(test: TestSet) -> float:
@@ -140,8 +152,9 @@ def load_image(data_root: Path, path: str) -> np.ndarray:
     return load_rgb(resolve_inside(data_root, path))
 
 
-def load_segmentation(data_root: Path, path: Optional[str], height: int, width: int
-                      ) -> Optional[np.ndarray]:
+def load_segmentation(
+    data_root: Path, path: Optional[str], height: int, width: int
+) -> Optional[np.ndarray]:
     """G as (H, W) bool, resized (nearest) to the image if its size differs; None if absent."""
     if not path:
         return None

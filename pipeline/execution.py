@@ -1,12 +1,14 @@
 """Running shard tasks through dask (a local cluster, or an existing scheduler), which
 shards a rerun keeps, and how a stage says that a run is degenerate."""
+
 from __future__ import annotations
 
 import contextlib
 import sys
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 from pipeline.errors import ProtomaskError
 from pipeline.hdf5_files import ShardCheck
@@ -31,8 +33,9 @@ def local_worker_count(params: SegmentParams) -> int:
 
 
 @contextlib.contextmanager
-def dask_client(workers: int, scheduler: str | None = None, *,
-                scheduler_key: str = "segment.scheduler") -> Iterator["object"]:
+def dask_client(
+    workers: int, scheduler: str | None = None, *, scheduler_key: str = "segment.scheduler"
+) -> Iterator[object]:
     """A dask client: to ``scheduler`` when set, else to a fresh local cluster of
     ``workers`` single-threaded processes. ``scheduler_key`` names the param in errors."""
     from dask.distributed import Client, LocalCluster
@@ -41,24 +44,34 @@ def dask_client(workers: int, scheduler: str | None = None, *,
         try:
             client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError) as exc:
-            raise ProtomaskError(f"{scheduler_key}: cannot reach the dask scheduler at "
-                                 f"{scheduler} ({exc})") from None
+            raise ProtomaskError(
+                f"{scheduler_key}: cannot reach the dask scheduler at {scheduler} ({exc})"
+            ) from None
         with client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1,
-                      processes=True, dashboard_address=None, silence_logs=50) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=50,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
-def map_tasks(client: "object", fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[R]:
+def map_tasks(client: object, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[R]:
     """Submit every task (pure=False: each runs once) and yield results as they finish."""
     from dask.distributed import as_completed
 
-    run = uuid.uuid4().hex[:8]      # a shared scheduler may serve several runs at once
-    futures = [client.submit(fn, task, pure=False, key=f"{fn.__name__}-{run}-{i}")
-               for i, task in enumerate(tasks)]
+    run = uuid.uuid4().hex[:8]  # a shared scheduler may serve several runs at once
+    futures = [
+        client.submit(fn, task, pure=False, key=f"{fn.__name__}-{run}-{i}")
+        for i, task in enumerate(tasks)
+    ]
     for future in as_completed(futures):
         yield future.result()
 
@@ -67,8 +80,9 @@ def remove_stale(out_dir: Path, prefix: str, wanted: set[str]) -> None:
     """Delete a crash's temporary leftovers (``.<prefix>...``) and ``<prefix>*`` files of
     ``out_dir`` that the current plan does not name."""
     for path in out_dir.iterdir():
-        if path.name.startswith(f".{prefix}") or (path.name.startswith(prefix)
-                                                  and path.name not in wanted):
+        if path.name.startswith(f".{prefix}") or (
+            path.name.startswith(prefix) and path.name not in wanted
+        ):
             path.unlink()
 
 
@@ -82,8 +96,9 @@ class ShardWork(Protocol):
 W = TypeVar("W", bound=ShardWork)
 
 
-def shards_to_build(stage: str, tasks: Sequence[W], check: Callable[[Path, str], ShardCheck],
-                    project_root: Path) -> tuple[list[W], list[str]]:
+def shards_to_build(
+    stage: str, tasks: Sequence[W], check: Callable[[Path, str], ShardCheck], project_root: Path
+) -> tuple[list[W], list[str]]:
     """The tasks whose shard is missing, stale or damaged (``check`` reads each existing
     shard in full), and the damaged shards' paths. Each damaged shard is named on stderr
     in one line as it is found."""
@@ -96,8 +111,11 @@ def shards_to_build(stage: str, tasks: Sequence[W], check: Callable[[Path, str],
         if found.damage is not None:
             shown = _shown_path(Path(task.out_path), project_root)
             damaged.append(shown)
-            print(f"{stage}: {shown} is damaged ({found.damage}); rebuilding it",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{stage}: {shown} is damaged ({found.damage}); rebuilding it",
+                file=sys.stderr,
+                flush=True,
+            )
     return todo, damaged
 
 

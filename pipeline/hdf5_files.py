@@ -11,14 +11,15 @@ A rerun keeps a shard only when :func:`check_shard` finds it current *and* intac
 read of every dataset); readers open it with :func:`open_stamped`, which names the file
 and what to rerun when it is not what they read, and wrap data reads in :func:`reading`.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from pipeline.errors import ArtifactError
 
 DIGEST_ATTR = "content_sha256"
-_READ_BLOCK_BYTES = 1 << 26      # the verification reads a dataset in blocks of ~64 MiB
+_READ_BLOCK_BYTES = 1 << 26  # the verification reads a dataset in blocks of ~64 MiB
 
 
 def attr_text(value: object) -> str:
@@ -67,8 +68,7 @@ def _digest(datasets: Mapping[str, bytes], attrs: Mapping[str, object]) -> str:
     return total.hexdigest()
 
 
-def _dataset_digest(dtype: np.dtype, shape: tuple[int, ...],
-                    blocks: Iterator[np.ndarray]) -> bytes:
+def _dataset_digest(dtype: np.dtype, shape: tuple[int, ...], blocks: Iterator[np.ndarray]) -> bytes:
     """Digest of one dataset: its dtype, shape and C-order bytes (C-contiguous blocks)."""
     one = hashlib.sha256(f"{np.dtype(dtype).str}{tuple(shape)}".encode())
     for block in blocks:
@@ -84,17 +84,24 @@ class CheckedWriter:
         self.file = file
         self._digests: dict[str, bytes] = {}
 
-    def dataset(self, name: str, data: np.ndarray, *, rows_per_chunk: int,
-                **filters: object) -> h5py.Dataset:
+    def dataset(
+        self, name: str, data: np.ndarray, *, rows_per_chunk: int, **filters: object
+    ) -> h5py.Dataset:
         """A dataset with a Fletcher-32 checksum per chunk of ``rows_per_chunk`` rows.
         Empty data is chunked too (HDF5 needs a resizable first axis for that): it has no
         chunk to check, the content digest covers its dtype and shape."""
         data = np.ascontiguousarray(data)
         rows = max(1, min(len(data), rows_per_chunk))
         maxshape = (None,) + data.shape[1:] if len(data) == 0 else None
-        ds = self.file.create_dataset(name, data=data, chunks=(rows,) + data.shape[1:],
-                                      maxshape=maxshape, fletcher32=True, track_times=False,
-                                      **filters)
+        ds = self.file.create_dataset(
+            name,
+            data=data,
+            chunks=(rows,) + data.shape[1:],
+            maxshape=maxshape,
+            fletcher32=True,
+            track_times=False,
+            **filters,
+        )
         stored = np.ascontiguousarray(data, dtype=ds.dtype)
         self._digests[ds.name.lstrip("/")] = _dataset_digest(ds.dtype, ds.shape, iter([stored]))
         return ds
@@ -113,7 +120,7 @@ def _blocks(ds: h5py.Dataset) -> Iterator[np.ndarray]:
     row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
     step = max(1, _READ_BLOCK_BYTES // row_bytes)
     for start in range(0, ds.shape[0], step):
-        yield np.ascontiguousarray(ds[start:start + step])
+        yield np.ascontiguousarray(ds[start : start + step])
 
 
 def content_damage(file: h5py.File) -> str | None:
@@ -121,8 +128,9 @@ def content_damage(file: h5py.File) -> str | None:
     else what is wrong (e.g. "checksum error in masks/rle_data")."""
     names: list[str] = []
     try:
-        file.visititems(lambda name, obj: names.append(name)
-                        if isinstance(obj, h5py.Dataset) else None)
+        file.visititems(
+            lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None
+        )
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         return f"unreadable structure: {h5_reason(exc)}"
     digests = {}
@@ -132,8 +140,11 @@ def content_damage(file: h5py.File) -> str | None:
             digests[name] = _dataset_digest(ds.dtype, ds.shape, _blocks(ds))
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             reason = h5_reason(exc)
-            return (f"checksum error in {name}" if _is_checksum_failure(reason)
-                    else f"read error in {name}: {reason}")
+            return (
+                f"checksum error in {name}"
+                if _is_checksum_failure(reason)
+                else f"read error in {name}: {reason}"
+            )
     try:
         stored = file.attrs.get(DIGEST_ATTR)
         expected = _digest(digests, dict(file.attrs))
@@ -165,9 +176,11 @@ def check_shard(path: Path, fmt: str, version: int, fingerprint: str) -> ShardCh
         return ShardCheck(False, f"not a readable HDF5 file: {h5_reason(exc)}")
     with file:
         try:
-            current = (attr_text(file.attrs.get("format")) == fmt
-                       and int(file.attrs.get("version", -1)) == version
-                       and attr_text(file.attrs.get("fingerprint")) == fingerprint)
+            current = (
+                attr_text(file.attrs.get("format")) == fmt
+                and int(file.attrs.get("version", -1)) == version
+                and attr_text(file.attrs.get("fingerprint")) == fingerprint
+            )
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             return ShardCheck(False, f"unreadable attributes: {h5_reason(exc)}")
         if not current:
@@ -184,15 +197,18 @@ def open_stamped(path: Path, fmt: str, version: int, kind: str, stage: str) -> h
         f = h5py.File(path, "r")
         found, found_version = attr_text(f.attrs.get("format")), f.attrs.get("version")
     except OSError as exc:
-        raise ArtifactError(f"{path}: not a readable {kind} ({exc}); rerun {stage} "
-                            f"(dvc repro rebuilds it)") from None
+        raise ArtifactError(
+            f"{path}: not a readable {kind} ({exc}); rerun {stage} (dvc repro rebuilds it)"
+        ) from None
     if found != fmt:
         f.close()
         raise ArtifactError(f"{path}: not a protomask {kind} (format {found!r})")
     if found_version is None or int(found_version) != version:
         f.close()
-        raise ArtifactError(f"{path}: {kind} version {found_version} is not known to this "
-                            f"code (it reads version {version}); rerun {stage}")
+        raise ArtifactError(
+            f"{path}: {kind} version {found_version} is not known to this "
+            f"code (it reads version {version}); rerun {stage}"
+        )
     return f
 
 
@@ -206,5 +222,7 @@ def reading(path: Path, kind: str, stage: str, what: str) -> Iterator[None]:
         reason = h5_reason(exc)
         if _is_checksum_failure(reason):
             reason = "a chunk fails its checksum"
-        raise ArtifactError(f"{path}: damaged {kind}, cannot read {what} ({reason}); "
-                            f"rerun {stage} (dvc repro rebuilds it)") from None
+        raise ArtifactError(
+            f"{path}: damaged {kind}, cannot read {what} ({reason}); "
+            f"rerun {stage} (dvc repro rebuilds it)"
+        ) from None

@@ -15,6 +15,7 @@ Colour decisions:
   infinities become 0;
 - EXIF orientation is applied; an unreadable EXIF block leaves the image unrotated.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,10 @@ _EXIF_ORIENTATION = 0x0112
 
 # --------------------------------------------------------------------------- paths
 
-def resolve_inside(root: Path, relative: str, *, listing: str = "",
-                   line: Optional[int] = None) -> Path:
+
+def resolve_inside(
+    root: Path, relative: str, *, listing: str = "", line: Optional[int] = None
+) -> Path:
     """Join ``relative`` (a POSIX path from a listing) to ``root`` and resolve it.
 
     Rejects what ``check_relative`` rejects, and symlinks that lead out of ``root``,
@@ -47,13 +50,15 @@ def resolve_inside(root: Path, relative: str, *, listing: str = "",
     base = os.path.realpath(root)
     resolved = os.path.realpath(os.path.join(base, *pure.parts))
     if resolved != base and not resolved.startswith(base.rstrip(os.sep) + os.sep):
-        raise UnsafePathError(f"{_where(listing, line)}path '{relative}' escapes the "
-                              "dataset root (through a symlink)")
+        raise UnsafePathError(
+            f"{_where(listing, line)}path '{relative}' escapes the dataset root (through a symlink)"
+        )
     return Path(resolved)
 
 
-def check_relative(relative: str, *, listing: str = "",
-                   line: Optional[int] = None) -> PurePosixPath:
+def check_relative(
+    relative: str, *, listing: str = "", line: Optional[int] = None
+) -> PurePosixPath:
     """Check a listed path by its text alone: not empty, not absolute, no ``..``."""
     where = _where(listing, line)
     if relative.strip() == "":
@@ -62,7 +67,8 @@ def check_relative(relative: str, *, listing: str = "",
     if pure.is_absolute() or _has_drive(relative):
         raise UnsafePathError(
             f"{where}path '{relative}' is absolute; listed paths must be relative to "
-            "the dataset root")
+            "the dataset root"
+        )
     if ".." in pure.parts:
         raise UnsafePathError(f"{where}path '{relative}' escapes the dataset root")
     return pure
@@ -80,12 +86,14 @@ def _where(listing: str, line: Optional[int]) -> str:
 
 def _has_drive(relative: str) -> bool:
     """A Windows drive or UNC prefix (``C:\\x``, ``\\\\server``) also counts as absolute."""
-    has_drive = len(relative) >= 3 and relative[0].isalpha() and relative[1] == ":" \
-        and relative[2] in "/\\"
+    has_drive = (
+        len(relative) >= 3 and relative[0].isalpha() and relative[1] == ":" and relative[2] in "/\\"
+    )
     return has_drive or relative.startswith("\\")
 
 
 # ------------------------------------------------------------------------ decoding
+
 
 def load_rgb(path: Path) -> np.ndarray:
     """Decode an image file to an H x W x 3 uint8 C-contiguous RGB array."""
@@ -164,8 +172,7 @@ def _refuse_bomb(image: Image.Image, name: str) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     width, height = image.size
     if limit and width * height > limit:
-        raise ImageDecodeError(
-            name, f"decompression bomb ({width}x{height} pixels, limit {limit})")
+        raise ImageDecodeError(name, f"decompression bomb ({width}x{height} pixels, limit {limit})")
 
 
 def _check_file(path: Path) -> None:
@@ -201,6 +208,7 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
 
 # ------------------------------------------------------------------- mode handling
 
+
 def _to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode == "RGB":
@@ -230,8 +238,11 @@ def _to_mask_grey(image: Image.Image) -> np.ndarray:
         return _float_to_uint8(np.asarray(image))
     if mode in ("LA", "La"):
         return np.asarray(image.getchannel("L"))
-    rgb = np.asarray(image.convert("RGBA"))[..., :3] if mode in _ALPHA_MODES or mode == "P" \
+    rgb = (
+        np.asarray(image.convert("RGBA"))[..., :3]
+        if mode in _ALPHA_MODES or mode == "P"
         else np.asarray(image.convert("RGB"))
+    )
     return rgb.max(axis=2)
 
 

@@ -24,6 +24,7 @@ Shards are written to a temporary name and renamed when complete. No variable-le
 HDF5 types are used: their heap leaves uninitialised bytes, and same inputs must give the
 same bytes.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,9 +41,9 @@ from pipeline.hdf5_files import CheckedWriter, ShardCheck, check_shard, open_sta
 from pipeline.segmenters.base import MaskSet
 
 FORMAT = "protomask.masks"
-VERSION = 2      # 2: Fletcher-32 on every chunk, content digest
+VERSION = 2  # 2: Fletcher-32 on every chunk, content digest
 KIND, STAGE = "mask shard", "segment"
-PREFIX = "shard-"                  # every mask shard's name starts so (stale-file removal)
+PREFIX = "shard-"  # every mask shard's name starts so (stale-file removal)
 _NAME = re.compile(r"shard-(\d+)\.h5")
 
 
@@ -58,17 +59,30 @@ class ImageResult:
 def _dataset(writer: CheckedWriter, name: str, data: np.ndarray) -> None:
     """A chunked, compressed, checksummed dataset."""
     data = np.asarray(data)
-    writer.dataset(name, data, rows_per_chunk=65536 if data.ndim == 1 else 4096,
-                   compression="gzip", compression_opts=4, shuffle=True)
+    writer.dataset(
+        name,
+        data,
+        rows_per_chunk=65536 if data.ndim == 1 else 4096,
+        compression="gzip",
+        compression_opts=4,
+        shuffle=True,
+    )
 
 
-def write_shard(path: Path, results: Sequence[ImageResult], *, fingerprint: str, backend: str,
-                checkpoint_sha256: str = "") -> None:
+def write_shard(
+    path: Path,
+    results: Sequence[ImageResult],
+    *,
+    fingerprint: str,
+    backend: str,
+    checkpoint_sha256: str = "",
+) -> None:
     """Write one shard atomically; identical inputs give identical bytes."""
     starts, counts, statuses, heights, widths = [], [], [], [], []
     rles: list[bytes] = []
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in
-                                          ("image_id", "box", "area", "iou", "stab", "point")}
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("image_id", "box", "area", "iou", "stab", "point")
+    }
     total = 0
     for r in results:
         m = r.masks
@@ -98,13 +112,20 @@ def write_shard(path: Path, results: Sequence[ImageResult], *, fingerprint: str,
     with atomic_file(Path(path)) as tmp:
         # No raw-data chunk cache: each chunk is written (and placed in the file) when its
         # dataset is created, not whenever the garbage collector closes the dataset.
-        with h5py.File(tmp, "w", track_order=False, libver=("earliest", "v110"),
-                       rdcc_nbytes=0) as f:
-            f.attrs.update({"format": FORMAT, "version": VERSION, "fingerprint": fingerprint,
-                            "backend": backend, "checkpoint_sha256": checkpoint_sha256})
+        with h5py.File(
+            tmp, "w", track_order=False, libver=("earliest", "v110"), rdcc_nbytes=0
+        ) as f:
+            f.attrs.update(
+                {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "fingerprint": fingerprint,
+                    "backend": backend,
+                    "checkpoint_sha256": checkpoint_sha256,
+                }
+            )
             writer = CheckedWriter(f)
-            _dataset(writer, "images/image_id", np.asarray([r.image_id for r in results],
-                                                           np.int64))
+            _dataset(writer, "images/image_id", np.asarray([r.image_id for r in results], np.int64))
             _dataset(writer, "images/status", status)
             _dataset(writer, "images/height", np.asarray(heights, np.int32))
             _dataset(writer, "images/width", np.asarray(widths, np.int32))
@@ -169,8 +190,11 @@ class MaskShard:
 
     def failures(self) -> list[tuple[int, str]]:
         """(image_id, reason) of every image that failed."""
-        return [(int(i), s[len("failed: "):]) for i, s in zip(self.image_ids, self._status)
-                if s != "ok"]
+        return [
+            (int(i), s[len("failed: ") :])
+            for i, s in zip(self.image_ids, self._status, strict=False)
+            if s != "ok"
+        ]
 
     def status(self, image_id: int) -> str:
         """'ok' or 'failed: <reason>'."""
@@ -187,15 +211,19 @@ class MaskShard:
             if n:
                 ends = g["rle_end"][sl]
                 first = int(g["rle_end"][a - 1]) if a else 0
-                data = g["rle_data"][first:int(ends[-1])].tobytes()
+                data = g["rle_data"][first : int(ends[-1])].tobytes()
                 bounds = np.concatenate([[0], ends - first])
-                rles = [data[bounds[i]:bounds[i + 1]] for i in range(n)]
-            return MaskSet(int(self._height[k]), int(self._width[k]), rles,
-                           g["box"][sl] if n else np.zeros((0, 4), np.int32),
-                           g["area"][sl] if n else np.zeros(0, np.int64),
-                           g["predicted_iou"][sl] if n else np.zeros(0, np.float32),
-                           g["stability_score"][sl] if n else np.zeros(0, np.float32),
-                           g["point"][sl] if n else np.zeros((0, 2), np.float32))
+                rles = [data[bounds[i] : bounds[i + 1]] for i in range(n)]
+            return MaskSet(
+                int(self._height[k]),
+                int(self._width[k]),
+                rles,
+                g["box"][sl] if n else np.zeros((0, 4), np.int32),
+                g["area"][sl] if n else np.zeros(0, np.int64),
+                g["predicted_iou"][sl] if n else np.zeros(0, np.float32),
+                g["stability_score"][sl] if n else np.zeros(0, np.float32),
+                g["point"][sl] if n else np.zeros((0, 2), np.float32),
+            )
 
     def __iter__(self) -> Iterator[int]:
         return iter(int(i) for i in self.image_ids)

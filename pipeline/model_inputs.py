@@ -6,6 +6,7 @@ perturbed ones cut from the perturbed pixels with the same boxes, masks and fill
 crops stage (:func:`pipeline.views.cut_planned_views`, the function crops itself uses).
 ProtoPNet sees the whole image resized to ``baseline_image_size``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -81,8 +82,7 @@ class ModelInputs:
     """Clean and perturbed model inputs of the test images; ``masks`` holds the mask shards
     it opens (close them when done)."""
 
-    def __init__(self, kind: str, project_root: Path, params: Params,
-                 train: TrainParams) -> None:
+    def __init__(self, kind: str, project_root: Path, params: Params, train: TrainParams) -> None:
         self.kind = kind
         self.data_root = project_root / params.data.root
         self.crops_dir = project_root / layout.CROPS_DIR
@@ -91,8 +91,12 @@ class ModelInputs:
             self.size = self.dataset.size
         else:
             self.dataset = FullImageDataset(
-                self.crops_dir, "test", size=train.model.baseline_image_size,
-                data_root=self.data_root, images_index=project_root / layout.IMAGES_INDEX)
+                self.crops_dir,
+                "test",
+                size=train.model.baseline_image_size,
+                data_root=self.data_root,
+                images_index=project_root / layout.IMAGES_INDEX,
+            )
             self.size = self.dataset.out_size
         self.masks = ViewMasks(project_root)
 
@@ -116,9 +120,13 @@ class ModelInputs:
         """
         if self.kind == "protopnet":
             return torch.from_numpy(resize_square(rgb, self.size)).permute(2, 0, 1)
-        rles = (self.masks.masks(test.crop_shards[i], int(test.image_ids[i])).rles
-                if test.fill != "original" else ())
-        distinct = test.duplicate_of[i] < 0         # the first views (ViewPlan's order)
-        views = cut_planned_views(rgb, test.boxes[i][distinct], test.mask_index[i][distinct],
-                                  rles, self.size, test.fill)
+        rles = (
+            self.masks.masks(test.crop_shards[i], int(test.image_ids[i])).rles
+            if test.fill != "original"
+            else ()
+        )
+        distinct = test.duplicate_of[i] < 0  # the first views (ViewPlan's order)
+        views = cut_planned_views(
+            rgb, test.boxes[i][distinct], test.mask_index[i][distinct], rles, self.size, test.fill
+        )
         return torch.from_numpy(views[view_owners(test.duplicate_of[i])]).permute(0, 3, 1, 2)

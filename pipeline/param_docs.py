@@ -2,6 +2,7 @@
 with every default (``python -m pipeline.params``) and the README's params reference
 (``python -m pipeline.params --readme``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,9 +32,12 @@ def _section_class(dotted: str) -> type:
 def _is_plain(cls: type) -> bool:
     """A section without speed-only keys and without keys read by another stage."""
     hints = typing.get_type_hints(cls)
-    return all(not is_speed_only(f) and f.metadata.get("stage") is None and
-               (not dataclasses.is_dataclass(hints[f.name]) or _is_plain(hints[f.name]))
-               for f in dataclasses.fields(cls))
+    return all(
+        not is_speed_only(f)
+        and f.metadata.get("stage") is None
+        and (not dataclasses.is_dataclass(hints[f.name]) or _is_plain(hints[f.name]))
+        for f in dataclasses.fields(cls)
+    )
 
 
 def result_keys(section: str, stage: str | None = None) -> list[str]:
@@ -92,9 +96,11 @@ SPEED_ONLY_NOTE = "Speed only: changes no result, so DVC reruns nothing for it."
 
 def defaults_yaml() -> str:
     """params.yaml with every default and each key's documentation as a comment."""
-    lines = ["# protomask parameters, one section per stage. Generated from the schema in",
-             "# pipeline/params.py (python -m pipeline.params > params.yaml); every key is",
-             "# validated when a stage starts."]
+    lines = [
+        "# protomask parameters, one section per stage. Generated from the schema in",
+        "# pipeline/params.py (python -m pipeline.params > params.yaml); every key is",
+        "# validated when a stage starts.",
+    ]
 
     def emit(obj: Any, indent: str) -> None:
         for f in dataclasses.fields(obj):
@@ -127,13 +133,19 @@ def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str, str]]:
             rows.extend(_rows(tp, f"{prefix}{f.name}."))
             continue
         choices, interval = f.metadata.get("choices"), f.metadata.get("interval")
-        allowed = (" \\| ".join(map(str, choices)) if choices else
-                   str(interval) if interval else "")
+        allowed = " \\| ".join(map(str, choices)) if choices else str(interval) if interval else ""
         default = getattr(defaults, f.name)
         meaning = f.metadata["doc"] + (f" {SPEED_ONLY_NOTE}" if is_speed_only(f) else "")
-        meaning = meaning.replace("|", "\\|")       # a literal bar, not a new cell
-        rows.append((f"{prefix}{f.name}", type_name(tp), f"`{default!r}`" if default is not None
-                     else "`null`", allowed, meaning))
+        meaning = meaning.replace("|", "\\|")  # a literal bar, not a new cell
+        rows.append(
+            (
+                f"{prefix}{f.name}",
+                type_name(tp),
+                f"`{default!r}`" if default is not None else "`null`",
+                allowed,
+                meaning,
+            )
+        )
     return rows
 
 

@@ -1,6 +1,7 @@
 """The building blocks of the params schema: fields with documentation and allowed
 values, and the fingerprints of sections (pipeline/params.py defines the schema itself).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,9 +37,15 @@ class Interval:
         return f"{left}{fmt(self.lo)}, {fmt(self.hi)}{right}"
 
 
-def param(default: Any, doc: str, *, choices: tuple | None = None,
-          interval: Interval | None = None, speed_only: bool = False,
-          stage: str | None = None) -> Any:
+def param(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple | None = None,
+    interval: Interval | None = None,
+    speed_only: bool = False,
+    stage: str | None = None,
+) -> Any:
     """A schema field: default, one-line documentation and allowed values.
 
     ``speed_only`` marks a key that changes only speed or placement (threads, devices,
@@ -47,8 +54,13 @@ def param(default: Any, doc: str, *, choices: tuple | None = None,
     ``stage`` names the DVC stage that reads the key when it is not the stage of its
     section (e.g. compare reads some evaluate keys): only that stage's params list has it.
     """
-    meta = {"doc": doc, "choices": choices, "interval": interval, "speed_only": speed_only,
-            "stage": stage}
+    meta = {
+        "doc": doc,
+        "choices": choices,
+        "interval": interval,
+        "speed_only": speed_only,
+        "stage": stage,
+    }
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -56,8 +68,16 @@ def param(default: Any, doc: str, *, choices: tuple | None = None,
 
 def section(cls: type, doc: str) -> Any:
     """A nested section (a dataclass) with its defaults."""
-    return field(default_factory=cls, metadata={"doc": doc, "choices": None, "interval": None,
-                                                "speed_only": False, "stage": None})
+    return field(
+        default_factory=cls,
+        metadata={
+            "doc": doc,
+            "choices": None,
+            "interval": None,
+            "speed_only": False,
+            "stage": None,
+        },
+    )
 
 
 def choices_of(cls: type, name: str) -> tuple | None:

@@ -1,6 +1,7 @@
 """Reading and validating params files against the schema: YAML parsing (duplicate keys,
 YAML 1.2 floats), type and allowed-value checks, and the path rules of the schema.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +16,13 @@ import yaml
 from pipeline.errors import ParamsError
 
 # ----------------------------------------------------------------- path rules
-NAME_MAX = 255      # bytes of one path component (Linux, macOS, Windows)
-PATH_MAX = 4096     # bytes of a whole path (Linux)
+NAME_MAX = 255  # bytes of one path component (Linux, macOS, Windows)
+PATH_MAX = 4096  # bytes of a whole path (Linux)
 
 
 def _shown(text: str, limit: int = 60) -> str:
     """``text`` quoted, shortened to ``limit`` characters for a one-line message."""
-    return repr(text if len(text) <= limit else text[:limit - 3] + "...")
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def check_path_length(key: str, value: str) -> None:
@@ -29,18 +30,23 @@ def check_path_length(key: str, value: str) -> None:
     over PATH_MAX bytes (as the filesystem encodes it)."""
     encoded = os.fsencode(value)
     if len(encoded) > PATH_MAX:
-        raise ParamsError(f"{key} is {len(encoded)} bytes long, more than a path may have "
-                          f"({PATH_MAX}): use a shorter path, got {_shown(value)}")
+        raise ParamsError(
+            f"{key} is {len(encoded)} bytes long, more than a path may have "
+            f"({PATH_MAX}): use a shorter path, got {_shown(value)}"
+        )
     for part in encoded.split(b"/"):
         if len(part) > NAME_MAX:
-            raise ParamsError(f"{key} has a path component of {len(part)} bytes, more than a "
-                              f"file name may have ({NAME_MAX}): use a shorter path, got "
-                              f"{_shown(value)}")
+            raise ParamsError(
+                f"{key} has a path component of {len(part)} bytes, more than a "
+                f"file name may have ({NAME_MAX}): use a shorter path, got "
+                f"{_shown(value)}"
+            )
 
 
 def within(path: str | Path, folder: str | Path) -> bool:
     """Whether ``path`` is ``folder`` or lies inside it: by the text of both paths, and by
     their real locations seen from the current folder (symlinks followed)."""
+
     def inside(a: Path, b: Path) -> bool:
         return a == b or b in a.parents
 
@@ -48,7 +54,7 @@ def within(path: str | Path, folder: str | Path) -> bool:
         return True
     try:
         return inside(Path(path).resolve(), Path(folder).resolve())
-    except (OSError, RuntimeError):    # unreadable or a symlink loop: the text decided
+    except (OSError, RuntimeError):  # unreadable or a symlink loop: the text decided
         return False
 
 
@@ -139,12 +145,13 @@ class ParamsLoader(yaml.SafeLoader):
 ParamsLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+    list("-+0123456789."),
+)
 
 
 def _refuse_duplicate_keys(node: yaml.Node, prefix: str, seen: set[int]) -> None:
     """Raise DuplicateKeyError for the first key written twice in a mapping below ``node``."""
-    if id(node) in seen:           # an alias to a node already checked
+    if id(node) in seen:  # an alias to a node already checked
         return
     seen.add(id(node))
     if isinstance(node, yaml.SequenceNode):
@@ -161,8 +168,9 @@ def _refuse_duplicate_keys(node: yaml.Node, prefix: str, seen: set[int]) -> None
         key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
         line = key_node.start_mark.line + 1
         if key in lines:
-            raise DuplicateKeyError(f"key {prefix}{key} is written twice (lines {lines[key]} "
-                                    f"and {line}): keep one")
+            raise DuplicateKeyError(
+                f"key {prefix}{key} is written twice (lines {lines[key]} and {line}): keep one"
+            )
         lines[key] = line
         _refuse_duplicate_keys(value_node, f"{prefix}{key}.", seen)
 
@@ -172,14 +180,14 @@ def read_params_yaml(path: Path) -> Any:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ParamsError(f"{path}: cannot read the params file "
-                          f"({exc.strerror or exc})") from None
+        raise ParamsError(f"{path}: cannot read the params file ({exc.strerror or exc})") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ParamsError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}): save it "
-                          "as UTF-8") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise ParamsError(
+            f"{path}: not UTF-8 text (line {line}, byte {exc.start}): save it as UTF-8"
+        ) from None
     try:
         raw = yaml.load(text, Loader=ParamsLoader)
     except DuplicateKeyError as exc:
@@ -189,6 +197,8 @@ def read_params_yaml(path: Path) -> Any:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ParamsError(f"{path}: not valid YAML{where}") from None
     if raw is None:
-        raise ParamsError(f"{path}: the file holds no settings (empty or only comments); "
-                          "write the defaults with: python -m pipeline.params > params.yaml")
+        raise ParamsError(
+            f"{path}: the file holds no settings (empty or only comments); "
+            "write the defaults with: python -m pipeline.params > params.yaml"
+        )
     return raw

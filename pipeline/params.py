@@ -8,6 +8,7 @@ from these dataclasses (pipeline/param_docs.py). The field helpers and fingerpri
 in pipeline/param_fields.py, the YAML reading and checks in pipeline/param_loading.py;
 this module re-exports them, so ``pipeline.params`` stays the one import for callers.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,12 +38,36 @@ from pipeline.param_loading import (
     within,
 )
 
-__all__ = ["AugmentParams", "ClassicalParams", "CropsParams", "DataParams", "EvaluateParams",
-           "Interval", "LossParams", "ModelParams", "OptimParams", "Params", "ParamsLoader",
-           "PerturbParams", "SamParams", "SegmentParams", "SyntheticParams", "TrainParams",
-           "as_dict", "build_section", "choices_of", "fingerprint", "is_speed_only",
-           "load_params", "param", "read_params_yaml", "result_dict", "result_fingerprint",
-           "section", "text_fingerprint"]
+__all__ = [
+    "AugmentParams",
+    "ClassicalParams",
+    "CropsParams",
+    "DataParams",
+    "EvaluateParams",
+    "Interval",
+    "LossParams",
+    "ModelParams",
+    "OptimParams",
+    "Params",
+    "ParamsLoader",
+    "PerturbParams",
+    "SamParams",
+    "SegmentParams",
+    "SyntheticParams",
+    "TrainParams",
+    "as_dict",
+    "build_section",
+    "choices_of",
+    "fingerprint",
+    "is_speed_only",
+    "load_params",
+    "param",
+    "read_params_yaml",
+    "result_dict",
+    "result_fingerprint",
+    "section",
+    "text_fingerprint",
+]
 
 
 # --------------------------------------------------------------------------- data
@@ -50,43 +75,66 @@ __all__ = ["AugmentParams", "ClassicalParams", "CropsParams", "DataParams", "Eva
 class SyntheticParams:
     """The built-in synthetic fine-grained dataset (CUB layout, with ground truth)."""
 
-    seed: int = param(0, "Seed of the generator: same seed, same bytes.",
-                      interval=Interval(0, 2**31 - 1))
-    num_classes: int = param(10, "Number of classes (distinct part-attribute combinations).",
-                             interval=Interval(2, 200))
+    seed: int = param(
+        0, "Seed of the generator: same seed, same bytes.", interval=Interval(0, 2**31 - 1)
+    )
+    num_classes: int = param(
+        10, "Number of classes (distinct part-attribute combinations).", interval=Interval(2, 200)
+    )
     images_per_class: int = param(40, "Images generated per class.", interval=Interval(4, 10000))
-    image_size: int = param(160, "Side of the square images in pixels.",
-                            interval=Interval(64, 1024))
-    test_fraction: float = param(0.3, "Share of each class written as test in train_test_split.txt.",
-                                 interval=Interval(0, 1, lo_closed=False, hi_closed=False))
-    distractors: int = param(5, "Largest number of distractor shapes per image.",
-                             interval=Interval(0, 50))
+    image_size: int = param(
+        160, "Side of the square images in pixels.", interval=Interval(64, 1024)
+    )
+    test_fraction: float = param(
+        0.3,
+        "Share of each class written as test in train_test_split.txt.",
+        interval=Interval(0, 1, lo_closed=False, hi_closed=False),
+    )
+    distractors: int = param(
+        5, "Largest number of distractor shapes per image.", interval=Interval(0, 50)
+    )
 
 
 @dataclass(frozen=True)
 class DataParams:
     """prepare: which dataset, where, and how it is split."""
 
-    source: str = param("synthetic", "Dataset kind: the built-in synthetic set, CUB-200-2011, "
-                        "or class folders (root/<class>/<image>).",
-                        choices=("synthetic", "cub", "folder"))
-    root: str = param("data/synthetic", "Dataset root. For source synthetic it must be "
-                      "data/synthetic, where the synthesize stage writes.")
-    seed: int = param(0, "Seed of the validation split (and of the folder train/test split).",
-                      interval=Interval(0, 2**31 - 1))
-    val_fraction: float = param(0.15, "Share of each class's training images moved to "
-                                "validation (stratified).", interval=Interval(0, 0.5, hi_closed=False))
-    test_fraction: float = param(0.3, "Share of each class held out as test; source folder only "
-                                 "(CUB and synthetic carry their own split).",
-                                 interval=Interval(0, 1, lo_closed=False, hi_closed=False))
-    max_reject_fraction: float = param(0.05, "prepare fails when more than this share of "
-                                       "images cannot be decoded.", interval=Interval(0, 1))
-    decode_workers: int = param(2, "Threads decoding images in prepare.",
-                                interval=Interval(1, 256), speed_only=True)
+    source: str = param(
+        "synthetic",
+        "Dataset kind: the built-in synthetic set, CUB-200-2011, "
+        "or class folders (root/<class>/<image>).",
+        choices=("synthetic", "cub", "folder"),
+    )
+    root: str = param(
+        "data/synthetic",
+        "Dataset root. For source synthetic it must be "
+        "data/synthetic, where the synthesize stage writes.",
+    )
+    seed: int = param(
+        0,
+        "Seed of the validation split (and of the folder train/test split).",
+        interval=Interval(0, 2**31 - 1),
+    )
+    val_fraction: float = param(
+        0.15,
+        "Share of each class's training images moved to validation (stratified).",
+        interval=Interval(0, 0.5, hi_closed=False),
+    )
+    test_fraction: float = param(
+        0.3,
+        "Share of each class held out as test; source folder only "
+        "(CUB and synthetic carry their own split).",
+        interval=Interval(0, 1, lo_closed=False, hi_closed=False),
+    )
+    max_reject_fraction: float = param(
+        0.05,
+        "prepare fails when more than this share of images cannot be decoded.",
+        interval=Interval(0, 1),
+    )
+    decode_workers: int = param(
+        2, "Threads decoding images in prepare.", interval=Interval(1, 256), speed_only=True
+    )
     synthetic: SyntheticParams = section(SyntheticParams, "The synthetic dataset generator.")
-
-
-
 
 
 # ------------------------------------------------------------------------ segment
@@ -94,35 +142,53 @@ class DataParams:
 class SamParams:
     """Segment Anything automatic mask generation (used when segment.backend is sam)."""
 
-    model_type: str = param("vit_h", "SAM architecture of the checkpoint (tiny: the small "
-                            "test model of pipeline/segmenters/tiny_sam.py).",
-                            choices=("vit_b", "vit_l", "vit_h", "tiny"))
-    checkpoint: Optional[str] = param(None, "Local SAM checkpoint file (e.g. "
-                                      "sam_vit_h_4b8939.pth); nothing is ever downloaded.")
+    model_type: str = param(
+        "vit_h",
+        "SAM architecture of the checkpoint (tiny: the small "
+        "test model of pipeline/segmenters/tiny_sam.py).",
+        choices=("vit_b", "vit_l", "vit_h", "tiny"),
+    )
+    checkpoint: Optional[str] = param(
+        None, "Local SAM checkpoint file (e.g. sam_vit_h_4b8939.pth); nothing is ever downloaded."
+    )
     points_per_side: int = param(32, "Point prompts per image side.", interval=Interval(1, 256))
-    points_per_batch: Optional[int] = param(None, "Prompts decoded in one call (memory; "
-                                            "null: 1024 on CUDA, 256 on CPU).",
-                                            interval=Interval(1, 65536), speed_only=True)
-    pred_iou_thresh: float = param(0.86, "Keep masks whose predicted IoU exceeds this.",
-                                   interval=Interval(0, 1))
-    stability_score_thresh: float = param(0.92, "Keep masks whose stability score exceeds this.",
-                                          interval=Interval(0, 1))
-    stability_score_offset: float = param(1.0, "Logit offset of the stability score.",
-                                          interval=Interval(0, 100))
-    box_nms_thresh: float = param(0.7, "Box IoU of the NMS among one crop's masks.",
-                                  interval=Interval(0, 1))
-    crop_n_layers: int = param(1, "Layers of image crops segmented again (0: none).",
-                               interval=Interval(0, 4))
-    crop_nms_thresh: float = param(0.7, "Box IoU of the NMS across crops.",
-                                   interval=Interval(0, 1))
-    crop_overlap_ratio: float = param(512 / 1500, "Overlap of neighbouring crops.",
-                                      interval=Interval(0, 1, hi_closed=False))
-    crop_n_points_downscale_factor: int = param(2, "Point grid shrink per crop layer.",
-                                                interval=Interval(1, 16))
-    min_mask_region_area: int = param(0, "Remove holes and islands smaller than this (px).",
-                                      interval=Interval(0, 1_000_000))
-    images_per_batch: int = param(4, "Images whose encoder pass runs as one batch.",
-                                  interval=Interval(1, 256), speed_only=True)
+    points_per_batch: Optional[int] = param(
+        None,
+        "Prompts decoded in one call (memory; null: 1024 on CUDA, 256 on CPU).",
+        interval=Interval(1, 65536),
+        speed_only=True,
+    )
+    pred_iou_thresh: float = param(
+        0.86, "Keep masks whose predicted IoU exceeds this.", interval=Interval(0, 1)
+    )
+    stability_score_thresh: float = param(
+        0.92, "Keep masks whose stability score exceeds this.", interval=Interval(0, 1)
+    )
+    stability_score_offset: float = param(
+        1.0, "Logit offset of the stability score.", interval=Interval(0, 100)
+    )
+    box_nms_thresh: float = param(
+        0.7, "Box IoU of the NMS among one crop's masks.", interval=Interval(0, 1)
+    )
+    crop_n_layers: int = param(
+        1, "Layers of image crops segmented again (0: none).", interval=Interval(0, 4)
+    )
+    crop_nms_thresh: float = param(0.7, "Box IoU of the NMS across crops.", interval=Interval(0, 1))
+    crop_overlap_ratio: float = param(
+        512 / 1500, "Overlap of neighbouring crops.", interval=Interval(0, 1, hi_closed=False)
+    )
+    crop_n_points_downscale_factor: int = param(
+        2, "Point grid shrink per crop layer.", interval=Interval(1, 16)
+    )
+    min_mask_region_area: int = param(
+        0, "Remove holes and islands smaller than this (px).", interval=Interval(0, 1_000_000)
+    )
+    images_per_batch: int = param(
+        4,
+        "Images whose encoder pass runs as one batch.",
+        interval=Interval(1, 256),
+        speed_only=True,
+    )
     bf16: bool = param(False, "bf16 autocast on CUDA (fp32 otherwise).")
 
 
@@ -131,45 +197,79 @@ class ClassicalParams:
     """The scikit-image segmenter (segment.backend classical, the offline default)."""
 
     method: str = param("felzenszwalb", "Region algorithm.", choices=("felzenszwalb", "slic"))
-    scale: float = param(100.0, "felzenszwalb scale of the finest level (x4 per level).",
-                         interval=Interval(0, 1e6, lo_closed=False))
+    scale: float = param(
+        100.0,
+        "felzenszwalb scale of the finest level (x4 per level).",
+        interval=Interval(0, 1e6, lo_closed=False),
+    )
     sigma: float = param(0.4, "Gaussian smoothing before segmenting.", interval=Interval(0, 10))
-    min_size: int = param(20, "felzenszwalb smallest region of the finest level (px, x2 "
-                          "per level).", interval=Interval(1, 1_000_000))
-    n_segments: int = param(64, "slic regions of the finest level (/4 per level).",
-                            interval=Interval(2, 100_000))
-    compactness: float = param(10.0, "slic compactness.", interval=Interval(0, 1e4, lo_closed=False))
+    min_size: int = param(
+        20,
+        "felzenszwalb smallest region of the finest level (px, x2 per level).",
+        interval=Interval(1, 1_000_000),
+    )
+    n_segments: int = param(
+        64, "slic regions of the finest level (/4 per level).", interval=Interval(2, 100_000)
+    )
+    compactness: float = param(
+        10.0, "slic compactness.", interval=Interval(0, 1e4, lo_closed=False)
+    )
     levels: int = param(3, "Granularities segmented (finest first).", interval=Interval(1, 6))
-    min_area_fraction: float = param(0.002, "Drop regions smaller than this share of the image.",
-                                     interval=Interval(0, 1))
-    max_area_fraction: float = param(0.1, "Drop regions larger than this share of the image "
-                                     "(0.1: background regions, whose boxes span the whole "
-                                     "image, do not crowd the parts out of the views).",
-                                     interval=Interval(0, 1))
-    dedup_iou: float = param(0.9, "A region found again at a coarser level (mask IoU above "
-                             "this) is kept once.", interval=Interval(0, 1))
-    stability_score_thresh: float = param(0.75, "Keep regions whose stability (best IoU with a "
-                                          "region of a neighbouring level) reaches this, as "
-                                          "SAM keeps stable masks.", interval=Interval(0, 1))
-    max_masks: int = param(64, "Keep at most this many masks per image (largest first).",
-                           interval=Interval(1, 10000))
+    min_area_fraction: float = param(
+        0.002, "Drop regions smaller than this share of the image.", interval=Interval(0, 1)
+    )
+    max_area_fraction: float = param(
+        0.1,
+        "Drop regions larger than this share of the image "
+        "(0.1: background regions, whose boxes span the whole "
+        "image, do not crowd the parts out of the views).",
+        interval=Interval(0, 1),
+    )
+    dedup_iou: float = param(
+        0.9,
+        "A region found again at a coarser level (mask IoU above this) is kept once.",
+        interval=Interval(0, 1),
+    )
+    stability_score_thresh: float = param(
+        0.75,
+        "Keep regions whose stability (best IoU with a "
+        "region of a neighbouring level) reaches this, as "
+        "SAM keeps stable masks.",
+        interval=Interval(0, 1),
+    )
+    max_masks: int = param(
+        64, "Keep at most this many masks per image (largest first).", interval=Interval(1, 10000)
+    )
 
 
 @dataclass(frozen=True)
 class SegmentParams:
     """segment: masks for every image, in HDF5 shards."""
 
-    backend: str = param("classical", "Segmenter: sam (needs segment.sam.checkpoint) or the "
-                         "offline scikit-image one.", choices=("classical", "sam"))
-    device: str = param("auto", "auto | cpu | cuda | cuda:N (auto: every GPU if any, else CPU).",
-                        speed_only=True)
-    shard_size: int = param(32, "Images per HDF5 shard (the unit of work and of resume).",
-                            interval=Interval(1, 1_000_000))
-    workers: int = param(2, "Local dask worker processes on CPU (one per GPU on GPUs).",
-                         interval=Interval(1, 1024), speed_only=True)
-    scheduler: Optional[str] = param(None, "Address of an existing dask scheduler "
-                                     "(e.g. tcp://10.0.0.5:8786); null: a local cluster.",
-                                     speed_only=True)
+    backend: str = param(
+        "classical",
+        "Segmenter: sam (needs segment.sam.checkpoint) or the offline scikit-image one.",
+        choices=("classical", "sam"),
+    )
+    device: str = param(
+        "auto", "auto | cpu | cuda | cuda:N (auto: every GPU if any, else CPU).", speed_only=True
+    )
+    shard_size: int = param(
+        32,
+        "Images per HDF5 shard (the unit of work and of resume).",
+        interval=Interval(1, 1_000_000),
+    )
+    workers: int = param(
+        2,
+        "Local dask worker processes on CPU (one per GPU on GPUs).",
+        interval=Interval(1, 1024),
+        speed_only=True,
+    )
+    scheduler: Optional[str] = param(
+        None,
+        "Address of an existing dask scheduler (e.g. tcp://10.0.0.5:8786); null: a local cluster.",
+        speed_only=True,
+    )
     sam: SamParams = section(SamParams, "Segment Anything settings.")
     classical: ClassicalParams = section(ClassicalParams, "Classical segmenter settings.")
 
@@ -179,21 +279,32 @@ class SegmentParams:
 class CropsParams:
     """crops: the M views of every image, cut from mask boxes."""
 
-    num_views: int = param(8, "Views per image (M): the largest masks, cycled when fewer.",
-                           interval=Interval(1, 256))
-    size: int = param(64, "Side of the square crops in pixels (the paper: 224).",
-                      interval=Interval(8, 1024))
-    min_box_size: int = param(1, "Drop masks whose box is at most this many px wide or tall.",
-                              interval=Interval(0, 10000))
-    order: str = param("area", "Which masks come first.",
-                       choices=("area", "predicted_iou", "stability_score"))
-    fill: str = param("zero", "Pixels outside the mask: the image itself (the reference implementation's "
-                      "setting), zero (the default: the clutter and distractors around a part "
-                      "are blanked out), or the "
-                      "mask's mean colour.", choices=("original", "zero", "mean"))
-    compression: str = param("gzip", "Compression of the crop shards' images: gzip (level 1, the "
-                             "smallest files), lzf (faster to read and write, larger), none.",
-                             choices=("gzip", "lzf", "none"))
+    num_views: int = param(
+        8, "Views per image (M): the largest masks, cycled when fewer.", interval=Interval(1, 256)
+    )
+    size: int = param(
+        64, "Side of the square crops in pixels (the paper: 224).", interval=Interval(8, 1024)
+    )
+    min_box_size: int = param(
+        1, "Drop masks whose box is at most this many px wide or tall.", interval=Interval(0, 10000)
+    )
+    order: str = param(
+        "area", "Which masks come first.", choices=("area", "predicted_iou", "stability_score")
+    )
+    fill: str = param(
+        "zero",
+        "Pixels outside the mask: the image itself (the reference implementation's "
+        "setting), zero (the default: the clutter and distractors around a part "
+        "are blanked out), or the "
+        "mask's mean colour.",
+        choices=("original", "zero", "mean"),
+    )
+    compression: str = param(
+        "gzip",
+        "Compression of the crop shards' images: gzip (level 1, the "
+        "smallest files), lzf (faster to read and write, larger), none.",
+        choices=("gzip", "lzf", "none"),
+    )
 
 
 # -------------------------------------------------------------------------- train
@@ -201,52 +312,91 @@ class CropsParams:
 class AugmentParams:
     """Training augmentation of the views; never applied in push or eval."""
 
-    per: str = param("image", "One random transform per image (all its views) or per view.",
-                     choices=("image", "view"))
+    per: str = param(
+        "image",
+        "One random transform per image (all its views) or per view.",
+        choices=("image", "view"),
+    )
     flip: float = param(0.5, "Probability of a horizontal flip.", interval=Interval(0, 1))
-    perspective: float = param(0.1, "Distortion scale of the random perspective (0: off).",
-                               interval=Interval(0, 1))
-    perspective_p: float = param(0.3, "Probability of the random perspective.",
-                                 interval=Interval(0, 1))
+    perspective: float = param(
+        0.1, "Distortion scale of the random perspective (0: off).", interval=Interval(0, 1)
+    )
+    perspective_p: float = param(
+        0.3, "Probability of the random perspective.", interval=Interval(0, 1)
+    )
     rotate: float = param(15.0, "Largest rotation in degrees.", interval=Interval(0, 180))
     shear: float = param(15.0, "Largest shear in degrees.", interval=Interval(0, 89))
     brightness: float = param(0.2, "Colour jitter: brightness.", interval=Interval(0, 1))
     contrast: float = param(0.2, "Colour jitter: contrast.", interval=Interval(0, 1))
     saturation: float = param(0.2, "Colour jitter: saturation.", interval=Interval(0, 1))
-    hue: float = param(0.0, "Colour jitter: hue (keep 0 where colour is the class).",
-                       interval=Interval(0, 0.5))
+    hue: float = param(
+        0.0, "Colour jitter: hue (keep 0 where colour is the class).", interval=Interval(0, 0.5)
+    )
 
 
 @dataclass(frozen=True)
 class ModelParams:
     """The networks: ProtoMask on views and the ProtoPNet baseline on full images."""
 
-    backbone: str = param("efficientnet_lite0", "Shared CNN trunk (efficientnet_lite0 ships "
-                          "its ImageNet weights; tiny_cnn is for tests and smoke runs).",
-                          choices=("efficientnet_lite0", "resnet18", "resnet34", "resnet50",
-                                   "resnet101", "resnet152", "vgg16", "vgg19", "densenet121",
-                                   "densenet161", "tiny_cnn"))
-    weights: str = param("imagenet", "Trunk weights: imagenet (shipped for efficientnet_lite0, "
-                         "torchvision's cache otherwise), none, or a local file path.")
+    backbone: str = param(
+        "efficientnet_lite0",
+        "Shared CNN trunk (efficientnet_lite0 ships "
+        "its ImageNet weights; tiny_cnn is for tests and smoke runs).",
+        choices=(
+            "efficientnet_lite0",
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "resnet101",
+            "resnet152",
+            "vgg16",
+            "vgg19",
+            "densenet121",
+            "densenet161",
+            "tiny_cnn",
+        ),
+    )
+    weights: str = param(
+        "imagenet",
+        "Trunk weights: imagenet (shipped for efficientnet_lite0, "
+        "torchvision's cache otherwise), none, or a local file path.",
+    )
     prototypes_per_class: int = param(10, "Prototypes per class.", interval=Interval(1, 100))
-    prototype_dim: int = param(32, "Length of the view embedding and of each prototype (the "
-                               "reference: 1280).", interval=Interval(1, 8192))
-    off_class_weight: float = param(-0.5, "Initial last-layer weight between a prototype and "
-                                    "the other classes (ProtoPNet: -0.5; the reference: 0).",
-                                    interval=Interval(-10, 10))
-    freeze_bn: bool = param(True, "Keep the trunk's BatchNorm in eval mode (ImageNet running "
-                            "statistics, affine weights still trained). EfficientNet-Lite0's "
-                            "BatchNorm momentum is 0.01: in a short run its running statistics "
-                            "lag the batch statistics it trains with, so evaluation and push "
-                            "see other features than training did.")
-    baseline_image_size: int = param(160, "Side of the full image fed to the ProtoPNet "
-                                     "baseline (the synthetic images' own size: nothing is "
-                                     "lost to resizing).", interval=Interval(16, 1024))
-    addon_init: str = param("default", "Initialisation of the add-on's 1x1 convs of both "
-                            "models: PyTorch's default, or ProtoPNet's kaiming normal (fan_out). "
-                            "With a 1280-channel trunk kaiming puts two thirds of the sigmoid "
-                            "outputs in saturation at the start and the baseline does not learn "
-                            "in a short schedule.", choices=("default", "kaiming"))
+    prototype_dim: int = param(
+        32,
+        "Length of the view embedding and of each prototype (the reference: 1280).",
+        interval=Interval(1, 8192),
+    )
+    off_class_weight: float = param(
+        -0.5,
+        "Initial last-layer weight between a prototype and "
+        "the other classes (ProtoPNet: -0.5; the reference: 0).",
+        interval=Interval(-10, 10),
+    )
+    freeze_bn: bool = param(
+        True,
+        "Keep the trunk's BatchNorm in eval mode (ImageNet running "
+        "statistics, affine weights still trained). EfficientNet-Lite0's "
+        "BatchNorm momentum is 0.01: in a short run its running statistics "
+        "lag the batch statistics it trains with, so evaluation and push "
+        "see other features than training did.",
+    )
+    baseline_image_size: int = param(
+        160,
+        "Side of the full image fed to the ProtoPNet "
+        "baseline (the synthetic images' own size: nothing is "
+        "lost to resizing).",
+        interval=Interval(16, 1024),
+    )
+    addon_init: str = param(
+        "default",
+        "Initialisation of the add-on's 1x1 convs of both "
+        "models: PyTorch's default, or ProtoPNet's kaiming normal (fan_out). "
+        "With a 1280-channel trunk kaiming puts two thirds of the sigmoid "
+        "outputs in saturation at the start and the baseline does not learn "
+        "in a short schedule.",
+        choices=("default", "kaiming"),
+    )
 
 
 @dataclass(frozen=True)
@@ -256,9 +406,12 @@ class LossParams:
     cross_entropy: float = param(1.0, "Class-weighted cross-entropy.", interval=Interval(0, 100))
     cluster: float = param(0.8, "Cluster cost.", interval=Interval(0, 100))
     separation: float = param(0.2, "Separation cost (subtracted).", interval=Interval(0, 100))
-    diversity: float = param(0.2, "Diversity among a class's prototypes.", interval=Interval(0, 100))
-    l1: float = param(1e-3, "L1 on wrong-class last-layer weights (last-layer period).",
-                      interval=Interval(0, 100))
+    diversity: float = param(
+        0.2, "Diversity among a class's prototypes.", interval=Interval(0, 100)
+    )
+    l1: float = param(
+        1e-3, "L1 on wrong-class last-layer weights (last-layer period).", interval=Interval(0, 100)
+    )
 
 
 @dataclass(frozen=True)
@@ -266,15 +419,21 @@ class OptimParams:
     """Learning rates per parameter group and the joint period's StepLR."""
 
     trunk_lr: float = param(1e-4, "Adam learning rate of the trunk.", interval=Interval(0, 1))
-    add_on_lr: float = param(3e-3, "Adam learning rate of the add-on layers.",
-                             interval=Interval(0, 1))
-    prototypes_lr: float = param(3e-3, "Adam learning rate of the prototypes.",
-                                 interval=Interval(0, 1))
-    last_layer_lr: float = param(3e-4, "Adam learning rate of the last layer.",
-                                 interval=Interval(0, 1))
+    add_on_lr: float = param(
+        3e-3, "Adam learning rate of the add-on layers.", interval=Interval(0, 1)
+    )
+    prototypes_lr: float = param(
+        3e-3, "Adam learning rate of the prototypes.", interval=Interval(0, 1)
+    )
+    last_layer_lr: float = param(
+        3e-4, "Adam learning rate of the last layer.", interval=Interval(0, 1)
+    )
     weight_decay: float = param(1e-3, "Weight decay of trunk and add-on.", interval=Interval(0, 1))
-    step_size: int = param(5, "Joint period: halve the learning rates every this many epochs.",
-                           interval=Interval(1, 10000))
+    step_size: int = param(
+        5,
+        "Joint period: halve the learning rates every this many epochs.",
+        interval=Interval(1, 10000),
+    )
     gamma: float = param(0.5, "Joint period: the StepLR factor.", interval=Interval(0, 1))
 
 
@@ -282,22 +441,28 @@ class OptimParams:
 class TrainParams:
     """train: both models, same data, same schedule."""
 
-    seed: int = param(0, "Seed of initialisation, shuffling and augmentation.",
-                      interval=Interval(0, 2**31 - 1))
+    seed: int = param(
+        0, "Seed of initialisation, shuffling and augmentation.", interval=Interval(0, 2**31 - 1)
+    )
     device: str = param("auto", "auto | cpu | cuda | cuda:N.", speed_only=True)
     bf16: bool = param(True, "bf16 autocast on CUDA (ignored on CPU).")
     channels_last: bool = param(True, "channels_last memory format on CUDA.", speed_only=True)
-    batch_size: int = param(16, "Images per step (each with all its views).",
-                            interval=Interval(1, 4096))
-    accumulate: int = param(1, "Gradient accumulation steps per optimiser step.",
-                            interval=Interval(1, 1024))
-    loader_workers: int = param(2, "DataLoader worker processes.", interval=Interval(0, 64),
-                                speed_only=True)
-    warmup_epochs: int = param(2, "Warm-up: trunk frozen, add-on and prototypes trained.",
-                               interval=Interval(0, 10000))
+    batch_size: int = param(
+        16, "Images per step (each with all its views).", interval=Interval(1, 4096)
+    )
+    accumulate: int = param(
+        1, "Gradient accumulation steps per optimiser step.", interval=Interval(1, 1024)
+    )
+    loader_workers: int = param(
+        2, "DataLoader worker processes.", interval=Interval(0, 64), speed_only=True
+    )
+    warmup_epochs: int = param(
+        2, "Warm-up: trunk frozen, add-on and prototypes trained.", interval=Interval(0, 10000)
+    )
     joint_epochs: int = param(8, "Joint: everything trained.", interval=Interval(0, 10000))
-    last_layer_epochs: int = param(3, "After the push: only the last layer trained.",
-                                   interval=Interval(0, 10000))
+    last_layer_epochs: int = param(
+        3, "After the push: only the last layer trained.", interval=Interval(0, 10000)
+    )
     model: ModelParams = section(ModelParams, "The networks.")
     loss: LossParams = section(LossParams, "Loss coefficients.")
     optim: OptimParams = section(OptimParams, "Optimisers and schedule.")
@@ -310,65 +475,110 @@ class PerturbParams:
     """The perturbed copy of every test image (stability, PSC, PRC, CRC): all four steps in
     this order, as the reference's continuity pipeline (colour jitter, noise, blur, JPEG)."""
 
-    brightness: float = param(1.125, "Colour jitter: brightness factor (1: unchanged).",
-                              interval=Interval(0, 10))
-    contrast: float = param(1.125, "Colour jitter: contrast factor (1: unchanged).",
-                            interval=Interval(0, 10))
-    saturation: float = param(1.125, "Colour jitter: saturation factor (1: unchanged).",
-                              interval=Interval(0, 10))
-    hue: float = param(0.0, "Colour jitter: hue shift in turns (the reference: 0.05; 0 here "
-                       "because colour names the class in the synthetic set).",
-                       interval=Interval(-0.5, 0.5))
-    noise_sigma: float = param(2.24, "Gaussian noise standard deviation in grey levels "
-                               "(the reference: variance 5).", interval=Interval(0, 255))
+    brightness: float = param(
+        1.125, "Colour jitter: brightness factor (1: unchanged).", interval=Interval(0, 10)
+    )
+    contrast: float = param(
+        1.125, "Colour jitter: contrast factor (1: unchanged).", interval=Interval(0, 10)
+    )
+    saturation: float = param(
+        1.125, "Colour jitter: saturation factor (1: unchanged).", interval=Interval(0, 10)
+    )
+    hue: float = param(
+        0.0,
+        "Colour jitter: hue shift in turns (the reference: 0.05; 0 here "
+        "because colour names the class in the synthetic set).",
+        interval=Interval(-0.5, 0.5),
+    )
+    noise_sigma: float = param(
+        2.24,
+        "Gaussian noise standard deviation in grey levels (the reference: variance 5).",
+        interval=Interval(0, 255),
+    )
     blur: int = param(3, "Box blur kernel side in pixels (1: none).", interval=Interval(1, 31))
-    jpeg_quality: Optional[int] = param(90, "JPEG re-encoding quality (null: none).",
-                                        interval=Interval(1, 100))
+    jpeg_quality: Optional[int] = param(
+        90, "JPEG re-encoding quality (null: none).", interval=Interval(1, 100)
+    )
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     """evaluate: explainability metrics and the visual report, on test."""
 
-    device: str = param("auto", "auto (the GPU if there is one), cpu, cuda or cuda:N.",
-                        speed_only=True)
-    checkpoint: str = param("best", "Which checkpoint of the train stage is evaluated.",
-                            choices=("best", "final"))
-    saliency: str = param("prp", "Saliency of a prototype: PRP (LRP rules, zennit) or "
-                          "input x gradient (plain autograd).", choices=("prp", "gradient"))
-    lrp_composite: str = param("epsilon_plus_box", "PRP rules: ZBox first conv + ZPlus convs "
-                               "(the reference's), or zennit's EpsilonGammaBox / "
-                               "EpsilonPlusFlat.", choices=("epsilon_plus_box",
-                                                            "epsilon_gamma_box",
-                                                            "epsilon_plus_flat"))
-    top_k: int = param(5, "Prototypes explained per test image (the reference: 5).",
-                       interval=Interval(1, 100))
-    top_fraction: float = param(0.05, "Share of the saliency pixels forming the mask S "
-                                "(the reference: top 5 %).", interval=Interval(0, 1, lo_closed=False))
-    batch_size: int = param(16, "Test images per batch (saliency runs on twice as many "
-                            "rows at a time: memory).", interval=Interval(1, 4096),
-                            speed_only=True)
-    max_images: Optional[int] = param(None, "Evaluate only the first this many test images "
-                                      "(null: all).", interval=Interval(1, 10_000_000))
-    sanity_images: int = param(16, "Test images of the model-randomisation check (their top-1 "
-                               "prototype; 0: skip).", interval=Interval(0, 100000))
-    report_prototypes: Optional[int] = param(20, "Prototypes shown in the report, round-robin "
-                                             "over the classes (null: all).",
-                                             interval=Interval(0, 100000))
-    report_images: int = param(8, "Test images shown in the report.",
-                               interval=Interval(0, 100000))
-    seed: int = param(0, "Seed of the perturbation noise and of the randomised weights.",
-                      interval=Interval(0, 2**31 - 1))
-    verdict_min_test_images: int = param(30, "compare: no verdict on the paper's claim with "
-                                         "fewer test images than this.",
-                                         interval=Interval(1, 10_000_000), stage="compare")
-    verdict_min_seeds: int = param(3, "compare: no verdict with fewer training seeds per model "
-                                   "than this (one seed's differences are within seed noise).",
-                                   interval=Interval(1, 1000), stage="compare")
-    verdict_max_fallback_share: float = param(50.0, "compare: no verdict when more than this "
-                                              "share (%) of test images has only whole-image "
-                                              "views (no usable mask).",
-                                              interval=Interval(0, 100), stage="compare")
+    device: str = param(
+        "auto", "auto (the GPU if there is one), cpu, cuda or cuda:N.", speed_only=True
+    )
+    checkpoint: str = param(
+        "best", "Which checkpoint of the train stage is evaluated.", choices=("best", "final")
+    )
+    saliency: str = param(
+        "prp",
+        "Saliency of a prototype: PRP (LRP rules, zennit) or input x gradient (plain autograd).",
+        choices=("prp", "gradient"),
+    )
+    lrp_composite: str = param(
+        "epsilon_plus_box",
+        "PRP rules: ZBox first conv + ZPlus convs "
+        "(the reference's), or zennit's EpsilonGammaBox / "
+        "EpsilonPlusFlat.",
+        choices=("epsilon_plus_box", "epsilon_gamma_box", "epsilon_plus_flat"),
+    )
+    top_k: int = param(
+        5, "Prototypes explained per test image (the reference: 5).", interval=Interval(1, 100)
+    )
+    top_fraction: float = param(
+        0.05,
+        "Share of the saliency pixels forming the mask S (the reference: top 5 %).",
+        interval=Interval(0, 1, lo_closed=False),
+    )
+    batch_size: int = param(
+        16,
+        "Test images per batch (saliency runs on twice as many rows at a time: memory).",
+        interval=Interval(1, 4096),
+        speed_only=True,
+    )
+    max_images: Optional[int] = param(
+        None,
+        "Evaluate only the first this many test images (null: all).",
+        interval=Interval(1, 10_000_000),
+    )
+    sanity_images: int = param(
+        16,
+        "Test images of the model-randomisation check (their top-1 prototype; 0: skip).",
+        interval=Interval(0, 100000),
+    )
+    report_prototypes: Optional[int] = param(
+        20,
+        "Prototypes shown in the report, round-robin over the classes (null: all).",
+        interval=Interval(0, 100000),
+    )
+    report_images: int = param(8, "Test images shown in the report.", interval=Interval(0, 100000))
+    seed: int = param(
+        0,
+        "Seed of the perturbation noise and of the randomised weights.",
+        interval=Interval(0, 2**31 - 1),
+    )
+    verdict_min_test_images: int = param(
+        30,
+        "compare: no verdict on the paper's claim with fewer test images than this.",
+        interval=Interval(1, 10_000_000),
+        stage="compare",
+    )
+    verdict_min_seeds: int = param(
+        3,
+        "compare: no verdict with fewer training seeds per model "
+        "than this (one seed's differences are within seed noise).",
+        interval=Interval(1, 1000),
+        stage="compare",
+    )
+    verdict_max_fallback_share: float = param(
+        50.0,
+        "compare: no verdict when more than this "
+        "share (%) of test images has only whole-image "
+        "views (no usable mask).",
+        interval=Interval(0, 100),
+        stage="compare",
+    )
     perturb: PerturbParams = section(PerturbParams, "The perturbed copy of each test image.")
 
 
@@ -380,33 +590,43 @@ class Params:
     segment: SegmentParams = section(SegmentParams, "Masks (segment).")
     crops: CropsParams = section(CropsParams, "Views from mask boxes (crops).")
     train: TrainParams = section(TrainParams, "Training both models (train).")
-    evaluate: EvaluateParams = section(EvaluateParams, "Explainability metrics and report "
-                                       "(evaluate, compare).")
+    evaluate: EvaluateParams = section(
+        EvaluateParams, "Explainability metrics and report (evaluate, compare)."
+    )
 
     def check(self) -> None:
         """Rules that tie several keys together (relative paths: from the project root)."""
         check_path_length("data.root", self.data.root)
         if self.data.source == "synthetic" and Path(self.data.root) != SYNTHETIC_ROOT:
-            raise ParamsError(f"data.root must be {SYNTHETIC_ROOT} when data.source is synthetic, "
-                              f"got {self.data.root!r}")
+            raise ParamsError(
+                f"data.root must be {SYNTHETIC_ROOT} when data.source is synthetic, "
+                f"got {self.data.root!r}"
+            )
         if self.data.source != "synthetic" and within(self.data.root, SYNTHETIC_ROOT):
-            raise ParamsError(f"data.root {self.data.root!r} lies in {SYNTHETIC_ROOT}, which the "
-                              f"synthesize stage replaces when data.source is "
-                              f"{self.data.source}: move your dataset elsewhere and point "
-                              "data.root at it")
+            raise ParamsError(
+                f"data.root {self.data.root!r} lies in {SYNTHETIC_ROOT}, which the "
+                f"synthesize stage replaces when data.source is "
+                f"{self.data.source}: move your dataset elsewhere and point "
+                "data.root at it"
+            )
         if self.data.source == "folder" and within(SYNTHETIC_ROOT, self.data.root):
-            raise ParamsError(f"data.root {self.data.root!r} holds {SYNTHETIC_ROOT}, which the "
-                              "synthesize stage writes and the folder reader would take for a "
-                              "class: put your class folders in a folder of their own")
-        for key, value in (("segment.device", self.segment.device),
-                           ("train.device", self.train.device),
-                           ("evaluate.device", self.evaluate.device)):
+            raise ParamsError(
+                f"data.root {self.data.root!r} holds {SYNTHETIC_ROOT}, which the "
+                "synthesize stage writes and the folder reader would take for a "
+                "class: put your class folders in a folder of their own"
+            )
+        for key, value in (
+            ("segment.device", self.segment.device),
+            ("train.device", self.train.device),
+            ("evaluate.device", self.evaluate.device),
+        ):
             if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-                raise ParamsError(f"{key} must be one of auto | cpu | cuda | cuda:N, "
-                                  f"got {value!r}")
+                raise ParamsError(f"{key} must be one of auto | cpu | cuda | cuda:N, got {value!r}")
         if self.segment.backend == "sam" and not self.segment.sam.checkpoint:
-            raise ParamsError("segment.sam.checkpoint must name a local SAM checkpoint file "
-                              "when segment.backend is sam, got null")
+            raise ParamsError(
+                "segment.sam.checkpoint must name a local SAM checkpoint file "
+                "when segment.backend is sam, got null"
+            )
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

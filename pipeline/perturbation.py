@@ -4,6 +4,7 @@ Colour jitter with fixed factors, Gaussian noise, box blur and JPEG re-encoding,
 order (the reference's continuity pipeline); the noise of each image is seeded by
 ``evaluate.seed`` and the image id, so a rerun perturbs every image the same way.
 """
+
 from __future__ import annotations
 
 import io

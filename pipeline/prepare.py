@@ -10,6 +10,7 @@ The rejects table lists, one row each, what prepare does not use as the reader f
   (``segmentation_path`` null, as for an image without a PNG), so evaluate's object
   metrics skip it instead of reading a wrong mask, and no bad file stops prepare.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -37,7 +38,7 @@ class Decoded:
     width: int
     height: int
     pixel_hash: str
-    segmentation_problem: str | None = None   # why its segmentation PNG does not decode
+    segmentation_problem: str | None = None  # why its segmentation PNG does not decode
 
 
 def index_fingerprint(data: DataParams) -> str:
@@ -45,8 +46,9 @@ def index_fingerprint(data: DataParams) -> str:
     return result_fingerprint(data)
 
 
-def decode_all(listing: DatasetListing, root: Path, workers: int
-               ) -> tuple[dict[int, Decoded], list[dict]]:
+def decode_all(
+    listing: DatasetListing, root: Path, workers: int
+) -> tuple[dict[int, Decoded], list[dict]]:
     """Decode every listed image and its segmentation PNG (if any); return what decoded
     and the images that did not, with reasons."""
 
@@ -67,18 +69,23 @@ def decode_all(listing: DatasetListing, root: Path, workers: int
     rejects: list[dict] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(decode, listing.records)
-        for record, result in tqdm(zip(listing.records, results), total=len(listing.records),
-                                   desc="prepare: decoding", unit="img", leave=False):
+        for record, result in tqdm(
+            zip(listing.records, results, strict=False),
+            total=len(listing.records),
+            desc="prepare: decoding",
+            unit="img",
+            leave=False,
+        ):
             if isinstance(result, str):
-                rejects.append({"image_id": record.image_id, "path": record.path,
-                                "reason": result})
+                rejects.append({"image_id": record.image_id, "path": record.path, "reason": result})
             else:
                 decoded[record.image_id] = result
     return decoded, rejects
 
 
-def remove_duplicates(records: list[ImageRecord], decoded: dict[int, Decoded]
-                      ) -> tuple[list[ImageRecord], list[dict]]:
+def remove_duplicates(
+    records: list[ImageRecord], decoded: dict[int, Decoded]
+) -> tuple[list[ImageRecord], list[dict]]:
     """Keep one image per distinct pixel content: a training copy when there is one.
 
     Same pixels under two names would leak between splits (or weigh one photo twice);
@@ -94,19 +101,24 @@ def remove_duplicates(records: list[ImageRecord], decoded: dict[int, Decoded]
         for other in group:
             if other is keep:
                 continue
-            duplicates.append({
-                "image_id": other.image_id, "path": other.path,
-                "dataset_split": "train" if other.is_train else "test",
-                "kept_image_id": keep.image_id, "kept_path": keep.path,
-                "kept_split": "train" if keep.is_train else "test",
-            })
+            duplicates.append(
+                {
+                    "image_id": other.image_id,
+                    "path": other.path,
+                    "dataset_split": "train" if other.is_train else "test",
+                    "kept_image_id": keep.image_id,
+                    "kept_path": keep.path,
+                    "kept_split": "train" if keep.is_train else "test",
+                }
+            )
     kept.sort(key=lambda r: r.image_id)
     duplicates.sort(key=lambda row: row["image_id"])
     return kept, duplicates
 
 
-def assign_splits(records: list[ImageRecord], class_names: tuple[str, ...],
-                  val_fraction: float, seed: int) -> dict[int, str]:
+def assign_splits(
+    records: list[ImageRecord], class_names: tuple[str, ...], val_fraction: float, seed: int
+) -> dict[int, str]:
     """train | val | test per image id: val carved from train, stratified and seeded.
 
     Every class must keep at least one training image; test is the dataset's own.
@@ -122,8 +134,10 @@ def assign_splits(records: list[ImageRecord], class_names: tuple[str, ...],
     missing = [class_names[c] for c in range(len(class_names)) if not by_class.get(c)]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise DatasetError(f"{len(missing)} class(es) have no training image after rejects "
-                           f"and duplicates were removed: {shown}")
+        raise DatasetError(
+            f"{len(missing)} class(es) have no training image after rejects "
+            f"and duplicates were removed: {shown}"
+        )
     for class_id, ids in sorted(by_class.items()):
         ids = sorted(ids)
         n_val = min(int(round(val_fraction * len(ids))), len(ids) - 1)
@@ -133,26 +147,44 @@ def assign_splits(records: list[ImageRecord], class_names: tuple[str, ...],
     return split
 
 
-def index_rows(records: list[ImageRecord], listing: DatasetListing,
-               decoded: dict[int, Decoded], split: dict[int, str]) -> list[dict]:
+def index_rows(
+    records: list[ImageRecord],
+    listing: DatasetListing,
+    decoded: dict[int, Decoded],
+    split: dict[int, str],
+) -> list[dict]:
     """Rows of the images table (schema: pipeline.tables)."""
     rows = []
     for r in records:
         d = decoded[r.image_id]
-        rows.append({
-            "image_id": r.image_id, "path": r.path, "class_id": r.class_id,
-            "class_name": listing.class_names[r.class_id], "split": split[r.image_id],
-            "width": d.width, "height": d.height, "pixel_hash": d.pixel_hash,
-            "object_box_xywh": list(r.object_box_xywh) if r.object_box_xywh else None,
-            "parts": ([{"part_id": p.part_id, "x": p.x, "y": p.y, "visible": p.visible}
-                       for p in r.parts] if r.parts is not None else None),
-            "segmentation_path": r.segmentation_path,
-        })
+        rows.append(
+            {
+                "image_id": r.image_id,
+                "path": r.path,
+                "class_id": r.class_id,
+                "class_name": listing.class_names[r.class_id],
+                "split": split[r.image_id],
+                "width": d.width,
+                "height": d.height,
+                "pixel_hash": d.pixel_hash,
+                "object_box_xywh": list(r.object_box_xywh) if r.object_box_xywh else None,
+                "parts": (
+                    [
+                        {"part_id": p.part_id, "x": p.x, "y": p.y, "visible": p.visible}
+                        for p in r.parts
+                    ]
+                    if r.parts is not None
+                    else None
+                ),
+                "segmentation_path": r.segmentation_path,
+            }
+        )
     return rows
 
 
-def segmentation_rejects(records: list[ImageRecord], decoded: dict[int, Decoded]
-                         ) -> tuple[list[ImageRecord], list[dict]]:
+def segmentation_rejects(
+    records: list[ImageRecord], decoded: dict[int, Decoded]
+) -> tuple[list[ImageRecord], list[dict]]:
     """Drop the segmentation of each image whose PNG does not decode; the rejects rows."""
     kept, rows = [], []
     for record in records:
@@ -160,9 +192,14 @@ def segmentation_rejects(records: list[ImageRecord], decoded: dict[int, Decoded]
         if problem is None:
             kept.append(record)
             continue
-        rows.append({"image_id": record.image_id, "path": record.segmentation_path,
-                     "reason": f"segmentation mask: {problem}; the image is kept without "
-                               "object ground truth"})
+        rows.append(
+            {
+                "image_id": record.image_id,
+                "path": record.segmentation_path,
+                "reason": f"segmentation mask: {problem}; the image is kept without "
+                "object ground truth",
+            }
+        )
         kept.append(replace(record, segmentation_path=None))
     return kept, rows
 
@@ -172,14 +209,18 @@ def check_classes(listing: DatasetListing, root: Path) -> None:
     names = listing.class_names
     if len(names) >= 2:
         return
-    how = ("one folder per class: <root>/<class>/<image>" if listing.source == "folder"
-           else "classes.txt must list at least 2 classes")
+    how = (
+        "one folder per class: <root>/<class>/<image>"
+        if listing.source == "folder"
+        else "classes.txt must list at least 2 classes"
+    )
     found = f"1 class ('{names[0]}')" if names else "no class"
     raise DatasetError(f"{root}: found {found}; prepare needs at least 2 classes ({how})")
 
 
-def check_splits(split: dict[int, str], kept: list[ImageRecord], duplicates: list[dict],
-                 data: DataParams) -> None:
+def check_splits(
+    split: dict[int, str], kept: list[ImageRecord], duplicates: list[dict], data: DataParams
+) -> None:
     """Refuse an empty train, validation or test split, naming the key or file to change."""
     counts = {s: sum(1 for v in split.values() if v == s) for s in ("train", "val", "test")}
     if counts["val"] == 0:
@@ -188,13 +229,17 @@ def check_splits(split: dict[int, str], kept: list[ImageRecord], duplicates: lis
             f"data.val_fraction {data.val_fraction:g} leaves the validation split empty "
             f"({counts['train']} training images in {classes} classes; each class moves "
             f"round({data.val_fraction:g} x its training images) to validation and keeps one "
-            "for training): raise data.val_fraction (below 0.5) or add training images")
+            "for training): raise data.val_fraction (below 0.5) or add training images"
+        )
     if counts["test"] == 0:
         lost = sum(1 for d in duplicates if d["dataset_split"] == "test")
-        why = (f"data.test_fraction {data.test_fraction:g} of each class rounds to 0 images "
-               "(a class keeps at least one for training): raise data.test_fraction or add "
-               "images" if data.source == "folder" else
-               "train_test_split.txt marks no kept image as test (0): mark some as test")
+        why = (
+            f"data.test_fraction {data.test_fraction:g} of each class rounds to 0 images "
+            "(a class keeps at least one for training): raise data.test_fraction or add "
+            "images"
+            if data.source == "folder"
+            else "train_test_split.txt marks no kept image as test (0): mark some as test"
+        )
         dups = f"; {lost} test images were duplicates of training images" if lost else ""
         raise DatasetError(f"the test split is empty: {why}{dups}")
 
@@ -204,11 +249,15 @@ def check_train(kept: list[ImageRecord], source: str) -> None:
     if any(r.is_train for r in kept):
         return
     if source == "folder":
-        raise DatasetError(f"the train split is empty: every training image was rejected or a "
-                           f"duplicate; see {layout.REJECTS_TABLE} and "
-                           f"{layout.DUPLICATES_TABLE}")
-    raise DatasetError("the train split is empty: train_test_split.txt marks no kept image "
-                       "as training (1): mark the training images with 1")
+        raise DatasetError(
+            f"the train split is empty: every training image was rejected or a "
+            f"duplicate; see {layout.REJECTS_TABLE} and "
+            f"{layout.DUPLICATES_TABLE}"
+        )
+    raise DatasetError(
+        "the train split is empty: train_test_split.txt marks no kept image "
+        "as training (1): mark the training images with 1"
+    )
 
 
 def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
@@ -221,39 +270,56 @@ def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
     decoded, rejects = decode_all(listing, root, data.decode_workers)
     readable = [r for r in listing.records if r.image_id in decoded]
     readable, seg_rejects = segmentation_rejects(readable, decoded)
-    link_rejects = [{"image_id": e.image_id, "path": e.path, "reason": e.reason}
-                    for e in listing.rejected]
+    link_rejects = [
+        {"image_id": e.image_id, "path": e.path, "reason": e.reason} for e in listing.rejected
+    ]
     fp = index_fingerprint(data)
-    write_table(sorted(rejects + link_rejects + seg_rejects,
-                       key=lambda row: (row["image_id"], row["path"])),
-                project_root / layout.REJECTS_TABLE, "rejects", fingerprint=fp)
+    write_table(
+        sorted(
+            rejects + link_rejects + seg_rejects, key=lambda row: (row["image_id"], row["path"])
+        ),
+        project_root / layout.REJECTS_TABLE,
+        "rejects",
+        fingerprint=fp,
+    )
     reject_fraction = len(rejects) / len(listing.records)
     if reject_fraction > data.max_reject_fraction:
         examples = "; ".join(f"{r['path']}: {r['reason']}" for r in rejects[:3])
         raise DatasetError(
             f"{len(rejects)} of {len(listing.records)} images could not be decoded "
             f"({reject_fraction:.1%} > data.max_reject_fraction {data.max_reject_fraction:g}); "
-            f"see {layout.REJECTS_TABLE} (e.g. {examples})")
+            f"see {layout.REJECTS_TABLE} (e.g. {examples})"
+        )
     kept, duplicates = remove_duplicates(readable, decoded)
     check_train(kept, data.source)
     split = assign_splits(kept, listing.class_names, data.val_fraction, data.seed)
     check_splits(split, kept, duplicates, data)
     facts = {
-        "source": data.source, "data_root": data.root,
+        "source": data.source,
+        "data_root": data.root,
         "class_names": list(listing.class_names),
         "part_names": list(listing.part_names) if listing.part_names else None,
         "notes": list(listing.notes),
     }
-    write_table(duplicates, project_root / layout.DUPLICATES_TABLE, "duplicates",
-                fingerprint=fp)
-    write_table(index_rows(kept, listing, decoded, split), project_root / layout.IMAGES_INDEX,
-                "images", fingerprint=fp, facts=facts)
+    write_table(duplicates, project_root / layout.DUPLICATES_TABLE, "duplicates", fingerprint=fp)
+    write_table(
+        index_rows(kept, listing, decoded, split),
+        project_root / layout.IMAGES_INDEX,
+        "images",
+        fingerprint=fp,
+        facts=facts,
+    )
     counts = {s: sum(1 for v in split.values() if v == s) for s in ("train", "val", "test")}
     metrics = {
-        "images": len(kept), "classes": len(listing.class_names),
-        "train": counts["train"], "val": counts["val"], "test": counts["test"],
-        "rejects": len(rejects), "duplicates_removed": len(duplicates),
-        "links_rejected": len(link_rejects), "segmentations_rejected": len(seg_rejects),
+        "images": len(kept),
+        "classes": len(listing.class_names),
+        "train": counts["train"],
+        "val": counts["val"],
+        "test": counts["test"],
+        "rejects": len(rejects),
+        "duplicates_removed": len(duplicates),
+        "links_rejected": len(link_rejects),
+        "segmentations_rejected": len(seg_rejects),
         "with_segmentation": sum(1 for r in kept if r.segmentation_path),
         "with_parts": sum(1 for r in kept if r.parts is not None),
     }

@@ -4,6 +4,7 @@ DVC-tracked outputs must not change when a stage reruns on the same inputs, so t
 and counts that depend on what was already on disk go to ``logs/<name>.json`` (see
 :data:`pipeline.layout.RUN_LOGS`), which is neither a DVC output nor in git.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

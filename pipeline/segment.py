@@ -9,6 +9,7 @@ rebuilt), and redoes the rest, so an interrupted run resumes and ends with the s
 metrics/segment.json holds only what the inputs and params decide; wall-clock facts
 (seconds, images/s, shards reused) go to the run log logs/segment.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ from pipeline.params import Params, SegmentParams, fingerprint, result_fingerpri
 from pipeline.sharded import ShardedStage, run_shards
 from pipeline.tables import read_table
 
-_SEGMENTERS: dict[str, object] = {}   # per worker process: the loaded model, built once
+_SEGMENTERS: dict[str, object] = {}  # per worker process: the loaded model, built once
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class ShardSummary:
     index: int
     images: int
     masks: int
-    without_masks: int           # images with no mask, failed ones included
+    without_masks: int  # images with no mask, failed ones included
     failures: tuple[tuple[int, str], ...]
     skipped: bool = False
 
@@ -98,18 +99,21 @@ def segment_shard(task: ShardTask) -> ShardSummary:
             return
         try:
             mask_sets = segment([image for _, image in pending])
-            results.extend(ImageResult(i, m) for (i, _), m in zip(pending, mask_sets))
+            results.extend(ImageResult(i, m) for (i, _), m in zip(pending, mask_sets, strict=False))
         except Exception as exc:  # noqa: BLE001 - one bad batch: retry image by image
             if len(pending) == 1:
-                results.append(ImageResult(pending[0][0], failure=f"segmenter error: "
-                                           f"{type(exc).__name__}: {exc}"))
+                results.append(
+                    ImageResult(
+                        pending[0][0], failure=f"segmenter error: {type(exc).__name__}: {exc}"
+                    )
+                )
             else:
                 for item in list(pending):
                     pending[:] = [item]
                     flush()
         pending.clear()
 
-    for image_id, rel in zip(task.image_ids, task.paths):
+    for image_id, rel in zip(task.image_ids, task.paths, strict=False):
         try:
             image = load_rgb(resolve_inside(root, rel))
         except ImageDecodeError as exc:
@@ -121,18 +125,28 @@ def segment_shard(task: ShardTask) -> ShardSummary:
             flush()
     flush()
     results.sort(key=lambda r: r.image_id)
-    write_shard(Path(task.out_path), results, fingerprint=task.fingerprint,
-                backend=task.params.backend, checkpoint_sha256=task.checkpoint_sha256)
-    return ShardSummary(task.index, len(results),
-                        sum(len(r.masks) for r in results if r.masks is not None),
-                        sum(1 for r in results if r.masks is None or len(r.masks) == 0),
-                        tuple((r.image_id, r.failure) for r in results if r.failure))
+    write_shard(
+        Path(task.out_path),
+        results,
+        fingerprint=task.fingerprint,
+        backend=task.params.backend,
+        checkpoint_sha256=task.checkpoint_sha256,
+    )
+    return ShardSummary(
+        task.index,
+        len(results),
+        sum(len(r.masks) for r in results if r.masks is not None),
+        sum(1 for r in results if r.masks is None or len(r.masks) == 0),
+        tuple((r.image_id, r.failure) for r in results if r.failure),
+    )
 
 
 def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardTask]:
     """Cut the images index into shard tasks with their fingerprints."""
     table, info = read_table(project_root / layout.IMAGES_INDEX, "images")
-    rows = sorted(zip(table.column("image_id").to_pylist(), table.column("path").to_pylist()))
+    rows = sorted(
+        zip(table.column("image_id").to_pylist(), table.column("path").to_pylist(), strict=False)
+    )
     seg = params.segment
     checkpoint_sha = ""
     if seg.backend == "sam":
@@ -145,20 +159,31 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardT
     base = result_fingerprint(semantic) + seg.backend + info["fingerprint"] + checkpoint_sha
     tasks = []
     for index, start in enumerate(range(0, len(rows), seg.shard_size)):
-        chunk = rows[start:start + seg.shard_size]
+        chunk = rows[start : start + seg.shard_size]
         ids = tuple(int(i) for i, _ in chunk)
         fp = text_fingerprint(base + json.dumps(ids))
-        tasks.append(ShardTask(index, ids, tuple(p for _, p in chunk),
-                               str(project_root / params.data.root),
-                               str(out_dir / mask_shard_name(index)), fp, checkpoint_sha, seg))
+        tasks.append(
+            ShardTask(
+                index,
+                ids,
+                tuple(p for _, p in chunk),
+                str(project_root / params.data.root),
+                str(out_dir / mask_shard_name(index)),
+                fp,
+                checkpoint_sha,
+                seg,
+            )
+        )
     return tasks
 
 
 def _progress(summaries: list[ShardSummary]) -> dict[str, object]:
     """The progress bar's postfix: masks per image of the latest shard, failures so far."""
     last = summaries[-1]
-    return {"masks_per_image": f"{last.masks / max(last.images, 1):.1f}",
-            "failed": sum(len(s.failures) for s in summaries)}
+    return {
+        "masks_per_image": f"{last.masks / max(last.images, 1):.1f}",
+        "failed": sum(len(s.failures) for s in summaries),
+    }
 
 
 def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
@@ -172,26 +197,38 @@ def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
         The stage's metrics (as in metrics/segment.json) and this run's wall-clock facts
         (as in logs/segment.json).
     """
-    project_root = Path(project_root).resolve()   # workers may run elsewhere
+    project_root = Path(project_root).resolve()  # workers may run elsewhere
     out_dir = project_root / layout.SEGMENT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)
     stage = ShardedStage("segment", PREFIX, check_mask_shard, segment_shard, postfix=_progress)
-    run = run_shards(stage, tasks, out_dir, project_root,
-                     workers=local_worker_count(params.segment),
-                     scheduler=params.segment.scheduler)
+    run = run_shards(
+        stage,
+        tasks,
+        out_dir,
+        project_root,
+        workers=local_worker_count(params.segment),
+        scheduler=params.segment.scheduler,
+    )
     summaries = [_summary_of_existing(t) for t in tasks if t.out_path not in run.rebuilt]
     summaries = sorted(summaries + run.results, key=lambda s: s.index)
     failures = [f for s in summaries for f in s.failures]
     metrics = segment_metrics(summaries, len(tasks), params.segment.backend)
     write_json(project_root / layout.SEGMENT_METRICS, metrics)
-    write_json(out_dir / "failures.json", [{"image_id": i, "reason": r} for i, r in failures],
-               indent=1, sort_keys=False, newline=False)
+    write_json(
+        out_dir / "failures.json",
+        [{"image_id": i, "reason": r} for i, r in failures],
+        indent=1,
+        sort_keys=False,
+        newline=False,
+    )
     facts = run.write_log(project_root, "segment")
     images = metrics["images"]
     if images and len(failures) == images:
-        raise ProtomaskError(f"segment: every image failed (first: image {failures[0][0]}: "
-                             f"{failures[0][1]}); see {out_dir / 'failures.json'}")
+        raise ProtomaskError(
+            f"segment: every image failed (first: image {failures[0][0]}: "
+            f"{failures[0][1]}); see {out_dir / 'failures.json'}"
+        )
     return {**metrics, **facts}
 
 
@@ -202,11 +239,16 @@ def segment_metrics(summaries: list[ShardSummary], shards: int, backend: str) ->
     failed = sum(len(s.failures) for s in summaries)
     masks = sum(s.masks for s in summaries)
     without = sum(s.without_masks for s in summaries)
-    return {"images": images, "shards": shards, "masks": masks,
-            "masks_per_image": round(masks / max(images - failed, 1), 3),
-            "images_without_masks": without,
-            "no_mask_share": round(without / max(images, 1), 4),
-            "failed_images": failed, "backend": backend}
+    return {
+        "images": images,
+        "shards": shards,
+        "masks": masks,
+        "masks_per_image": round(masks / max(images - failed, 1), 3),
+        "images_without_masks": without,
+        "no_mask_share": round(without / max(images, 1), 4),
+        "failed_images": failed,
+        "backend": backend,
+    }
 
 
 def summary_line(m: dict) -> str:
@@ -214,16 +256,27 @@ def summary_line(m: dict) -> str:
     images have no mask (the views of such an image are the whole image)."""
     speed = f", {m['images_per_second']:.2f} images/s" if m["images_per_second"] else ""
     damaged = f", {len(m['shards_damaged'])} damaged rebuilt" if m["shards_damaged"] else ""
-    return (f"segment: {m['images']} images in {m['shards']} shards ({m['shards_reused']} "
-            f"reused{damaged}{speed}); {m['masks_per_image']} masks per image; "
-            f"{percent(m['no_mask_share'])} of images without a mask; "
-            f"{m['failed_images']} failed"
-            + degenerate_warning(m["no_mask_share"], "have no mask",
-                                 "their views will be the whole image; check segment params"))
+    return (
+        f"segment: {m['images']} images in {m['shards']} shards ({m['shards_reused']} "
+        f"reused{damaged}{speed}); {m['masks_per_image']} masks per image; "
+        f"{percent(m['no_mask_share'])} of images without a mask; "
+        f"{m['failed_images']} failed"
+        + degenerate_warning(
+            m["no_mask_share"],
+            "have no mask",
+            "their views will be the whole image; check segment params",
+        )
+    )
 
 
 def _summary_of_existing(task: ShardTask) -> ShardSummary:
     """The summary of a reused shard, read from its file."""
     with MaskShard(Path(task.out_path)) as shard:
-        return ShardSummary(task.index, len(task.image_ids), shard.num_masks,
-                            shard.images_without_masks, tuple(shard.failures()), skipped=True)
+        return ShardSummary(
+            task.index,
+            len(task.image_ids),
+            shard.num_masks,
+            shard.images_without_masks,
+            tuple(shard.failures()),
+            skipped=True,
+        )

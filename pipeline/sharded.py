@@ -6,6 +6,7 @@ stderr and rebuilt), maps the rest over dask with a progress bar, and times it a
 What a stage makes of the results (its metrics, index, summary line) stays in the
 stage's module; :meth:`ShardRun.write_log` writes the run's wall-clock facts.
 """
+
 from __future__ import annotations
 
 import time
@@ -83,11 +84,15 @@ class ShardRun(Generic[T, R]):
         """The run's wall-clock facts (kept out of DVC): shards reused, damaged shards
         rebuilt, seconds, verification seconds, images per second of the built shards."""
         images = sum(t.num_images for t in self.built)
-        return {"shards_reused": len(self.tasks) - len(self.built),
-                "shards_damaged": self.damaged, "seconds": self.seconds,
-                "verify_seconds": self.verify_seconds,
-                "images_per_second": (images / self.seconds if self.built and self.seconds > 0
-                                      else None)}
+        return {
+            "shards_reused": len(self.tasks) - len(self.built),
+            "shards_damaged": self.damaged,
+            "seconds": self.seconds,
+            "verify_seconds": self.verify_seconds,
+            "images_per_second": (
+                images / self.seconds if self.built and self.seconds > 0 else None
+            ),
+        }
 
     def write_log(self, project_root: Path, stage: str) -> dict[str, Any]:
         """Write :meth:`facts` to logs/<stage>.json; return them."""
@@ -96,8 +101,15 @@ class ShardRun(Generic[T, R]):
         return facts
 
 
-def run_shards(stage: ShardedStage[T, R], tasks: Sequence[T], out_dir: Path,
-               project_root: Path, *, workers: int, scheduler: str | None) -> ShardRun[T, R]:
+def run_shards(
+    stage: ShardedStage[T, R],
+    tasks: Sequence[T],
+    out_dir: Path,
+    project_root: Path,
+    *,
+    workers: int,
+    scheduler: str | None,
+) -> ShardRun[T, R]:
     """Bring every shard of ``tasks`` up to date in ``out_dir``.
 
     Args:
@@ -126,8 +138,9 @@ def run_shards(stage: ShardedStage[T, R], tasks: Sequence[T], out_dir: Path,
 
 def _collect(run: ShardRun[T, R], results: Iterable[R], stage: ShardedStage[T, R]) -> None:
     """Gather results into ``run`` while a progress bar counts their images."""
-    with tqdm(total=sum(t.num_images for t in run.built), unit="img", desc=stage.name,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=sum(t.num_images for t in run.built), unit="img", desc=stage.name, dynamic_ncols=True
+    ) as bar:
         for result in results:
             run.results.append(result)
             bar.update(result.images)

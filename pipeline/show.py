@@ -4,6 +4,7 @@
 Reads only artifacts (the images index, the crops index, the crop shards) and the
 image file itself; the segmenter is never run.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.tables import read_table
 from pipeline.views import view_owners
 
-IMAGE_SIDE = 384    # the longer side of the image panel, px
-TILE = 96           # the smallest side of a crop tile, px
+IMAGE_SIDE = 384  # the longer side of the image panel, px
+TILE = 96  # the smallest side of a crop tile, px
 COLUMNS = 4
 PAD = 8
 CAPTION = 14
@@ -34,16 +35,17 @@ class ImageViewsRecord:
 
     image_id: int
     title: str
-    image: np.ndarray          # H x W x 3 uint8
-    boxes: np.ndarray          # (M, 4) inclusive
-    duplicate_of: np.ndarray   # (M,)
-    mask_index: np.ndarray     # (M,)
-    crops: np.ndarray          # (M, S, S, 3) uint8
+    image: np.ndarray  # H x W x 3 uint8
+    boxes: np.ndarray  # (M, 4) inclusive
+    duplicate_of: np.ndarray  # (M,)
+    mask_index: np.ndarray  # (M,)
+    crops: np.ndarray  # (M, S, S, 3) uint8
     fallback: bool
 
 
-def load_image_views(image_id: int, data_root: Path, project_root: Path = Path(".")
-                     ) -> ImageViewsRecord:
+def load_image_views(
+    image_id: int, data_root: Path, project_root: Path = Path(".")
+) -> ImageViewsRecord:
     """The image, its index rows and its crops, from the artifacts."""
     images, _ = read_table(project_root / layout.IMAGES_INDEX, "images")
     image_row = images.filter(pc.equal(images["image_id"], image_id)).to_pylist()
@@ -59,11 +61,19 @@ def load_image_views(image_id: int, data_root: Path, project_root: Path = Path("
     info = image_row[0]
     image = load_rgb(resolve_inside(project_root / data_root, info["path"]))
     fallback = bool(views["fallback"][0].as_py())
-    title = (f"image {image_id}  {info['class_name']}  ({info['split']})  "
-             f"{len(views)} views" + ("  FALLBACK: whole image" if fallback else ""))
-    return ImageViewsRecord(image_id, title, image, np.asarray(views["box"].to_pylist()),
-                            views["duplicate_of"].to_numpy(), views["mask_index"].to_numpy(),
-                            pixels, fallback)
+    title = f"image {image_id}  {info['class_name']}  ({info['split']})  {len(views)} views" + (
+        "  FALLBACK: whole image" if fallback else ""
+    )
+    return ImageViewsRecord(
+        image_id,
+        title,
+        image,
+        np.asarray(views["box"].to_pylist()),
+        views["duplicate_of"].to_numpy(),
+        views["mask_index"].to_numpy(),
+        pixels,
+        fallback,
+    )
 
 
 def render_sheet(record: ImageViewsRecord) -> Image.Image:
@@ -71,11 +81,15 @@ def render_sheet(record: ImageViewsRecord) -> Image.Image:
     font = ImageFont.load_default()
     height, width = record.image.shape[:2]
     scale = IMAGE_SIDE / max(height, width)
-    panel = np.array(Image.fromarray(record.image).resize(
-        (max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR))
+    panel = np.array(
+        Image.fromarray(record.image).resize(
+            (max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR
+        )
+    )
     distinct = np.flatnonzero(record.duplicate_of < 0)
-    draw_boxes(panel, record.boxes[distinct], scale, views=distinct.tolist(), width=2,
-               filled_labels=True)
+    draw_boxes(
+        panel, record.boxes[distinct], scale, views=distinct.tolist(), width=2, filled_labels=True
+    )
     m, side = len(record.crops), max(TILE, record.crops.shape[1])
     rows = -(-m // COLUMNS)
     header = CAPTION + PAD
@@ -94,15 +108,18 @@ def render_sheet(record: ImageViewsRecord) -> Image.Image:
         sheet.paste(tile, (x, y))
         colour = view_colour(int(owners[v]))
         draw.rectangle([x - 1, y - 1, x + side, y + side], outline=colour, width=2)
-        caption = (f"{v} = {record.duplicate_of[v]}" if record.duplicate_of[v] >= 0
-                   else f"{v}: whole image" if record.mask_index[v] < 0
-                   else f"{v}: mask {record.mask_index[v]}")
+        caption = (
+            f"{v} = {record.duplicate_of[v]}"
+            if record.duplicate_of[v] >= 0
+            else f"{v}: whole image"
+            if record.mask_index[v] < 0
+            else f"{v}: mask {record.mask_index[v]}"
+        )
         draw.text((x, y + side + 2), caption, fill=(0, 0, 0), font=font)
     return sheet
 
 
-def write_sheet(image_id: int, out: Path, data_root: Path, project_root: Path = Path(".")
-                ) -> Path:
+def write_sheet(image_id: int, out: Path, data_root: Path, project_root: Path = Path(".")) -> Path:
     """Render the sheet of ``image_id`` and save it as PNG at ``out``."""
     sheet = render_sheet(load_image_views(image_id, data_root, project_root))
     out = Path(out)

@@ -25,6 +25,7 @@ drawn in pipeline/synthetic_drawing.py; this module writes the dataset.
 folder and renames it onto ``root`` only when complete, and only over a folder that is
 absent, empty or marked as written by synthesize (``WRITTEN_BY_PROTOMASK.txt``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,14 @@ from pipeline.synthetic_designs import (
 )
 from pipeline.synthetic_drawing import render_image
 
-__all__ = ["GENERATOR_VERSION", "PART_NAMES", "class_designs", "generate_synthetic",
-           "render_image", "write_not_used"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "PART_NAMES",
+    "class_designs",
+    "generate_synthetic",
+    "render_image",
+    "write_not_used",
+]
 
 GENERATOR_VERSION = "1"
 
@@ -80,18 +87,25 @@ def _attributes_document(designs: list[ClassDesign]) -> dict:
         "texture_second_colour": f"base colour x {SHADE}",
         "attribute_values": {k: list(v) for k, v in ATTRIBUTE_VALUES.items()},
         "parts": list(PART_NAMES),
-        "fixed": {"beak_rgb": list(BEAK_RGB), "eye_rgb": list(EYE_RGB),
-                  "head_texture": "solid", "tail_texture": "solid"},
-        "classes": [{"class_id": d.class_id, "folder": d.folder, "attributes": d.attributes}
-                    for d in designs],
+        "fixed": {
+            "beak_rgb": list(BEAK_RGB),
+            "eye_rgb": list(EYE_RGB),
+            "head_texture": "solid",
+            "tail_texture": "solid",
+        },
+        "classes": [
+            {"class_id": d.class_id, "folder": d.folder, "attributes": d.attributes}
+            for d in designs
+        ],
     }
 
 
 def _write_dataset(out: Path, cfg: SyntheticParams) -> None:
     """Write the complete CUB layout into the (empty) folder ``out``."""
     designs = class_designs(cfg)
-    lines: dict[str, list[str]] = {k: [] for k in (
-        "images", "labels", "split", "boxes", "part_locs")}
+    lines: dict[str, list[str]] = {
+        k: [] for k in ("images", "labels", "split", "boxes", "part_locs")
+    }
     image_id = 0
     for design in designs:
         (out / "images" / design.folder).mkdir(parents=True)
@@ -99,14 +113,15 @@ def _write_dataset(out: Path, cfg: SyntheticParams) -> None:
         split_rng = seeded_rng(cfg.seed, STREAM_SPLIT, design.class_id)
         order = split_rng.permutation(cfg.images_per_class)
         is_test = np.zeros(cfg.images_per_class, bool)
-        is_test[order[:held_out_count(cfg.images_per_class, cfg.test_fraction)]] = True
+        is_test[order[: held_out_count(cfg.images_per_class, cfg.test_fraction)]] = True
         for index in range(cfg.images_per_class):
             image_id += 1
             image = render_image(design, cfg, index)
             rel = f"{design.folder}/synth_{design.class_id:03d}_{index + 1:04d}.png"
             (out / "images" / rel).write_bytes(_png_bytes(image.rgb))
             (out / "segmentations" / rel).write_bytes(
-                _png_bytes(np.where(image.mask, 255, 0).astype(np.uint8)))
+                _png_bytes(np.where(image.mask, 255, 0).astype(np.uint8))
+            )
             lines["images"].append(f"{image_id} {rel}")
             lines["labels"].append(f"{image_id} {design.class_id}")
             lines["split"].append(f"{image_id} {0 if is_test[index] else 1}")
@@ -129,16 +144,20 @@ def _write_dataset(out: Path, cfg: SyntheticParams) -> None:
     write("parts/parts.txt", [f"{i} {n}" for i, n in enumerate(PART_NAMES, start=1)])
     write("parts/part_locs.txt", lines["part_locs"])
     write_json(out / "attributes.json", _attributes_document(designs), sort_keys=False)
-    write_json(out / "generator.json", {"generator": "protomask.synthetic",
-                                        "version": GENERATOR_VERSION, "params": as_dict(cfg)})
+    write_json(
+        out / "generator.json",
+        {"generator": "protomask.synthetic", "version": GENERATOR_VERSION, "params": as_dict(cfg)},
+    )
 
 
 # ------------------------------------------------------- replacing the folder
 # Every folder synthesize writes carries this file; synthesize replaces only a folder that
 # is absent, empty or carries it, so it never deletes files it did not write.
 MARKER = "WRITTEN_BY_PROTOMASK.txt"
-MARKER_TEXT = ("This folder is written by `protomask synthesize` and replaced as a whole each "
-               "time it runs:\nkeep no files of your own here.\n")
+MARKER_TEXT = (
+    "This folder is written by `protomask synthesize` and replaced as a whole each "
+    "time it runs:\nkeep no files of your own here.\n"
+)
 NOT_USED = "NOT_USED.txt"
 
 
@@ -159,12 +178,16 @@ def written_by_protomask(root: Path) -> bool:
 def check_replaceable(root: Path) -> None:
     """Refuse, in one line, to replace ``root`` unless it is absent, an empty folder, or a
     folder synthesize wrote (:func:`written_by_protomask`)."""
-    refuse = (f"{root}: holds files protomask synthesize did not write (no {MARKER}); it will "
-              "not delete files it did not write: move them elsewhere (and point data.root "
-              "there) or empty the folder")
+    refuse = (
+        f"{root}: holds files protomask synthesize did not write (no {MARKER}); it will "
+        "not delete files it did not write: move them elsewhere (and point data.root "
+        "there) or empty the folder"
+    )
     if root.is_symlink():
-        raise DatasetError(f"{root}: is a symbolic link; synthesize will not replace it: "
-                           "remove the link (its target is left alone)")
+        raise DatasetError(
+            f"{root}: is a symbolic link; synthesize will not replace it: "
+            "remove the link (its target is left alone)"
+        )
     if not root.exists():
         return
     if not root.is_dir():
@@ -173,8 +196,10 @@ def check_replaceable(root: Path) -> None:
         if any(root.iterdir()) and not written_by_protomask(root):
             raise DatasetError(refuse)
     except OSError as exc:
-        raise DatasetError(f"{root}: cannot read ({exc.strerror or exc}); synthesize will "
-                           "not replace a folder it cannot check") from None
+        raise DatasetError(
+            f"{root}: cannot read ({exc.strerror or exc}); synthesize will "
+            "not replace a folder it cannot check"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -192,7 +217,8 @@ def write_not_used(root: Path | str, source: str) -> None:
     """Replace ``root`` by a folder holding only a note: data.source is not synthetic."""
     with replacing(root) as tmp:
         (tmp / NOT_USED).write_text(
-            f"data.source is {source}: the synthetic set is not generated.\n", encoding="utf-8")
+            f"data.source is {source}: the synthetic set is not generated.\n", encoding="utf-8"
+        )
 
 
 def generate_synthetic(root: Path | str, cfg: SyntheticParams) -> None:

@@ -2,6 +2,7 @@
 and the ground truth (part labels, keypoints) of what stays visible (pipeline/synthetic.py
 describes the dataset as a whole).
 """
+
 from __future__ import annotations
 
 import math
@@ -34,13 +35,13 @@ WING_ANGLE_DEG = (-10.0, 40.0)
 TAIL_ANGLE_DEG = (-25.0, 25.0)
 BODY_AXES = (0.5, 0.3)
 NECK = (0.32, -0.14)
-HEAD_OFFSET = (0.14, -0.16)         # head centre from the neck pivot
+HEAD_OFFSET = (0.14, -0.16)  # head centre from the neck pivot
 HEAD_RADIUS = 0.23
 SHOULDER = (0.18, -0.12)
 RUMP = (-0.42, 0.02)
-TEXTURE_PERIOD = 0.2                # stripe period and dot spacing, object units
+TEXTURE_PERIOD = 0.2  # stripe period and dot spacing, object units
 DOT_RADIUS = 0.065
-MIN_VISIBLE_SHARE = 0.6             # front distractors never hide more of the object
+MIN_VISIBLE_SHARE = 0.6  # front distractors never hide more of the object
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,9 @@ class PartShape:
     """One part of the posed bird: polygons, frame (for textures) and keypoint anchor."""
 
     name: str
-    polygons: tuple[np.ndarray, ...]      # each (N, 2), object units
+    polygons: tuple[np.ndarray, ...]  # each (N, 2), object units
     frame: Frame
-    anchor: tuple[float, float]           # the keypoint, in the part's frame
+    anchor: tuple[float, float]  # the keypoint, in the part's frame
     rgb: tuple[int, int, int]
     texture: str
 
@@ -99,9 +100,9 @@ class Distractor:
 class RenderedImage:
     """One generated image with its ground truth (pixel coordinates)."""
 
-    rgb: np.ndarray                     # (H, W, 3) uint8
-    part_labels: np.ndarray             # (H, W) uint8: visible part id, 0 elsewhere
-    keypoints: dict[str, Optional[tuple[float, float]]]   # None = not visible
+    rgb: np.ndarray  # (H, W, 3) uint8
+    part_labels: np.ndarray  # (H, W) uint8: visible part id, 0 elsewhere
+    keypoints: dict[str, Optional[tuple[float, float]]]  # None = not visible
 
     @property
     def mask(self) -> np.ndarray:
@@ -112,8 +113,12 @@ class RenderedImage:
     def box_xywh(self) -> tuple[float, float, float, float]:
         """Tight box of the visible mask: x_min, y_min, width, height (pixels inclusive)."""
         ys, xs = np.nonzero(self.mask)
-        return (float(xs.min()), float(ys.min()),
-                float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
+        return (
+            float(xs.min()),
+            float(ys.min()),
+            float(xs.max() - xs.min() + 1),
+            float(ys.max() - ys.min() + 1),
+        )
 
 
 # ------------------------------------------------------------------ helpers
@@ -123,8 +128,9 @@ def rotation(angle: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-def ellipse_points(centre: tuple[float, float], axes: tuple[float, float],
-                   n: int = 40) -> np.ndarray:
+def ellipse_points(
+    centre: tuple[float, float], axes: tuple[float, float], n: int = 40
+) -> np.ndarray:
     """Polygon approximating an axis-aligned ellipse."""
     t = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
     return np.stack([centre[0] + axes[0] * np.cos(t), centre[1] + axes[1] * np.sin(t)], axis=1)
@@ -136,8 +142,9 @@ def in_frame(points: np.ndarray | list, frame: Frame) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ the bird
-def bird_parts(design: ClassDesign, head_angle: float, wing_angle: float,
-               tail_angle: float) -> list[PartShape]:
+def bird_parts(
+    design: ClassDesign, head_angle: float, wing_angle: float, tail_angle: float
+) -> list[PartShape]:
     """The posed bird's parts in drawing order (back to front), in object units."""
     a = design.attributes
     rgb = {k: PALETTE[a[f"{k}_colour"]] for k in ("head", "body", "wing", "tail")}
@@ -149,24 +156,51 @@ def bird_parts(design: ClassDesign, head_angle: float, wing_angle: float,
 
     head_polys = [ellipse_points((0.0, 0.0), (HEAD_RADIUS, HEAD_RADIUS))]
     if a["head_shape"] == "crested":
-        head_polys.append(np.array([(0.10, -0.18), (-0.06, -0.50), (-0.04, -0.24),
-                                    (-0.24, -0.44), (-0.18, -0.12)]))
+        head_polys.append(
+            np.array(
+                [(0.10, -0.18), (-0.06, -0.50), (-0.04, -0.24), (-0.24, -0.44), (-0.18, -0.12)]
+            )
+        )
     beak = np.array([(0.12, -0.11), (0.50, 0.02), (0.12, 0.11)])
     eye = ellipse_points((0.07, -0.08), (0.055, 0.055), n=16)
 
     return [
-        PartShape("tail", (in_frame(_tail_polygon(a["tail_shape"]), tail_frame),),
-                  tail_frame, (0.2, 0.0), rgb["tail"], "solid"),
-        PartShape("body", (ellipse_points((0.0, 0.0), BODY_AXES),), body_frame,
-                  (0.12, 0.18), rgb["body"], a["body_texture"]),
-        PartShape("beak", (in_frame(beak, head_frame),), head_frame, (0.30, 0.0),
-                  BEAK_RGB, "solid"),
-        PartShape("head", tuple(in_frame(p, head_frame) for p in head_polys), head_frame,
-                  (-0.04, 0.04), rgb["head"], "solid"),
-        PartShape("eye", (in_frame(eye, head_frame),), head_frame, (0.07, -0.08),
-                  EYE_RGB, "solid"),
-        PartShape("wing", (in_frame(_wing_polygon(a["wing_shape"]), wing_frame),),
-                  wing_frame, (-0.3, 0.02), rgb["wing"], a["wing_texture"]),
+        PartShape(
+            "tail",
+            (in_frame(_tail_polygon(a["tail_shape"]), tail_frame),),
+            tail_frame,
+            (0.2, 0.0),
+            rgb["tail"],
+            "solid",
+        ),
+        PartShape(
+            "body",
+            (ellipse_points((0.0, 0.0), BODY_AXES),),
+            body_frame,
+            (0.12, 0.18),
+            rgb["body"],
+            a["body_texture"],
+        ),
+        PartShape(
+            "beak", (in_frame(beak, head_frame),), head_frame, (0.30, 0.0), BEAK_RGB, "solid"
+        ),
+        PartShape(
+            "head",
+            tuple(in_frame(p, head_frame) for p in head_polys),
+            head_frame,
+            (-0.04, 0.04),
+            rgb["head"],
+            "solid",
+        ),
+        PartShape("eye", (in_frame(eye, head_frame),), head_frame, (0.07, -0.08), EYE_RGB, "solid"),
+        PartShape(
+            "wing",
+            (in_frame(_wing_polygon(a["wing_shape"]), wing_frame),),
+            wing_frame,
+            (-0.3, 0.02),
+            rgb["wing"],
+            a["wing_texture"],
+        ),
     ]
 
 
@@ -177,10 +211,18 @@ def _tail_polygon(shape: str) -> np.ndarray:
         arc = np.stack([0.05 + 0.58 * np.cos(t), 0.58 * np.sin(t)], axis=1)
         return np.vstack([[(-0.05, 0.07)], arc, [(-0.05, -0.07)]])
     if shape == "fork":
-        return np.array([(-0.05, -0.07), (0.64, -0.24), (0.54, -0.10), (0.36, 0.0),
-                         (0.54, 0.10), (0.64, 0.24), (-0.05, 0.07)])
-    return np.array([(-0.05, -0.10), (0.30, -0.10), (0.70, 0.0), (0.30, 0.10),
-                     (-0.05, 0.10)])
+        return np.array(
+            [
+                (-0.05, -0.07),
+                (0.64, -0.24),
+                (0.54, -0.10),
+                (0.36, 0.0),
+                (0.54, 0.10),
+                (0.64, 0.24),
+                (-0.05, 0.07),
+            ]
+        )
+    return np.array([(-0.05, -0.10), (0.30, -0.10), (0.70, 0.0), (0.30, 0.10), (-0.05, 0.10)])
 
 
 def _wing_polygon(shape: str) -> np.ndarray:
@@ -190,7 +232,7 @@ def _wing_polygon(shape: str) -> np.ndarray:
         return rounded
     front = rounded[rounded[:, 0] >= -0.3 - 1e-9]
     front = front[np.argsort(np.arctan2(front[:, 1] - 0.02, front[:, 0] + 0.3))]
-    return np.vstack([front, [(-0.82, 0.08)]])     # top, front, bottom, then the tip
+    return np.vstack([front, [(-0.82, 0.08)]])  # top, front, bottom, then the tip
 
 
 # ------------------------------------------------------------------ rendering
@@ -198,9 +240,16 @@ def render_image(design: ClassDesign, cfg: SyntheticParams, image_index: int) ->
     """Draw one image of ``design``; deterministic in (seed, class, image_index)."""
     rng = seeded_rng(cfg.seed, STREAM_IMAGE, design.class_id, image_index)
     size = cfg.image_size
-    parts = bird_parts(design, *np.deg2rad([rng.uniform(*HEAD_ANGLE_DEG),
-                                             rng.uniform(*WING_ANGLE_DEG),
-                                             rng.uniform(*TAIL_ANGLE_DEG)]))
+    parts = bird_parts(
+        design,
+        *np.deg2rad(
+            [
+                rng.uniform(*HEAD_ANGLE_DEG),
+                rng.uniform(*WING_ANGLE_DEG),
+                rng.uniform(*TAIL_ANGLE_DEG),
+            ]
+        ),
+    )
     placement = _place_object(parts, size, rng)
     labels = _part_label_map(parts, placement, size)
     distractors = _choose_distractors(rng, size, cfg.distractors)
@@ -265,15 +314,21 @@ def _texture_mask(u: np.ndarray, v: np.ndarray, texture: str, period: float) -> 
     return np.zeros(u.shape, bool)
 
 
-def _paint_textured(canvas: np.ndarray, ys: np.ndarray, xs: np.ndarray,
-                    rgb: tuple[int, int, int], second: np.ndarray) -> None:
+def _paint_textured(
+    canvas: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    rgb: tuple[int, int, int],
+    second: np.ndarray,
+) -> None:
     colour = np.array(rgb, np.float32)
     canvas[ys, xs] = colour
     canvas[ys[second], xs[second]] = colour * SHADE
 
 
-def _paint_part(canvas: np.ndarray, where: np.ndarray, part: PartShape,
-                placement: Placement) -> None:
+def _paint_part(
+    canvas: np.ndarray, where: np.ndarray, part: PartShape, placement: Placement
+) -> None:
     """Paint a part's pixels with its colour and texture (which follows the part's pose)."""
     ys, xs = np.nonzero(where)
     if ys.size == 0:
@@ -284,8 +339,9 @@ def _paint_part(canvas: np.ndarray, where: np.ndarray, part: PartShape,
     _paint_textured(canvas, ys, xs, part.rgb, second)
 
 
-def _keypoints(parts: list[PartShape], placement: Placement,
-               visible_labels: np.ndarray) -> dict[str, Optional[tuple[float, float]]]:
+def _keypoints(
+    parts: list[PartShape], placement: Placement, visible_labels: np.ndarray
+) -> dict[str, Optional[tuple[float, float]]]:
     """Each part's anchor in pixels, or None where the pixel does not show that part."""
     size = visible_labels.shape[0]
     points: dict[str, Optional[tuple[float, float]]] = {}
@@ -308,19 +364,27 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Soft-edged fields of palette colours (full, or in the texture or a middle shade),
     crossed by a few lines: the object's colours, at the object's saturation, everywhere."""
     cells = int(rng.integers(3, 6))
-    shades = np.where(rng.random(cells * cells) < 0.5, 1.0,
-                      rng.choice([SHADE, 0.7], cells * cells))
+    shades = np.where(rng.random(cells * cells) < 0.5, 1.0, rng.choice([SHADE, 0.7], cells * cells))
     grid = np.stack([_random_palette_colour(rng) * shade for shade in shades])
-    blocks = cv2.resize(grid.reshape(cells, cells, 3).astype(np.float32),
-                        (8 * cells, 8 * cells), interpolation=cv2.INTER_NEAREST)
-    blocks = cv2.GaussianBlur(blocks, (0, 0), 8 / 5)     # blurred at low resolution: cheap
+    blocks = cv2.resize(
+        grid.reshape(cells, cells, 3).astype(np.float32),
+        (8 * cells, 8 * cells),
+        interpolation=cv2.INTER_NEAREST,
+    )
+    blocks = cv2.GaussianBlur(blocks, (0, 0), 8 / 5)  # blurred at low resolution: cheap
     canvas = cv2.resize(blocks, (size, size), interpolation=cv2.INTER_LINEAR)
     for _ in range(int(rng.integers(3, 9))):
         p, q = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
         colour = _random_palette_colour(rng) * rng.uniform(0.45, 1.0)
         thickness = max(1, int(round(size * rng.uniform(0.005, 0.02))))
-        cv2.line(canvas, tuple(int(c) for c in p), tuple(int(c) for c in q),
-                 colour.tolist(), thickness, cv2.LINE_AA)
+        cv2.line(
+            canvas,
+            tuple(int(c) for c in p),
+            tuple(int(c) for c in q),
+            colour.tolist(),
+            thickness,
+            cv2.LINE_AA,
+        )
     return np.clip(canvas, 0, 255).astype(np.float32)
 
 
@@ -348,14 +412,22 @@ def _choose_distractors(rng: np.random.Generator, size: int, most: int) -> list[
             local = np.array([(-half, -w), (half, -w), (half, w), (-half, w)])
         polygon = local @ rotation(angle).T + centre
         texture = ("solid", "stripes", "dots")[rng.integers(3)]
-        shapes.append(Distractor(polygon, tuple(_random_palette_colour(rng).astype(int)),
-                                 texture, rng.uniform(0, math.pi),
-                                 size * rng.uniform(0.03, 0.06), bool(rng.random() < 0.45)))
+        shapes.append(
+            Distractor(
+                polygon,
+                tuple(_random_palette_colour(rng).astype(int)),
+                texture,
+                rng.uniform(0, math.pi),
+                size * rng.uniform(0.03, 0.06),
+                bool(rng.random() < 0.45),
+            )
+        )
     return shapes
 
 
-def _occlusion(distractors: list[Distractor], object_mask: np.ndarray,
-               size: int) -> tuple[np.ndarray, list[Distractor]]:
+def _occlusion(
+    distractors: list[Distractor], object_mask: np.ndarray, size: int
+) -> tuple[np.ndarray, list[Distractor]]:
     """The front distractors' mask; one that would hide too much is moved behind."""
     occluder = np.zeros((size, size), np.uint8)
     area = max(int(object_mask.sum()), 1)

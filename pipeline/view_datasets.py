@@ -25,6 +25,7 @@ whatever the number of workers, the start method or the batch order. Call
 ``set_epoch(epoch)`` before each epoch (before the DataLoader iterator is created: with
 ``persistent_workers=True`` the workers keep the epoch they were started with).
 """
+
 from __future__ import annotations
 
 import os
@@ -52,14 +53,24 @@ def build_augmentation(params: AugmentParams) -> v2.Compose:
     """The training transform of the method on uint8 (..., 3, H, W) tensors."""
     steps: list[Any] = [v2.RandomHorizontalFlip(p=params.flip)]
     if params.perspective > 0 and params.perspective_p > 0:
-        steps.append(v2.RandomPerspective(distortion_scale=params.perspective,
-                                          p=params.perspective_p))
+        steps.append(
+            v2.RandomPerspective(distortion_scale=params.perspective, p=params.perspective_p)
+        )
     if params.rotate > 0 or params.shear > 0:
-        steps.append(v2.RandomAffine(degrees=params.rotate,
-                                     shear=(-params.shear, params.shear) if params.shear else None))
+        steps.append(
+            v2.RandomAffine(
+                degrees=params.rotate, shear=(-params.shear, params.shear) if params.shear else None
+            )
+        )
     if max(params.brightness, params.contrast, params.saturation, params.hue) > 0:
-        steps.append(v2.ColorJitter(brightness=params.brightness, contrast=params.contrast,
-                                    saturation=params.saturation, hue=params.hue))
+        steps.append(
+            v2.ColorJitter(
+                brightness=params.brightness,
+                contrast=params.contrast,
+                saturation=params.saturation,
+                hue=params.hue,
+            )
+        )
     return v2.Compose(steps)
 
 
@@ -90,7 +101,7 @@ class ShardFiles:
         self._pid = os.getpid()
 
     def __call__(self, name: str) -> CropShard:
-        if self._pid != os.getpid():    # a forked worker: never share the parent's handles
+        if self._pid != os.getpid():  # a forked worker: never share the parent's handles
             self._files, self._pid = {}, os.getpid()
         if name not in self._files:
             self._files[name] = CropShard(self.directory / name)
@@ -106,14 +117,16 @@ class ShardFiles:
 class _CropsDataset(Dataset):
     """What both datasets share: the crops index of one split, files, augmentation."""
 
-    def __init__(self, crops_dir: Path, split: str, augment: AugmentParams | None,
-                 seed: int) -> None:
+    def __init__(
+        self, crops_dir: Path, split: str, augment: AugmentParams | None, seed: int
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         crops_dir = Path(crops_dir)
         table, info = read_table(crops_dir / layout.CROPS_INDEX.name, "crops")
         table = table.filter(pc.equal(table["split"], split)).sort_by(
-            [("image_id", "ascending"), ("view", "ascending")])
+            [("image_id", "ascending"), ("view", "ascending")]
+        )
         self.num_views = int(info["facts"]["num_views"])
         self.size = int(info["facts"]["size"])
         first = table.filter(pc.equal(table["view"], 0))
@@ -152,8 +165,9 @@ class _CropsDataset(Dataset):
 class ViewDataset(_CropsDataset):
     """(views M x 3 x S x S float32, label, image_id) for every image of one split."""
 
-    def __init__(self, crops_dir: Path, split: str, *, augment: AugmentParams | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, crops_dir: Path, split: str, *, augment: AugmentParams | None = None, seed: int = 0
+    ) -> None:
         super().__init__(crops_dir, split, augment, seed)
 
     def raw_views(self, index: int) -> torch.Tensor:
@@ -173,20 +187,32 @@ class FullImageDataset(_CropsDataset):
     decodes the image file under ``data_root`` and resizes it (no aspect kept, as the reference).
     """
 
-    def __init__(self, crops_dir: Path, split: str, *, size: int | None = None,
-                 data_root: Path | None = None, images_index: Path | None = None,
-                 augment: AugmentParams | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        crops_dir: Path,
+        split: str,
+        *,
+        size: int | None = None,
+        data_root: Path | None = None,
+        images_index: Path | None = None,
+        augment: AugmentParams | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__(crops_dir, split, augment, seed)
         self.out_size = size or self.size
         self.paths: np.ndarray | None = None
         self.data_root = Path(data_root) if data_root is not None else None
         if self.out_size != self.size:
             if data_root is None:
-                raise ValueError(f"size {self.out_size} differs from the stored crops size "
-                                 f"{self.size}: give data_root to decode the images")
+                raise ValueError(
+                    f"size {self.out_size} differs from the stored crops size "
+                    f"{self.size}: give data_root to decode the images"
+                )
             index_path = images_index or Path(crops_dir).parent.parent / layout.IMAGES_INDEX
             images, _ = read_table(Path(index_path), "images")
-            path_of = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist()))
+            path_of = dict(
+                zip(images["image_id"].to_pylist(), images["path"].to_pylist(), strict=False)
+            )
             self.paths = np.asarray([path_of[int(i)] for i in self.image_ids])
 
     def raw_image(self, index: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ the evaluate stage cuts a perturbed image's views again with :func:`cut_planned_
   recording ``duplicate_of``, the view it repeats (-1 for an original).
 - An image with no usable mask gets the whole image as view 0, repeated (``fallback``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,9 +34,9 @@ class ViewPlan:
     inclusive box. Views 0..distinct-1 are the distinct ones, in order.
     """
 
-    mask_index: np.ndarray    # (M,) int32
+    mask_index: np.ndarray  # (M,) int32
     duplicate_of: np.ndarray  # (M,) int16
-    boxes: np.ndarray         # (M, 4) int32
+    boxes: np.ndarray  # (M, 4) int32
     fallback: bool
 
     @property
@@ -49,8 +50,9 @@ def rle_objects(height: int, width: int, counts: Sequence[bytes]) -> list[dict]:
     return [{"size": [height, width], "counts": c} for c in counts]
 
 
-def boxes_and_areas(height: int, width: int, counts: Sequence[bytes]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def boxes_and_areas(
+    height: int, width: int, counts: Sequence[bytes]
+) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive boxes (N, 4) int32 and pixel areas (N,) int64 straight from the RLE.
 
     An empty mask gets a box of width and height 0, so it is never usable.
@@ -59,8 +61,9 @@ def boxes_and_areas(height: int, width: int, counts: Sequence[bytes]
         return np.zeros((0, 4), np.int32), np.zeros(0, np.int64)
     rles = rle_objects(height, width, counts)
     xywh = np.asarray(mask_utils.toBbox(rles), np.int64).reshape(-1, 4)
-    boxes = np.stack([xywh[:, 0], xywh[:, 1], xywh[:, 0] + xywh[:, 2] - 1,
-                      xywh[:, 1] + xywh[:, 3] - 1], axis=1)
+    boxes = np.stack(
+        [xywh[:, 0], xywh[:, 1], xywh[:, 0] + xywh[:, 2] - 1, xywh[:, 1] + xywh[:, 3] - 1], axis=1
+    )
     areas = np.asarray(mask_utils.area(rles), np.int64).reshape(-1)
     return boxes.astype(np.int32), areas
 
@@ -98,16 +101,28 @@ def pad_cyclically(ranked: np.ndarray, num_views: int) -> tuple[np.ndarray, np.n
     return chosen, duplicate_of
 
 
-def plan_views(boxes: np.ndarray, areas: np.ndarray, scores: np.ndarray, *, width: int,
-               height: int, num_views: int, min_box_size: int) -> ViewPlan:
+def plan_views(
+    boxes: np.ndarray,
+    areas: np.ndarray,
+    scores: np.ndarray,
+    *,
+    width: int,
+    height: int,
+    num_views: int,
+    min_box_size: int,
+) -> ViewPlan:
     """The M views of one image from its masks' boxes, areas and ordering scores."""
     boxes = np.asarray(boxes, np.int32).reshape(-1, 4)
     keep = np.flatnonzero(usable_masks(boxes, min_box_size))
     if len(keep) == 0:
         whole = np.array([[0, 0, width - 1, height - 1]], np.int32)
         chosen, duplicate_of = pad_cyclically(np.array([-1]), num_views)
-        return ViewPlan(chosen.astype(np.int32), duplicate_of,
-                        np.repeat(whole, num_views, axis=0), fallback=True)
+        return ViewPlan(
+            chosen.astype(np.int32),
+            duplicate_of,
+            np.repeat(whole, num_views, axis=0),
+            fallback=True,
+        )
     ranked = keep[order_masks(np.asarray(scores)[keep], np.asarray(areas)[keep])]
     chosen, duplicate_of = pad_cyclically(ranked, num_views)
     return ViewPlan(chosen.astype(np.int32), duplicate_of, boxes[chosen], fallback=False)
@@ -123,8 +138,11 @@ def resize_square(region: np.ndarray, size: int) -> np.ndarray:
     height, width = region.shape[:2]
     if (height, width) == (size, size):
         return np.ascontiguousarray(region)
-    return cv2.resize(np.ascontiguousarray(region), (size, size),
-                      interpolation=interpolation_for(width, height, size))
+    return cv2.resize(
+        np.ascontiguousarray(region),
+        (size, size),
+        interpolation=interpolation_for(width, height, size),
+    )
 
 
 def apply_fill(region: np.ndarray, mask: np.ndarray, fill: str) -> np.ndarray:
@@ -141,19 +159,31 @@ def apply_fill(region: np.ndarray, mask: np.ndarray, fill: str) -> np.ndarray:
     raise ValueError(f"unknown fill mode {fill!r} (allowed: {', '.join(FILL_MODES)})")
 
 
-def cut_view(image: np.ndarray, box: np.ndarray, size: int, *, mask: np.ndarray | None = None,
-             fill: str = "original") -> np.ndarray:
+def cut_view(
+    image: np.ndarray,
+    box: np.ndarray,
+    size: int,
+    *,
+    mask: np.ndarray | None = None,
+    fill: str = "original",
+) -> np.ndarray:
     """The view of ``box`` (inclusive) from an H x W x 3 image: filled outside ``mask``
     (an H x W bool mask of the whole image; None keeps every pixel), resized to size x size."""
     x0, y0, x1, y1 = (int(v) for v in box)
-    region = image[y0:y1 + 1, x0:x1 + 1]
+    region = image[y0 : y1 + 1, x0 : x1 + 1]
     if mask is not None and fill != "original":
-        region = apply_fill(region, mask[y0:y1 + 1, x0:x1 + 1], fill)
+        region = apply_fill(region, mask[y0 : y1 + 1, x0 : x1 + 1], fill)
     return resize_square(region, size)
 
 
-def cut_planned_views(image: np.ndarray, boxes: np.ndarray, mask_index: np.ndarray,
-                      rles: Sequence[bytes], size: int, fill: str) -> np.ndarray:
+def cut_planned_views(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    mask_index: np.ndarray,
+    rles: Sequence[bytes],
+    size: int,
+    fill: str,
+) -> np.ndarray:
     """The views of one image as they are stored: what the crops stage writes and what the
     evaluate stage cuts again from a perturbed copy of the image.
 
@@ -175,8 +205,9 @@ def cut_planned_views(image: np.ndarray, boxes: np.ndarray, mask_index: np.ndarr
         decoded = decode_masks(height, width, [rles[int(mask_index[v])] for v in used])
         for v, mask in zip(used, decoded, strict=True):
             masks[v] = mask
-    return np.stack([cut_view(image, box, size, mask=masks[v], fill=fill)
-                     for v, box in enumerate(boxes)])
+    return np.stack(
+        [cut_view(image, box, size, mask=masks[v], fill=fill) for v, box in enumerate(boxes)]
+    )
 
 
 def view_owners(duplicate_of: np.ndarray) -> np.ndarray:

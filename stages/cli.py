@@ -1,4 +1,5 @@
 """The ``protomask`` command: one subcommand per DVC stage."""
+
 from __future__ import annotations
 
 import click
@@ -12,9 +13,11 @@ from stages.synthesize import synthesize
 from stages.train import train
 
 
-@click.group(help="ProtoMask: segmentation-guided prototype learning, stage by stage. "
-                  "Each subcommand is one stage of dvc.yaml (show only draws one image's views); "
-                  "run them all with 'dvc repro'.")
+@click.group(
+    help="ProtoMask: segmentation-guided prototype learning, stage by stage. "
+    "Each subcommand is one stage of dvc.yaml (show only draws one image's views); "
+    "run them all with 'dvc repro'."
+)
 @click.version_option(package_name="protomask")
 def main() -> None:
     """Entry point of the ``protomask`` console script."""

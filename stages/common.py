@@ -1,4 +1,5 @@
 """What every stage command shares: ``--params``, validation, one-line errors."""
+
 from __future__ import annotations
 
 import errno
@@ -6,9 +7,10 @@ import fcntl
 import functools
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import click
 
@@ -19,8 +21,14 @@ from pipeline.params import Params, load_params
 
 def model_option(help: str) -> Callable:
     """``--model protomask|protopnet`` (default protomask), shared by train and evaluate."""
-    return click.option("--model", "kind", type=click.Choice(list(layout.MODELS)),
-                        default=layout.MODELS[0], show_default=True, help=help)
+    return click.option(
+        "--model",
+        "kind",
+        type=click.Choice(list(layout.MODELS)),
+        default=layout.MODELS[0],
+        show_default=True,
+        help=help,
+    )
 
 
 def one_line(exc: ProtomaskError) -> str:
@@ -34,12 +42,21 @@ def one_line(exc: ProtomaskError) -> str:
 
 
 # Errors of the file system that a user fixes outside protomask (space, permissions).
-STORAGE_ERRNOS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
-                  errno.EFBIG: "free some space or raise the file-size limit",
-                  errno.EROFS: "make the folder writable", errno.EACCES: "make the folder "
-                  "writable", errno.EPERM: "make the folder writable"}
-STORAGE_WORDS = ("No space left on device", "Disk quot", "File too large",
-                 "Read-only file system", "Permission denied")
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space",
+    errno.EFBIG: "free some space or raise the file-size limit",
+    errno.EROFS: "make the folder writable",
+    errno.EACCES: "make the folder writable",
+    errno.EPERM: "make the folder writable",
+}
+STORAGE_WORDS = (
+    "No space left on device",
+    "Disk quot",
+    "File too large",
+    "Read-only file system",
+    "Permission denied",
+)
 
 
 def storage_error(exc: BaseException) -> Optional[str]:
@@ -55,8 +72,10 @@ def storage_error(exc: BaseException) -> Optional[str]:
     where = getattr(exc, "filename", None)
     target = f"cannot write {where}" if where else f"cannot write ({text[:200]})"
     todo = STORAGE_ERRNOS.get(code, "free some space or make the folder writable")
-    return (f"{target}: {what}; {todo}, then rerun (finished work is kept, nothing "
-            f"half-written is left behind)")
+    return (
+        f"{target}: {what}; {todo}, then rerun (finished work is kept, nothing "
+        f"half-written is left behind)"
+    )
 
 
 def lock_name(name: str, options: dict[str, Any]) -> str:
@@ -82,9 +101,11 @@ def output_lock(name: str, command: str) -> Iterator[None]:
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise ProtomaskError(f"another '{command}' is running in this project (pid "
-                                 f"{holder}, lock {path}); wait for it to end or stop it, "
-                                 f"then rerun") from None
+            raise ProtomaskError(
+                f"another '{command}' is running in this project (pid "
+                f"{holder}, lock {path}); wait for it to end or stop it, "
+                f"then rerun"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -97,8 +118,9 @@ def output_lock(name: str, command: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def stage_command(name: str, help: str, locked: bool = True
-                  ) -> Callable[[Callable[..., Any]], click.Command]:
+def stage_command(
+    name: str, help: str, locked: bool = True
+) -> Callable[[Callable[..., Any]], click.Command]:
     """Turn ``fn(params, **options)`` into a click command with ``--params PATH``.
 
     The params file is validated before the stage starts; a ProtomaskError (bad params,
@@ -108,15 +130,23 @@ def stage_command(name: str, help: str, locked: bool = True
 
     def decorate(fn: Callable[..., Any]) -> click.Command:
         @click.command(name, help=help)
-        @click.option("--params", "params_path", default="params.yaml", show_default=True,
-                      type=click.Path(dir_okay=False), help="The params file to read.")
+        @click.option(
+            "--params",
+            "params_path",
+            default="params.yaml",
+            show_default=True,
+            type=click.Path(dir_okay=False),
+            help="The params file to read.",
+        )
         @functools.wraps(fn)
         def command(params_path: str, **options: Any) -> None:
             os.environ.setdefault("DVC_NO_ANALYTICS", "1")
             try:
                 params: Params = load_params(params_path)
-                command_line = " ".join(["protomask", name] + [
-                    f"--model {v}" for k, v in options.items() if k == "kind"])
+                command_line = " ".join(
+                    ["protomask", name]
+                    + [f"--model {v}" for k, v in options.items() if k == "kind"]
+                )
                 if locked:
                     with output_lock(lock_name(name, options), command_line):
                         fn(params, **options)

@@ -2,14 +2,19 @@
 
 Never modify a shared project in a test: ``copy_project`` it first.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from tests.tiny_project import (make_cropped_project, make_trained_project, tiny_train_params,
-                                tiny_trained_params)
+from tests.tiny_project import (
+    make_cropped_project,
+    make_trained_project,
+    tiny_train_params,
+    tiny_trained_params,
+)
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +26,14 @@ def cropped_project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_project(cropped_project: Path, tmp_path_factory) -> Path:
     """cropped_project with both models trained for 2 steps (tiny_trained_params())."""
-    return make_trained_project(cropped_project, tmp_path_factory.mktemp("trained") / "p",
-                                tiny_trained_params())
+    return make_trained_project(
+        cropped_project, tmp_path_factory.mktemp("trained") / "p", tiny_trained_params()
+    )
 
 
 @pytest.fixture(scope="session")
 def schedule_project(cropped_project: Path, tmp_path_factory) -> Path:
     """cropped_project with both models trained through every period (tiny_train_params())."""
-    return make_trained_project(cropped_project, tmp_path_factory.mktemp("schedule") / "p",
-                                tiny_train_params())
+    return make_trained_project(
+        cropped_project, tmp_path_factory.mktemp("schedule") / "p", tiny_train_params()
+    )

@@ -1,5 +1,6 @@
 """Run by tests/test_train_ddp.py, alone or under torchrun: predictions and push of a
 trained checkpoint over the training split, gathered across ranks, written as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -21,16 +22,26 @@ def main(project: Path, out: Path) -> None:
     params = load_params(project / "params.yaml")
     dataset = make_dataset("protomask", params, "train", project, augment=False)
     model = build_model("protomask", params.train, int(dataset.labels.max()) + 1)
-    restore(load_checkpoint(project / layout.TRAIN_DIR / "protomask" / "final" /
-                            "checkpoint.pt"), model=model, rng=False)
-    ids, labels, logits = predict(model, loader(dataset, params.train, shuffle_seed=None),
-                                  torch.device("cpu"), params.train)
-    pushed = push_prototypes(model, loader(dataset, params.train, shuffle_seed=None),
-                             update=False)
+    restore(
+        load_checkpoint(project / layout.TRAIN_DIR / "protomask" / "final" / "checkpoint.pt"),
+        model=model,
+        rng=False,
+    )
+    ids, labels, logits = predict(
+        model, loader(dataset, params.train, shuffle_seed=None), torch.device("cpu"), params.train
+    )
+    pushed = push_prototypes(model, loader(dataset, params.train, shuffle_seed=None), update=False)
     if distributed.is_main():
-        out.write_text(json.dumps({"ids": ids.tolist(), "labels": labels.tolist(),
-                                   "argmax": logits.argmax(1).tolist(),
-                                   "push": pushed.records()}))
+        out.write_text(
+            json.dumps(
+                {
+                    "ids": ids.tolist(),
+                    "labels": labels.tolist(),
+                    "argmax": logits.argmax(1).tolist(),
+                    "push": pushed.records(),
+                }
+            )
+        )
     distributed.shutdown()
 
 

@@ -1,4 +1,5 @@
 """Helpers for end-to-end tests: a throwaway git + DVC project that runs the real pipeline."""
+
 from __future__ import annotations
 
 import os
@@ -17,12 +18,17 @@ COPIED = ("dvc.yaml", "pipeline", "model", "stages")
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command with the test interpreter's bin folder first on PATH (no analytics)."""
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_TERMINAL_PROMPT="0",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ,
+        DVC_NO_ANALYTICS="1",
+        GIT_TERMINAL_PROMPT="0",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -75,10 +81,19 @@ TINY = {
     "segment": {"workers": 1, "shard_size": 8},
     "crops": {"num_views": 4, "size": 16},
     "train": {
-        "warmup_epochs": 1, "joint_epochs": 1, "last_layer_epochs": 1, "batch_size": 4,
-        "loader_workers": 0, "device": "cpu",
-        "model": {"backbone": "tiny_cnn", "weights": "none", "prototypes_per_class": 2,
-                  "prototype_dim": 8, "baseline_image_size": 32},
+        "warmup_epochs": 1,
+        "joint_epochs": 1,
+        "last_layer_epochs": 1,
+        "batch_size": 4,
+        "loader_workers": 0,
+        "device": "cpu",
+        "model": {
+            "backbone": "tiny_cnn",
+            "weights": "none",
+            "prototypes_per_class": 2,
+            "prototype_dim": 8,
+            "baseline_image_size": 32,
+        },
     },
 }
 
@@ -88,14 +103,19 @@ def stage_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO))
 
 
-def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 120,
-              poll: float = 0.02) -> None:
+def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 120, poll: float = 0.02) -> None:
     """Start ``cmd`` in its own session, SIGKILL the whole group once ``ready()`` holds."""
     import signal
     import time
 
-    proc = subprocess.Popen(cmd, cwd=cwd, env=stage_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=stage_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + timeout
     while time.time() < deadline and not ready():
         time.sleep(poll)

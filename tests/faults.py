@@ -1,5 +1,6 @@
 """Fault injection for tests: flip bytes inside a zip record or an HDF5 chunk, truncate,
 kill, a small file-size limit (a full disk), without side effects on the test process."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,11 @@ def prototypes_record(path: Path) -> str:
     ops = [(op.name, arg) for op, arg, _ in pickletools.genops(pkl)]
     for i, (_, arg) in enumerate(ops):
         if arg == "head.prototypes":
-            key = next(a for name, a in ops[i:] if name in ("BINUNICODE", "SHORT_BINUNICODE")
-                       and isinstance(a, str) and a.isdigit())
+            key = next(
+                a
+                for name, a in ops[i:]
+                if name in ("BINUNICODE", "SHORT_BINUNICODE") and isinstance(a, str) and a.isdigit()
+            )
             return f"data/{key}"
     raise AssertionError("head.prototypes not found")
 

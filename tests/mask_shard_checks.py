@@ -1,4 +1,5 @@
 """Comparing the mask shards of two projects (shared by the segment and dask tests)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,9 +17,24 @@ def shard_bytes(project: Path) -> dict[str, bytes]:
 def shard_content(path: Path) -> list:
     """Everything a shard says, decoded (to tell a content change from a byte change)."""
     with MaskShard(path) as shard:
-        return [(i, shard.status(i), [(bytes(r), *map(np.ndarray.tolist, (
-            m.boxes, m.areas, m.predicted_iou, m.stability_score, m.points)))
-            for m in [shard.masks(i)] for r in m.rles]) for i in shard]
+        return [
+            (
+                i,
+                shard.status(i),
+                [
+                    (
+                        bytes(r),
+                        *map(
+                            np.ndarray.tolist,
+                            (m.boxes, m.areas, m.predicted_iou, m.stability_score, m.points),
+                        ),
+                    )
+                    for m in [shard.masks(i)]
+                    for r in m.rles
+                ],
+            )
+            for i in shard
+        ]
 
 
 def assert_same_shards(a: Path, b: Path) -> None:

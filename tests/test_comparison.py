@@ -1,4 +1,5 @@
 """compare: the claim decided from the numbers, and no verdict on thin evidence."""
+
 from __future__ import annotations
 
 import json
@@ -29,11 +30,14 @@ def test_the_claim_is_decided_from_the_numbers() -> None:
     assert "absent (no ground-truth part keypoints)" in md
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"test_images": 2}, "evaluate.verdict_min_test_images"),
-    ({"seeds": 1}, "evaluate.verdict_min_seeds"),
-    ({"fallback_share": 100.0}, "evaluate.verdict_max_fallback_share"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"test_images": 2}, "evaluate.verdict_min_test_images"),
+        ({"seeds": 1}, "evaluate.verdict_min_seeds"),
+        ({"fallback_share": 100.0}, "evaluate.verdict_max_fallback_share"),
+    ],
+)
 def test_thin_evidence_gives_no_verdict_and_says_why(change: dict, reason: str) -> None:
     result = verdict({"protomask": dict(GOOD, **change), "protopnet": BAD}, RULES)
     assert result.holds is None and reason in result.reason

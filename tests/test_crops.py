@@ -1,4 +1,5 @@
 """The crops stage: views from mask shards, index, resume, determinism, errors, show."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,7 @@ from pipeline.view_datasets import ViewDataset
 from pipeline.views import resize_square
 from stages.cli import main
 from tests.e2e import kill_when, stage_env
-from tests.tiny_project import (copy_project, make_segmented_project,
-                                tiny_crops_params)
+from tests.tiny_project import copy_project, make_segmented_project, tiny_crops_params
 
 M = 6
 
@@ -83,10 +83,11 @@ def test_rerun_reuses_shards_and_a_param_change_rebuilds(cropped, tmp_path) -> N
     params = tiny_crops_params()
     again = run_crops(params, project)
     assert again["shards_reused"] == 5 and again["fallback_share"] == 0
-    assert artifact_bytes(project) == first       # metrics/crops.json included
+    assert artifact_bytes(project) == first  # metrics/crops.json included
     assert "WARNING" not in summary_line(again, M)
     assert not {"shards_reused", "seconds", "images_per_second"} & set(
-        json.loads((project / layout.CROPS_METRICS).read_text()))
+        json.loads((project / layout.CROPS_METRICS).read_text())
+    )
     log = json.loads((project / layout.run_log("crops")).read_text())
     assert log["shards_reused"] == 5 and log["shards_damaged"] == [] and "seconds" in log
     assert run_crops(tiny_crops_params(fill="mean"), project)["shards_reused"] == 0
@@ -103,11 +104,14 @@ def test_compression_param_changes_files_not_pixels(cropped, tmp_path, compressi
     project = copy_project(source, tmp_path / "p")
     assert run_crops(tiny_crops_params(compression=compression), project)["shards_reused"] == 0
     for gzip_shard in crop_shard_paths(source / layout.CROPS_DIR):
-        with CropShard(gzip_shard) as a, CropShard(project / layout.CROPS_DIR
-                                                   / gzip_shard.name) as b:
+        with (
+            CropShard(gzip_shard) as a,
+            CropShard(project / layout.CROPS_DIR / gzip_shard.name) as b,
+        ):
             assert np.array_equal(a.crops[:], b.crops[:]) and np.array_equal(a.full[:], b.full[:])
             assert a.crops.compression == "gzip" and b.crops.compression == (
-                None if compression == "none" else compression)
+                None if compression == "none" else compression
+            )
     dataset = ViewDataset(project / layout.CROPS_DIR, "train")
     assert torch.equal(dataset[0][0], ViewDataset(source / layout.CROPS_DIR, "train")[0][0])
 
@@ -132,8 +136,12 @@ def test_few_masks_are_cycled_and_maskless_images_fall_back(cropped, tmp_path) -
         assert views.duplicate_of.tolist() == [-1] + [0] * (M - 1)
         assert np.stack(views.box).tolist() == [[0, 0, 63, 63]] * M
         assert views.predicted_iou.isna().all() and (views.area == 64 * 64).all()
-    dups = df[df.duplicate_of >= 0].merge(df, left_on=["image_id", "duplicate_of"],
-                                          right_on=["image_id", "view"], suffixes=("", "_orig"))
+    dups = df[df.duplicate_of >= 0].merge(
+        df,
+        left_on=["image_id", "duplicate_of"],
+        right_on=["image_id", "view"],
+        suffixes=("", "_orig"),
+    )
     assert len(dups) == (df.duplicate_of >= 0).sum() and (dups.duplicate_of_orig == -1).all()
     assert (dups.row == dups.row_orig).all() and (dups.mask_index == dups.mask_index_orig).all()
     distinct = df[df.duplicate_of < 0]
@@ -145,8 +153,7 @@ def test_few_masks_are_cycled_and_maskless_images_fall_back(cropped, tmp_path) -
             assert d < 0 or torch.equal(views[v], views[d])
 
 
-def test_no_usable_mask_anywhere_gives_whole_image_views(cropped, tmp_path,
-                                                         monkeypatch) -> None:
+def test_no_usable_mask_anywhere_gives_whole_image_views(cropped, tmp_path, monkeypatch) -> None:
     """Every image falls back: the views are whole images, and the summary line says so
     as a warning while the stage still exits 0."""
     project = copy_project(cropped[0], tmp_path / "p")
@@ -155,7 +162,8 @@ def test_no_usable_mask_anywhere_gives_whole_image_views(cropped, tmp_path,
     assert result.stdout.count("\n") == 1 and result.stdout.strip().endswith(
         "1.0 distinct views per image; 18 whole-image fallbacks (100 %); WARNING: 100 % of "
         "images have no usable mask; every view of theirs is the whole image; check segment "
-        "params and crops.min_box_size")
+        "params and crops.min_box_size"
+    )
     metrics = json.loads((project / layout.CROPS_METRICS).read_text())
     assert metrics["fallback_images"] == 18 and metrics["fallback_share"] == 1.0
     assert metrics["duplicate_view_share"] == round((M - 1) / M, 4)
@@ -197,8 +205,9 @@ def run_cli(project: Path, args: list[str], params: Params, monkeypatch) -> obje
     return CliRunner().invoke(main, args + ["--params", str(params_path)])
 
 
-def test_missing_or_corrupt_mask_shards_are_named_in_one_line(cropped, tmp_path,
-                                                              monkeypatch) -> None:
+def test_missing_or_corrupt_mask_shards_are_named_in_one_line(
+    cropped, tmp_path, monkeypatch
+) -> None:
     project = copy_project(cropped[0], tmp_path / "p")
     segment_dir = project / layout.SEGMENT_DIR
     victim = segment_dir / "shard-00002.h5"
@@ -225,11 +234,11 @@ def test_show_writes_a_png_of_the_image_and_its_views(cropped, tmp_path, monkeyp
     params_path.write_text(yaml.safe_dump(as_dict(tiny_crops_params())))
     monkeypatch.chdir(project)
     out = tmp_path / "sheet.png"
-    result = CliRunner().invoke(main, ["show", "5", "--out", str(out), "--params",
-                                       str(params_path)])
+    result = CliRunner().invoke(
+        main, ["show", "5", "--out", str(out), "--params", str(params_path)]
+    )
     assert result.exit_code == 0, result.output
     with Image.open(out) as sheet:
         assert sheet.format == "PNG" and sheet.width > sheet.height > 100
-    bad = CliRunner().invoke(main, ["show", "999", "--out", str(out), "--params",
-                                    str(params_path)])
+    bad = CliRunner().invoke(main, ["show", "999", "--out", str(out), "--params", str(params_path)])
     assert bad.exit_code == 1 and "no image with id 999" in bad.stderr

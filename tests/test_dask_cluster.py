@@ -1,6 +1,7 @@
 """segment and crops against an existing dask cluster (a scheduler and two worker
 processes on loopback, started with dask's own command-line tools): same bytes as the
 local cluster."""
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,13 @@ def cluster(tmp_path: Path):
     """``dask scheduler`` + two ``dask worker`` processes; yields the scheduler address."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     log = open(tmp_path / "scheduler.log", "w+")
-    scheduler = subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1",
-                                  "--port", "0", "--no-dashboard"], stdout=log, stderr=log,
-                                 env=env, cwd=tmp_path)
+    scheduler = subprocess.Popen(
+        [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
+        stdout=log,
+        stderr=log,
+        env=env,
+        cwd=tmp_path,
+    )
     procs = [scheduler]
     try:
         address = None
@@ -41,10 +46,26 @@ def cluster(tmp_path: Path):
             time.sleep(0.2)
         assert address, "the dask scheduler did not start"
         for k in range(2):
-            procs.append(subprocess.Popen(
-                [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
-                 "--no-dashboard", "--name", f"w{k}"], env=env, cwd=tmp_path,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--nworkers",
+                        "1",
+                        "--no-dashboard",
+                        "--name",
+                        f"w{k}",
+                    ],
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         from dask.distributed import Client
 
         with Client(address, timeout="30s") as client:
@@ -61,8 +82,7 @@ def cluster(tmp_path: Path):
         log.close()
 
 
-def test_existing_cluster_gives_the_local_bytes(cluster: str, tmp_path: Path,
-                                                monkeypatch) -> None:
+def test_existing_cluster_gives_the_local_bytes(cluster: str, tmp_path: Path, monkeypatch) -> None:
     params = tiny_crops_params()
     local = make_tiny_project(tmp_path / "local", params)
     run_segment(params, local)
@@ -70,13 +90,14 @@ def test_existing_cluster_gives_the_local_bytes(cluster: str, tmp_path: Path,
 
     remote_params = replace(params, segment=replace(params.segment, scheduler=cluster))
     remote = make_tiny_project(tmp_path / "remote", remote_params)
-    monkeypatch.chdir(tmp_path)   # the workers' folder is not the project: paths are absolute
+    monkeypatch.chdir(tmp_path)  # the workers' folder is not the project: paths are absolute
     assert run_segment(remote_params, Path("remote"))["shards"] >= 2
     run_crops(remote_params, Path("remote"))
     assert_same_shards(local, remote)
     for name in sorted(p.name for p in (local / layout.CROPS_DIR).iterdir()):
-        assert (local / layout.CROPS_DIR / name).read_bytes() == \
-               (remote / layout.CROPS_DIR / name).read_bytes(), name
+        assert (local / layout.CROPS_DIR / name).read_bytes() == (
+            remote / layout.CROPS_DIR / name
+        ).read_bytes(), name
 
 
 def test_an_unreachable_scheduler_is_named(tmp_path: Path) -> None:
@@ -84,6 +105,8 @@ def test_an_unreachable_scheduler_is_named(tmp_path: Path) -> None:
 
     params = tiny_crops_params(segment={"scheduler": "tcp://127.0.0.1:9"})
     project = make_tiny_project(tmp_path / "p", params)
-    with pytest.raises(ProtomaskError, match="segment.scheduler: cannot reach the dask "
-                                             "scheduler at tcp://127.0.0.1:9"):
+    with pytest.raises(
+        ProtomaskError,
+        match="segment.scheduler: cannot reach the dask scheduler at tcp://127.0.0.1:9",
+    ):
         run_segment(params, project)

@@ -8,6 +8,7 @@ the package ``__init__`` files on the way and the CLI entry (``stages/cli.py``,
 register their commands are not part of it. A change to any file of the closure must
 make ``dvc status`` report the stage, so each must lie under one of the stage's deps.
 """
+
 from __future__ import annotations
 
 import ast
@@ -81,13 +82,15 @@ def command_closure(command: str) -> set[str]:
         tree = ast.parse(path.read_text())
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and any(
-                    isinstance(d, ast.Call) and getattr(d.func, "id", "") == "stage_command"
-                    and d.args and getattr(d.args[0], "value", None) == command
-                    for d in node.decorator_list):
-                module_level = [n for n in tree.body if isinstance(n, (ast.Import,
-                                                                       ast.ImportFrom))]
+                isinstance(d, ast.Call)
+                and getattr(d.func, "id", "") == "stage_command"
+                and d.args
+                and getattr(d.args[0], "value", None) == command
+                for d in node.decorator_list
+            ):
+                module_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
                 start = imported_modules(module_level + [node], "stages")
-                own = str(path.relative_to(REPO))   # its other commands' imports do not run
+                own = str(path.relative_to(REPO))  # its other commands' imports do not run
                 return closure(start - {f"stages.{path.stem}"}) | set(ENTRY) | {own}
     raise AssertionError(f"no stage_command named {command!r} in stages/")
 
@@ -105,14 +108,21 @@ def test_every_imported_file_is_a_dependency(name: str) -> None:
     stage = stages()[name]
     command = stage["cmd"].split()[1]
     deps = code_deps(stage)
-    missing = sorted(f for f in command_closure(command)
-                     if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+    missing = sorted(
+        f
+        for f in command_closure(command)
+        if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)
+    )
     assert not missing, f"dvc.yaml stage {name} misses deps: {missing}"
 
 
 def test_the_closure_follows_imports_inside_functions() -> None:
     files = command_closure("segment")
     # run_segment is imported inside the command; the segmenters inside functions of it
-    assert {"pipeline/segment.py", "pipeline/segmenters/loading.py",
-            "pipeline/segmenters/__init__.py", "pipeline/params.py"} <= files
+    assert {
+        "pipeline/segment.py",
+        "pipeline/segmenters/loading.py",
+        "pipeline/segmenters/__init__.py",
+        "pipeline/params.py",
+    } <= files
     assert "stages/train.py" not in files and "model/training.py" not in files

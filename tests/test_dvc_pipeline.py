@@ -1,4 +1,5 @@
 """The real `dvc repro` of the whole pipeline on tiny params, in a throwaway git repository."""
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,11 @@ def stages_run(output: str) -> set[str]:
 def changed_stages(project: Path) -> set[str]:
     """Stages `dvc status` reports as changed."""
     out = run(["dvc", "status"], project).stdout
-    return {line.rstrip(":").strip() for line in out.splitlines()
-            if line and not line.startswith(("\t", " ")) and line.rstrip().endswith(":")}
+    return {
+        line.rstrip(":").strip()
+        for line in out.splitlines()
+        if line and not line.startswith(("\t", " ")) and line.rstrip().endswith(":")
+    }
 
 
 def snapshot(project: Path, target: Path) -> Path:
@@ -40,16 +44,25 @@ def snapshot(project: Path, target: Path) -> Path:
 def digests(root: Path, paths: list[Path]) -> dict[str, str]:
     """sha256 of every file under ``paths`` (files or folders), by path relative to root."""
     files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
-    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in files if f.is_file()}
+    return {
+        str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in files
+        if f.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = make_project(tmp_path_factory.mktemp("pipeline") / "project", copy.deepcopy(TINY))
     first = run(["dvc", "repro"], root)
-    assert {"synthesize", "prepare", "segment", "crops", "train@protomask",
-            "train@protopnet"} <= stages_run(first.stdout)
+    assert {
+        "synthesize",
+        "prepare",
+        "segment",
+        "crops",
+        "train@protomask",
+        "train@protopnet",
+    } <= stages_run(first.stdout)
     return root
 
 
@@ -60,8 +73,7 @@ def test_second_repro_runs_nothing(project: Path) -> None:
 
 def test_metrics_of_every_stage_are_listed(project: Path) -> None:
     shown = run(["dvc", "metrics", "show"], project).stdout
-    for name in ("prepare.json", "segment.json", "crops.json", "protomask.json",
-                 "protopnet.json"):
+    for name in ("prepare.json", "segment.json", "crops.json", "protomask.json", "protopnet.json"):
         assert name in shown
 
 
@@ -88,13 +100,13 @@ def test_a_crops_param_reruns_crops_and_what_follows_only(project: Path) -> None
     assert not {"synthesize", "prepare", "segment"} & rerun
 
 
-def test_an_experiment_on_a_train_param_retrains_from_the_cached_crops(project: Path,
-                                                                       tmp_path: Path) -> None:
+def test_an_experiment_on_a_train_param_retrains_from_the_cached_crops(
+    project: Path, tmp_path: Path
+) -> None:
     """`dvc exp run -S train.seed=1` reruns train, evaluate and compare only, and
     `dvc exp show` lists the experiment with its param and train metrics beside the baseline."""
     repo = snapshot(project, tmp_path / "repo")
-    ran = stages_run(run(["dvc", "exp", "run", "-n", "seed1", "-S", "train.seed=1"],
-                         repo).stdout)
+    ran = stages_run(run(["dvc", "exp", "run", "-n", "seed1", "-S", "train.seed=1"], repo).stdout)
     assert ran == {"train@protomask", "train@protopnet", "compare"} | EVALUATE
     rows = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     baseline = next(row for row in rows if row["rev"] != "workspace")
@@ -111,8 +123,7 @@ def test_an_experiment_on_a_train_param_retrains_from_the_cached_crops(project: 
     assert exp["outs"]["artifacts/crops"]["hash"] == base["outs"]["artifacts/crops"]["hash"]
 
 
-def test_an_evaluate_param_changes_only_the_evaluate_stages(project: Path,
-                                                            tmp_path: Path) -> None:
+def test_an_evaluate_param_changes_only_the_evaluate_stages(project: Path, tmp_path: Path) -> None:
     """Each stage depends on its own params section only: a new `evaluate.top_k` leaves
     synthesize to train up to date (`dvc status`, `dvc repro --dry`)."""
     repo = snapshot(project, tmp_path / "repo")
@@ -122,8 +133,7 @@ def test_an_evaluate_param_changes_only_the_evaluate_stages(project: Path,
     assert EVALUATE <= dry <= EVALUATE | {"compare"}
 
 
-def test_a_stage_run_by_hand_writes_what_dvc_repro_wrote(project: Path,
-                                                         tmp_path: Path) -> None:
+def test_a_stage_run_by_hand_writes_what_dvc_repro_wrote(project: Path, tmp_path: Path) -> None:
     """`protomask crops` run by hand from scratch writes the bytes `dvc repro` wrote, so
     `dvc status` finds the stage up to date afterwards."""
     repo = snapshot(project, tmp_path / "repo")

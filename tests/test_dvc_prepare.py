@@ -1,4 +1,5 @@
 """The real `dvc repro prepare` (synthesize + prepare) in a throwaway git repository."""
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,7 @@ def test_repro_runs_once_then_reruns_only_what_a_param_touches(tmp_path: Path) -
 
     again = run(["dvc", "repro", "prepare"], project)
     assert "Running stage" not in again.stdout
-    assert "Data and pipelines are up to date" in run(["dvc", "status", "prepare"],
-                                                     project).stdout
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "prepare"], project).stdout
 
     set_param(project, "data.val_fraction", 0.4)
     status = run(["dvc", "status", "prepare"], project).stdout
@@ -39,5 +39,6 @@ def test_a_bad_param_stops_the_stage_with_one_line(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", params)
     proc = run(["protomask", "prepare"], project, check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == ("protomask prepare: params.yaml: data.val_fraction must be "
-                                   "in [0, 0.5), got 0.7")
+    assert proc.stderr.strip() == (
+        "protomask prepare: params.yaml: data.val_fraction must be in [0, 0.5), got 0.7"
+    )

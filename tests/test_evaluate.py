@@ -1,5 +1,6 @@
 """The evaluate and compare stages on a tiny trained project: metrics JSON, absent ground
 truth, perturbation, the report folder, the comparison, the randomisation check."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ from pipeline.tables import read_table, write_table
 from pipeline.view_datasets import normalise
 from tests.tiny_project import copy_project, tiny_trained_params
 
-FAST = EvaluateParams(device="cpu", batch_size=4, sanity_images=4, report_prototypes=3,
-                      report_images=2)
+FAST = EvaluateParams(
+    device="cpu", batch_size=4, sanity_images=4, report_prototypes=3, report_images=2
+)
 
 
 def eval_params(**evaluate: object) -> Params:
@@ -47,8 +49,7 @@ def metrics_of(project: Path, kind: str) -> dict:
 
 
 def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @pytest.mark.parametrize("kind", ["protomask", "protopnet"])
@@ -59,9 +60,19 @@ def test_metrics_json_has_every_metric_as_a_number(evaluated: Path, kind: str) -
         assert key in doc, key
         if key != "randomisation":
             assert is_number(doc[key]), (key, doc[key])
-    for key in ("accuracy", "top3_accuracy", "macro_f1", "sparsity", "object_overlap",
-                "background_overlap", "consistency", "stability", "pointing_game",
-                "mask_consistency", "vlc"):
+    for key in (
+        "accuracy",
+        "top3_accuracy",
+        "macro_f1",
+        "sparsity",
+        "object_overlap",
+        "background_overlap",
+        "consistency",
+        "stability",
+        "pointing_game",
+        "mask_consistency",
+        "vlc",
+    ):
         assert 0 <= doc[key] <= 100, key
     assert -1 <= doc["ior"] <= 1
     sanity = doc["randomisation"]
@@ -72,7 +83,7 @@ def test_metrics_json_has_every_metric_as_a_number(evaluated: Path, kind: str) -
         assert all(is_number(doc["upsampled"][k]) for k in SALIENCY_KEYS)
     report = evaluated / layout.evaluate_dir(kind)
     assert json.loads((report / "metrics.json").read_text()) == doc
-    assert not (report / "timings.json").exists()      # wall-clock values stay out of DVC
+    assert not (report / "timings.json").exists()  # wall-clock values stay out of DVC
     timings = json.loads((evaluated / layout.run_log(f"evaluate-{kind}")).read_text())
     assert set(timings) >= {"saliency", "total"}
 
@@ -99,7 +110,7 @@ def test_comparison_markdown_gives_no_verdict_on_a_tiny_one_seed_run(evaluated: 
     a, b = metrics_of(evaluated, "protomask"), metrics_of(evaluated, "protopnet")
     assert a["seeds"] == 1 and 0 <= a["fallback_share"] <= 100
     assert "No verdict on the claim" in text and "The claim holds" not in text
-    assert "evaluate.verdict_min_test_images" in text      # the tiny test split is too small
+    assert "evaluate.verdict_min_test_images" in text  # the tiny test split is too small
     assert f"{a['background_overlap']:.2f} vs {b['background_overlap']:.2f}" in text
 
 
@@ -108,8 +119,13 @@ def test_absent_ground_truth_is_reported_with_its_reason(evaluated: Path, tmp_pa
     index = project / layout.IMAGES_INDEX
     table, info = read_table(index, "images")
     rows = [dict(r, parts=None, segmentation_path=None) for r in table.to_pylist()]
-    write_table(rows, index, "images", fingerprint=info["fingerprint"],
-                facts=dict(info["facts"], part_names=None))
+    write_table(
+        rows,
+        index,
+        "images",
+        fingerprint=info["fingerprint"],
+        facts=dict(info["facts"], part_names=None),
+    )
     params = eval_params(sanity_images=0, report_prototypes=1, report_images=1)
     doc = run_evaluation(params, "protomask", project).metrics
     for key in ("object_overlap", "background_overlap", "ior", "pointing_game"):
@@ -123,14 +139,16 @@ def test_absent_ground_truth_is_reported_with_its_reason(evaluated: Path, tmp_pa
 
 
 def test_perturbation_is_deterministic_and_the_views_are_recut_like_the_stored_ones(
-        evaluated: Path) -> None:
+    evaluated: Path,
+) -> None:
     params = eval_params()
     model, train = load_model(evaluated, "protomask", "best", 3, torch.device("cpu"))
     inputs = ModelInputs("protomask", evaluated, params, train)
     test = load_test_set(evaluated, inputs.dataset.image_ids)
     rgb = load_rgb(evaluated / params.data.root / test.paths[0])
-    same = PerturbParams(brightness=1, contrast=1, saturation=1, hue=0, noise_sigma=0, blur=1,
-                         jpeg_quality=None)
+    same = PerturbParams(
+        brightness=1, contrast=1, saturation=1, hue=0, noise_sigma=0, blur=1, jpeg_quality=None
+    )
     assert np.array_equal(perturb_image(rgb, same, 0), rgb)
     assert torch.equal(inputs.perturbed(rgb, test, 0), inputs.raw(0))
     a, b = perturb_image(rgb, PerturbParams(), 5), perturb_image(rgb, PerturbParams(), 5)
@@ -168,16 +186,18 @@ def test_dvc_stages_name_the_layout_paths() -> None:
     import yaml
 
     stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())[
-        "stages"]
+        "stages"
+    ]
     ev = stages["evaluate"]
     assert set(ev["matrix"]["model"]) == {"protomask", "protopnet"}
     assert ev["cmd"] == "protomask evaluate --model ${item.model}"
     assert ev["outs"] == [str(layout.evaluate_dir("${item.model}"))]
     assert ev["metrics"] == [str(layout.evaluate_metrics("${item.model}"))]
-    assert "artifacts/train/${item.model}" in ev["deps"]   # params: tests/test_params_dvc.py
+    assert "artifacts/train/${item.model}" in ev["deps"]  # params: tests/test_params_dvc.py
     compare = stages["compare"]
-    assert compare["deps"][:2] == [str(layout.evaluate_metrics(m))
-                                   for m in ("protomask", "protopnet")]
+    assert compare["deps"][:2] == [
+        str(layout.evaluate_metrics(m)) for m in ("protomask", "protopnet")
+    ]
     assert compare["outs"] == [str(layout.COMPARISON)]
 
 
@@ -193,15 +213,17 @@ def test_perturbed_views_are_cut_with_the_crops_fill_mode(evaluated: Path, fill:
     rgb = load_rgb(evaluated / params.data.root / test.paths[1])
     shard = evaluated / layout.SEGMENT_DIR / test.crop_shards[1].replace("crops-", "shard-")
     with MaskShard(shard) as masks:
-        expected = views_of_image(rgb, masks.masks(int(test.image_ids[1])),
-                                  replace(params.crops, fill=fill))
+        expected = views_of_image(
+            rgb, masks.masks(int(test.image_ids[1])), replace(params.crops, fill=fill)
+        )
     m = len(test.boxes[1])
     want = torch.from_numpy(expected.crops[np.arange(m) % expected.plan.distinct])
     assert torch.equal(inputs.perturbed(rgb, test, 1), want.permute(0, 3, 1, 2))
 
 
 def test_the_views_are_read_as_the_crops_index_states_them_each_shard_opened_once(
-        evaluated: Path) -> None:
+    evaluated: Path,
+) -> None:
     params = eval_params()
     _, train = load_model(evaluated, "protomask", "best", 3, torch.device("cpu"))
     inputs = ModelInputs("protomask", evaluated, params, train)

@@ -1,6 +1,7 @@
 """Fault injection on the real stage commands: a full disk, a read-only folder, a second
 concurrent run, a damaged crop shard met while training. Each ends in one line naming the
 file and what to do, never a traceback; nothing finished is lost; a rerun completes."""
+
 from __future__ import annotations
 
 import errno
@@ -20,15 +21,26 @@ from tests.e2e import stage_env
 from tests.faults import file_size_limit, flip_in_chunk
 from tests.tiny_project import copy_project, tiny_trained_params
 
-OUTPUTS = {"synthesize": layout.SYNTHETIC_ROOT, "prepare": layout.PREPARE_DIR,
-           "segment": layout.SEGMENT_DIR, "crops": layout.CROPS_DIR,
-           "train": layout.TRAIN_DIR / "protomask", "evaluate": layout.evaluate_dir("protomask")}
+OUTPUTS = {
+    "synthesize": layout.SYNTHETIC_ROOT,
+    "prepare": layout.PREPARE_DIR,
+    "segment": layout.SEGMENT_DIR,
+    "crops": layout.CROPS_DIR,
+    "train": layout.TRAIN_DIR / "protomask",
+    "evaluate": layout.evaluate_dir("protomask"),
+}
 
 
 def stage(project: Path, *args: str, preexec=None) -> subprocess.CompletedProcess:
     """``protomask <args>`` in ``project`` as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "stages.cli", *args], cwd=project,
-                          env=stage_env(), capture_output=True, text=True, preexec_fn=preexec)
+    return subprocess.run(
+        [sys.executable, "-m", "stages.cli", *args],
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec,
+    )
 
 
 def last_line(proc: subprocess.CompletedProcess) -> str:
@@ -43,8 +55,14 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def project(trained_project: Path, tmp_path_factory) -> Path:
     root = copy_project(trained_project, tmp_path_factory.mktemp("faults") / "p")
-    quick = EvaluateParams(device="cpu", batch_size=4, max_images=4, sanity_images=2,
-                           report_prototypes=2, report_images=1)
+    quick = EvaluateParams(
+        device="cpu",
+        batch_size=4,
+        max_images=4,
+        sanity_images=2,
+        report_prototypes=2,
+        report_images=1,
+    )
     params = replace(tiny_trained_params(), evaluate=quick)
     (root / "params.yaml").write_text(yaml.safe_dump(as_dict(params)))
     return root
@@ -52,7 +70,8 @@ def project(trained_project: Path, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", list(OUTPUTS))
 def test_a_full_disk_ends_the_stage_in_one_line_and_a_rerun_completes(
-        project: Path, tmp_path: Path, name: str) -> None:
+    project: Path, tmp_path: Path, name: str
+) -> None:
     work = copy_project(project, tmp_path / "p")
     import shutil
 
@@ -62,8 +81,9 @@ def test_a_full_disk_ends_the_stage_in_one_line_and_a_rerun_completes(
     full = stage(work, *args, preexec=file_size_limit(4096))
     assert full.returncode == 1, full.stderr
     line = last_line(full)
-    assert line.startswith(f"protomask {name}: cannot write") and "File too large" in line, \
+    assert line.startswith(f"protomask {name}: cannot write") and "File too large" in line, (
         full.stderr
+    )
     assert "then rerun" in line and "Traceback" not in full.stderr
     assert leftovers(work) == []
     rerun = stage(work, *args)
@@ -71,7 +91,8 @@ def test_a_full_disk_ends_the_stage_in_one_line_and_a_rerun_completes(
 
 
 def test_a_read_only_folder_ends_the_stage_in_one_line_and_keeps_the_old_output(
-        project: Path, tmp_path: Path, monkeypatch) -> None:
+    project: Path, tmp_path: Path, monkeypatch
+) -> None:
     from stages.cli import main
 
     work = copy_project(project, tmp_path / "p")
@@ -91,12 +112,14 @@ def test_a_read_only_folder_ends_the_stage_in_one_line_and_keeps_the_old_output(
     line = result.output.strip().splitlines()[-1]
     assert line.startswith("protomask prepare: cannot write ") and line.endswith(
         ".parquet: Read-only file system; make the folder writable, then "
-        f"rerun (finished work is kept, nothing half-written is left behind)"), line
+        "rerun (finished work is kept, nothing half-written is left behind)"
+    ), line
     assert index.read_bytes() == before and leftovers(work / layout.PREPARE_DIR) == []
 
 
-def test_a_second_concurrent_run_stops_in_one_line(project: Path, tmp_path: Path,
-                                                   monkeypatch) -> None:
+def test_a_second_concurrent_run_stops_in_one_line(
+    project: Path, tmp_path: Path, monkeypatch
+) -> None:
     from stages.common import output_lock
 
     work = copy_project(project, tmp_path / "p")
@@ -105,18 +128,18 @@ def test_a_second_concurrent_run_stops_in_one_line(project: Path, tmp_path: Path
     monkeypatch.chdir(work)
     with output_lock("train-protomask", "protomask train --model protomask"):
         second = stage(work, "train", "--model", "protomask")
-        other_model = stage(work, "train", "--model", "protopnet")   # another output
+        other_model = stage(work, "train", "--model", "protopnet")  # another output
     assert second.returncode == 1
     assert last_line(second).startswith(
         f"protomask train: another 'protomask train --model protomask' is running in this "
-        f"project (pid {os.getpid()}, lock {layout.LOCKS}/train-protomask.lock)")
+        f"project (pid {os.getpid()}, lock {layout.LOCKS}/train-protomask.lock)"
+    )
     assert other_model.returncode == 0, other_model.stderr
     assert {p: p.read_bytes() for p in logs.rglob("*") if p.is_file()} == before
-    assert stage(work, "train", "--model", "protomask").returncode == 0   # lock released
+    assert stage(work, "train", "--model", "protomask").returncode == 0  # lock released
 
 
-def test_a_damaged_crop_shard_met_while_training_is_one_line(project: Path,
-                                                             tmp_path: Path) -> None:
+def test_a_damaged_crop_shard_met_while_training_is_one_line(project: Path, tmp_path: Path) -> None:
     import shutil
 
     work = copy_project(project, tmp_path / "p")

@@ -1,4 +1,5 @@
 """Robust decoding: odd formats become 8-bit RGB, bad files give a reason, paths stay inside."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,18 @@ def _noise_file(path: Path, fmt: str) -> Path:
 
 # ------------------------------------------------------------------- odd formats
 
-@pytest.mark.parametrize("fmt,suffix", [("PNG", "png"), ("BMP", "bmp"), ("GIF", "gif"),
-                                         ("TIFF", "tif"), ("WEBP", "webp"), ("JPEG", "jpg")])
+
+@pytest.mark.parametrize(
+    "fmt,suffix",
+    [
+        ("PNG", "png"),
+        ("BMP", "bmp"),
+        ("GIF", "gif"),
+        ("TIFF", "tif"),
+        ("WEBP", "webp"),
+        ("JPEG", "jpg"),
+    ],
+)
 def test_common_formats_decode_to_rgb(tmp_path: Path, fmt: str, suffix: str) -> None:
     _check_rgb(load_rgb(_noise_file(tmp_path / f"a.{suffix}", fmt)), 32, 48)
 
@@ -88,8 +99,8 @@ def test_rgba_is_composited_over_white(tmp_path: Path) -> None:
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
     rgb = load_rgb(tmp_path / "a.png")
     _check_rgb(rgb, 1, 3)
-    assert tuple(rgb[0, 0]) == RED            # opaque: unchanged
-    assert tuple(rgb[0, 1]) == WHITE          # transparent: white, hidden red dropped
+    assert tuple(rgb[0, 0]) == RED  # opaque: unchanged
+    assert tuple(rgb[0, 1]) == WHITE  # transparent: white, hidden red dropped
     assert tuple(rgb[0, 2]) == (127, 127, 127)  # half black over white
 
 
@@ -141,11 +152,12 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     Image.fromarray(stored).save(tmp_path / "r.jpg", exif=exif, quality=95)
     rgb = load_rgb(tmp_path / "r.jpg")
     _check_rgb(rgb, 40, 20)
-    assert rgb[5, 10, 0] > 200 and rgb[5, 10, 2] < 50    # top: red
+    assert rgb[5, 10, 0] > 200 and rgb[5, 10, 2] < 50  # top: red
     assert rgb[35, 10, 2] > 200 and rgb[35, 10, 0] < 50  # bottom: blue
 
 
 # --------------------------------------------------------------------- bad files
+
 
 def _reason(path: Path) -> str:
     with pytest.raises(ImageDecodeError) as caught:
@@ -168,7 +180,8 @@ def test_truncated_file(tmp_path: Path, fmt: str, suffix: str) -> None:
 
 
 def test_truncated_file_fails_even_if_someone_allowed_truncation(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     data = _noise_file(tmp_path / "full.jpg", "JPEG").read_bytes()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
@@ -201,11 +214,12 @@ def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     Image.new("L", (40, 40)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 > limit, < 2 x limit
     assert _reason(tmp_path / "big.png").startswith("decompression bomb")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)   # PIL's own error beyond 2 x limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL's own error beyond 2 x limit
     assert _reason(tmp_path / "big.png").startswith("decompression bomb")
 
 
 # ------------------------------------------------------------------------- masks
+
 
 def test_grey_mask_threshold(tmp_path: Path) -> None:
     Image.fromarray(np.array([[0, 127, 128, 255]], dtype=np.uint8)).save(tmp_path / "m.png")
@@ -230,6 +244,7 @@ def test_mask_errors_carry_reasons(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------ hashes
 
+
 def test_pixel_hash_finds_the_same_photo_under_two_names(tmp_path: Path) -> None:
     pixels = np.random.default_rng(2).integers(0, 256, (6, 5, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
@@ -246,6 +261,7 @@ def test_pixel_hash_finds_the_same_photo_under_two_names(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------- paths
+
 
 def test_resolve_inside_accepts_plain_relative_paths(tmp_path: Path) -> None:
     assert resolve_inside(tmp_path, "a/./b.jpg") == (tmp_path / "a" / "b.jpg").resolve()

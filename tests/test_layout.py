@@ -1,4 +1,5 @@
 """dvc.yaml and pipeline/layout.py name the same paths; the CLI explains every stage."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Mask shards: round trip, failures, same bytes, clear errors on bad files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,16 +20,20 @@ def some_masks(seed: int, n: int = 3, h: int = 9, w: int = 7) -> MaskSet:
 
 def test_boxes_are_inclusive_at_borders_and_for_one_pixel() -> None:
     masks = np.zeros((3, 5, 6), bool)
-    masks[0, 4, 5] = True                  # one pixel in the corner
-    masks[1, :, :] = True                  # everything
+    masks[0, 4, 5] = True  # one pixel in the corner
+    masks[1, :, :] = True  # everything
     boxes = boxes_of(masks)
     assert boxes.tolist() == [[5, 4, 5, 4], [0, 0, 5, 4], [0, 0, 0, 0]]
 
 
 def test_round_trip_and_failures(tmp_path: Path) -> None:
     a, b = some_masks(1), some_masks(2, n=5)
-    results = [ImageResult(3, a), ImageResult(7, failure="truncated image"), ImageResult(9, b),
-               ImageResult(11, MaskSet.empty(9, 7))]
+    results = [
+        ImageResult(3, a),
+        ImageResult(7, failure="truncated image"),
+        ImageResult(9, b),
+        ImageResult(11, MaskSet.empty(9, 7)),
+    ]
     path = tmp_path / "shard-00000.h5"
     write_shard(path, results, fingerprint="abc", backend="classical")
     assert check_mask_shard(path, "abc").reusable

@@ -1,4 +1,5 @@
 """Class-balanced accuracy, top-k and macro F1 on confusion matrices worked out by hand."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,14 +37,18 @@ def test_macro_f1_counts_a_label_only_predicted_as_zero() -> None:
 
 
 def test_top3_with_a_tie_and_balancing() -> None:
-    scores = np.array([[0.9, 0.1, 0.0, 0.0],    # true 0: best -> hit
-                       [0.4, 0.1, 0.3, 0.2],    # true 1: 3 classes higher -> miss
-                       [0.3, 0.3, 0.3, 0.1],    # true 2: tie, none strictly higher -> hit
-                       [0.5, 0.4, 0.3, 0.2]])   # true 3: 3 higher -> miss
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.0, 0.0],  # true 0: best -> hit
+            [0.4, 0.1, 0.3, 0.2],  # true 1: 3 classes higher -> miss
+            [0.3, 0.3, 0.3, 0.1],  # true 2: tie, none strictly higher -> hit
+            [0.5, 0.4, 0.3, 0.2],
+        ]
+    )  # true 3: 3 higher -> miss
     y = np.array([0, 1, 2, 3])
     assert top_k_accuracy(y, scores, k=3) == pytest.approx(50.0)
     assert top_k_accuracy(y, scores, k=4) == pytest.approx(100.0)
-    y2 = np.array([0, 0, 0, 1])                 # top-1 is always class 0: 3 hits, 1 miss
+    y2 = np.array([0, 0, 0, 1])  # top-1 is always class 0: 3 hits, 1 miss
     scores2 = np.array([[1, 0], [1, 0], [1, 0], [1, 0]], float)
     assert top_k_accuracy(y2, scores2, k=1, balanced=False) == pytest.approx(75.0)
     assert top_k_accuracy(y2, scores2, k=1) == pytest.approx(50.0)

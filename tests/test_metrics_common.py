@@ -1,4 +1,5 @@
 """The Absent / NaN value convention of model.metrics."""
+
 from __future__ import annotations
 
 import math

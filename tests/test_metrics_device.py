@@ -1,4 +1,5 @@
 """The metrics give the same numbers for CUDA tensors as for CPU arrays (skipped without a GPU)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def both(fn, *args, **kwargs):
     cpu = fn(*args, **kwargs)
-    gpu = fn(*[torch.as_tensor(a).cuda() if isinstance(a, np.ndarray) else a for a in args],
-             **kwargs)
+    gpu = fn(
+        *[torch.as_tensor(a).cuda() if isinstance(a, np.ndarray) else a for a in args], **kwargs
+    )
     return cpu, gpu
 
 
@@ -37,15 +39,25 @@ def test_cuda_matches_cpu() -> None:
     y = np.array([0, 1, 2, 1])
     vectors = rng.random((n, k, 8)).astype(np.float32)
     checks = [
-        both(M.top_fraction_mask, sal), both(M.object_overlap, s, g),
-        both(M.background_overlap, s, g), both(M.ior, sal, g), both(M.pointing_energy, sal, g),
-        both(M.pointing_hit, sal, g), both(M.vlc, s), both(M.parts_in_masks, s, xy, vis),
-        both(M.psc, sim, sim2), both(M.prc, sim, sim2), both(M.crc, logits, logits + 0.3),
-        both(M.intra_pd, vectors), both(M.inter_pd, vectors, y),
+        both(M.top_fraction_mask, sal),
+        both(M.object_overlap, s, g),
+        both(M.background_overlap, s, g),
+        both(M.ior, sal, g),
+        both(M.pointing_energy, sal, g),
+        both(M.pointing_hit, sal, g),
+        both(M.vlc, s),
+        both(M.parts_in_masks, s, xy, vis),
+        both(M.psc, sim, sim2),
+        both(M.prc, sim, sim2),
+        both(M.crc, logits, logits + 0.3),
+        both(M.intra_pd, vectors),
+        both(M.inter_pd, vectors, y),
         both(M.stability, s[:, :, 0, :q], s[:, :, 1, :q]),
         both(M.consistency, M.top_k_indices(sim, k).numpy(), s[:, :, 0, :q]),
-        both(M.spearman, sal[:, 0], sal[:, 1]), both(M.top_mask_iou, sal[:, 0], sal[:, 1]),
-        both(M.balanced_accuracy, y, logits.argmax(1)), both(M.macro_f1, y, logits.argmax(1)),
+        both(M.spearman, sal[:, 0], sal[:, 1]),
+        both(M.top_mask_iou, sal[:, 0], sal[:, 1]),
+        both(M.balanced_accuracy, y, logits.argmax(1)),
+        both(M.macro_f1, y, logits.argmax(1)),
         both(M.top_k_accuracy, y, logits),
         both(M.mask_part_codes, s[0], xy[0], vis[0]),
     ]

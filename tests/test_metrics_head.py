@@ -1,4 +1,5 @@
 """Global size, sparsity and NPR on a weight matrix whose signs are counted by hand."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,12 +9,11 @@ from model.metrics import Absent, global_size, npr, sparsity
 
 # (classes, prototypes). positive (> 1e-3): 1.0, 0.002; negative (< -1e-3): -0.5, -0.002,
 # -1.0; zero (|w| <= 1e-3): 0.0005, 0.0, -0.0009.
-W = torch.tensor([[1.0, -0.5, 0.0005, 0.0],
-                  [-0.002, 0.002, -0.0009, -1.0]], dtype=torch.float64)
+W = torch.tensor([[1.0, -0.5, 0.0005, 0.0], [-0.002, 0.002, -0.0009, -1.0]], dtype=torch.float64)
 
 
 def test_global_size_counts_prototypes_with_a_positive_weight() -> None:
-    assert global_size(W) == 2          # p0 (1.0) and p1 (0.002); p3 only negative
+    assert global_size(W) == 2  # p0 (1.0) and p1 (0.002); p3 only negative
 
 
 def test_sparsity() -> None:
@@ -23,4 +23,4 @@ def test_sparsity() -> None:
 
 def test_npr() -> None:
     assert npr(W) == pytest.approx(3 / 2)
-    assert isinstance(npr(-W.abs()), Absent)          # no positive weight: undefined
+    assert isinstance(npr(-W.abs()), Absent)  # no positive weight: undefined

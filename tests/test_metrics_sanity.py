@@ -1,4 +1,5 @@
 """Similarities of the model-randomisation check and its verdict, by hand."""
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ def test_average_ranks_share_ties() -> None:
 
 def test_spearman_by_hand() -> None:
     a = np.arange(1.0, 17.0).reshape(1, 4, 4)
-    assert spearman(a, a ** 3)[0] == pytest.approx(1.0)          # monotone: same ranks
+    assert spearman(a, a**3)[0] == pytest.approx(1.0)  # monotone: same ranks
     assert spearman(a, -a)[0] == pytest.approx(-1.0)
     assert spearman(a, -a, absolute=True)[0] == pytest.approx(1.0)
     # ties: ranks (0, 1.5, 1.5, 3) vs (0, 1, 2, 3): 4.5 / sqrt(4.5 * 5)
@@ -30,9 +31,9 @@ def test_top_mask_iou() -> None:
     maps = np.random.default_rng(1).random((2, 10, 10)) + 0.1
     assert top_mask_iou(maps, 5 * maps).tolist() == [1.0, 1.0]
     b = np.zeros((1, 10, 10))
-    b[0, 0, :5] = 1.0                          # top 5 % = 5 pixels
+    b[0, 0, :5] = 1.0  # top 5 % = 5 pixels
     c = np.zeros((1, 10, 10))
-    c[0, 0, 3:8] = 1.0                         # overlap 2, union 8
+    c[0, 0, 3:8] = 1.0  # overlap 2, union 8
     assert top_mask_iou(b, c)[0] == pytest.approx(2 / 8)
 
 

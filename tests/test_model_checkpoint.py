@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes, weights_only loading, exact restoration of RNG streams."""
+
 from __future__ import annotations
 
 import random
@@ -19,8 +20,9 @@ torch.set_num_threads(1)
 
 def setup(seed: int):
     torch.manual_seed(seed)
-    model = ProtoMask(build_backbone("tiny_cnn", "none"), 2, prototypes_per_class=2,
-                      prototype_dim=4, seed=seed)
+    model = ProtoMask(
+        build_backbone("tiny_cnn", "none"), 2, prototypes_per_class=2, prototype_dim=4, seed=seed
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
     return model, opt, sched
@@ -35,8 +37,14 @@ def step(model, opt, sched) -> None:
 
 
 def draws() -> tuple:
-    return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(),
-            np.random.normal(), torch.rand(4).tolist(), torch.randn(2).tolist())
+    return (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3).tolist(),
+        np.random.normal(),
+        torch.rand(4).tolist(),
+        torch.randn(2).tolist(),
+    )
 
 
 def test_round_trip_restores_weights_optimiser_and_rng_streams(tmp_path: Path) -> None:
@@ -45,13 +53,21 @@ def test_round_trip_restores_weights_optimiser_and_rng_streams(tmp_path: Path) -
         step(model, opt, sched)
     random.seed(5)
     np.random.seed(6)
-    random.gauss(0, 1)   # leaves a cached gaussian in python's state
-    np.random.normal()   # and in numpy's
+    random.gauss(0, 1)  # leaves a cached gaussian in python's state
+    np.random.normal()  # and in numpy's
     params = {"train": {"lr": 0.003, "backbone": "tiny_cnn", "steps": [1, 2]}, "seed": None}
     path = tmp_path / "ckpt" / "latest.pt"
-    save_checkpoint(path, model=model, optimizers={"main": opt}, schedulers={"main": sched},
-                    params=params, fingerprint="abc", period="joint", epoch=3,
-                    extra={"best_val": 0.5})
+    save_checkpoint(
+        path,
+        model=model,
+        optimizers={"main": opt},
+        schedulers={"main": sched},
+        params=params,
+        fingerprint="abc",
+        period="joint",
+        epoch=3,
+        extra={"best_val": 0.5},
+    )
     expected_draws = draws()
     step(model, opt, sched)
     expected_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -104,10 +120,15 @@ def test_flipped_bytes_in_the_weights_are_refused_not_loaded(tmp_path: Path) -> 
     assert load_checkpoint(path).pushed is True
     # torch.load alone would load these flipped prototype values without a word
     flip(path, record_offset(path, "/" + prototypes_record(path)) + 4)
-    assert not torch.equal(torch.load(path, weights_only=True)["model"]["head.prototypes"],
-                           model.state_dict()["head.prototypes"])
-    with pytest.raises(ArtifactError, match=r"checkpoint.pt: damaged checkpoint \(checksum "
-                                            r"error in .*data/"):
+    assert not torch.equal(
+        torch.load(path, weights_only=True)["model"]["head.prototypes"],
+        model.state_dict()["head.prototypes"],
+    )
+    with pytest.raises(
+        ArtifactError,
+        match=r"checkpoint.pt: damaged checkpoint \(checksum "
+        r"error in .*data/",
+    ):
         load_checkpoint(path)
 
 
@@ -128,5 +149,6 @@ def test_same_state_same_bytes(tmp_path: Path) -> None:
         np.random.seed(0)
         torch.manual_seed(0)
         save_checkpoint(tmp_path / name / "checkpoint.pt", model=model, optimizers={"o": opt})
-    assert (tmp_path / "a" / "checkpoint.pt").read_bytes() == \
-        (tmp_path / "b" / "checkpoint.pt").read_bytes()
+    assert (tmp_path / "a" / "checkpoint.pt").read_bytes() == (
+        tmp_path / "b" / "checkpoint.pt"
+    ).read_bytes()

@@ -1,4 +1,5 @@
 """Loss terms on hand-worked cases, the diversity gradient, and the weighted total."""
+
 from __future__ import annotations
 
 import math
@@ -7,9 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.head import PrototypeHead, ProtoOutput
-from model.losses import (LossWeights, class_weights, cluster_cost, cross_entropy,
-                          diversity_loss, l1_wrong_class, prototype_loss, separation_cost)
+from model.head import ProtoOutput, PrototypeHead
+from model.losses import (
+    LossWeights,
+    class_weights,
+    cluster_cost,
+    cross_entropy,
+    diversity_loss,
+    l1_wrong_class,
+    prototype_loss,
+    separation_cost,
+)
 
 torch.set_num_threads(1)
 
@@ -72,8 +81,8 @@ def test_diversity_has_a_gradient_that_moves_prototypes_apart() -> None:
     assert torch.isfinite(head.prototypes.grad).all()
     opt.step()
     moved = (head.prototypes.detach() - before).abs().sum(1)
-    assert (moved[:8] > 0).all()           # classes 0 and 1 (in the batch) changed
-    assert (moved[8:] == 0).all()          # class 2 (not in the batch) untouched
+    assert (moved[:8] > 0).all()  # classes 0 and 1 (in the batch) changed
+    assert (moved[8:] == 0).all()  # class 2 (not in the batch) untouched
     assert diversity_loss(labels, head).item() < loss.item()
 
 
@@ -100,13 +109,19 @@ def test_prototype_loss_combines_the_parts() -> None:
     total, parts = prototype_loss(out, labels, head, weights, cw)
     assert all(isinstance(v, float) for v in parts.values())
     assert set(parts) == {"total", "cross_entropy", "cluster", "separation", "diversity", "l1"}
-    expected = (parts["cross_entropy"] + 0.8 * parts["cluster"] - 0.2 * parts["separation"]
-                + 0.2 * parts["diversity"] + 1e-3 * parts["l1"])
+    expected = (
+        parts["cross_entropy"]
+        + 0.8 * parts["cluster"]
+        - 0.2 * parts["separation"]
+        + 0.2 * parts["diversity"]
+        + 1e-3 * parts["l1"]
+    )
     assert total.item() == pytest.approx(expected, rel=1e-5)
     assert parts["total"] == pytest.approx(total.item())
     last = weights.for_period("last_layer")
     assert (last.cluster, last.separation, last.diversity, last.l1) == (0, 0, 0, 1e-3)
     assert weights.for_period("joint").l1 == 0
     total_last, parts_last = prototype_loss(out, labels, head, last, cw)
-    assert total_last.item() == pytest.approx(parts_last["cross_entropy"] + 1e-3 * parts_last["l1"],
-                                              rel=1e-5)
+    assert total_last.item() == pytest.approx(
+        parts_last["cross_entropy"] + 1e-3 * parts_last["l1"], rel=1e-5
+    )

@@ -1,4 +1,5 @@
 """Backbone registry, ProtoMask and ProtoPNet networks: shapes and semantics on tiny inputs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,9 +38,19 @@ def tiny_protopnet(**kw) -> ProtoPNet:
 
 # ------------------------------------------------------------------------- backbones
 def test_registry_names_and_channels() -> None:
-    expected = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048,
-                "resnet152": 2048, "vgg16": 512, "vgg19": 512, "densenet121": 1024,
-                "densenet161": 2208, "efficientnet_lite0": 1280, "tiny_cnn": 32}
+    expected = {
+        "resnet18": 512,
+        "resnet34": 512,
+        "resnet50": 2048,
+        "resnet101": 2048,
+        "resnet152": 2048,
+        "vgg16": 512,
+        "vgg19": 512,
+        "densenet121": 1024,
+        "densenet161": 2208,
+        "efficientnet_lite0": 1280,
+        "tiny_cnn": 32,
+    }
     assert set(backbone_names()) == set(expected)
     assert {n: backbone_channels(n) for n in expected} == expected
     with pytest.raises(ProtomaskError, match="unknown backbone 'resnet9'"):
@@ -88,13 +99,16 @@ def test_incompatible_and_corrupt_weights_files_name_the_file(tmp_path: Path) ->
 
 def test_local_torchvision_file_with_head_and_ddp_prefix(tmp_path: Path) -> None:
     import torchvision
+
     torch.manual_seed(1)
     full = torchvision.models.resnet18(weights=None)
     path = tmp_path / "r18.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in full.state_dict().items()}}, path)
     trunk = build_backbone("resnet18", str(path))
-    assert torch.equal(trunk.state_dict()["layer3.1.conv2.weight"],
-                       full.state_dict()["layer3.1.conv2.weight"])
+    assert torch.equal(
+        trunk.state_dict()["layer3.1.conv2.weight"], full.state_dict()["layer3.1.conv2.weight"]
+    )
+
 
 def test_batchnorm_trains_by_default_and_freezes_on_request() -> None:
     def bn_training(trunk) -> set[bool]:
@@ -119,7 +133,8 @@ def test_batchnorm_trains_by_default_and_freezes_on_request() -> None:
 
 
 def test_torchvision_imagenet_uses_the_hub_cache_never_the_network(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     cached, url = torchvision_cache_file("resnet18")
     assert cached.parent == tmp_path / "checkpoints" and cached.name in url
@@ -127,6 +142,7 @@ def test_torchvision_imagenet_uses_the_hub_cache_never_the_network(
         build_backbone("resnet18", "imagenet")
     assert str(cached) in str(info.value)
     import torchvision
+
     cached.parent.mkdir(parents=True)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), cached)
     assert build_backbone("resnet18", "imagenet").weights == "imagenet"
@@ -134,8 +150,10 @@ def test_torchvision_imagenet_uses_the_hub_cache_never_the_network(
 
 def test_densenet_old_style_keys_are_renamed(tmp_path: Path) -> None:
     trunk = BACKBONES["densenet121"].build()
-    state = {k.replace("denselayer1.norm1.", "denselayer1.norm.1."): v
-             for k, v in trunk.state_dict().items()}
+    state = {
+        k.replace("denselayer1.norm1.", "denselayer1.norm.1."): v
+        for k, v in trunk.state_dict().items()
+    }
     assert any("norm.1." in k for k in state)
     path = tmp_path / "d121.pth"
     torch.save(state, path)
@@ -170,8 +188,12 @@ def test_protomask_min_over_views_matches_brute_force() -> None:
     with torch.no_grad():
         out = model(views, return_embeddings=True)
         # view m of image b is embedded alone: the flattening keeps (b, m) order
-        alone = torch.stack([torch.stack([model.add_on(model.trunk(views[b, m:m + 1]))[0]
-                                          for m in range(4)]) for b in range(3)])
+        alone = torch.stack(
+            [
+                torch.stack([model.add_on(model.trunk(views[b, m : m + 1]))[0] for m in range(4)])
+                for b in range(3)
+            ]
+        )
     assert torch.allclose(out.embeddings, alone, atol=1e-5)
     assert ((out.embeddings > 0) & (out.embeddings < 1)).all()  # sigmoid
     ref = brute_force_distances(out.embeddings.double(), model.head.prototypes.double())
@@ -210,8 +232,11 @@ def test_last_layer_init_and_class_identity() -> None:
 
 
 def test_prototype_init_is_seeded_uniform() -> None:
-    a, b, c = PrototypeHead(4, 3, 50, seed=7), PrototypeHead(4, 3, 50, seed=7), \
-        PrototypeHead(4, 3, 50, seed=8)
+    a, b, c = (
+        PrototypeHead(4, 3, 50, seed=7),
+        PrototypeHead(4, 3, 50, seed=7),
+        PrototypeHead(4, 3, 50, seed=8),
+    )
     assert torch.equal(a.prototypes, b.prototypes)
     assert not torch.equal(a.prototypes, c.prototypes)
     assert a.prototypes.min() >= 0 and a.prototypes.max() < 1
@@ -270,8 +295,7 @@ def test_build_model_freezes_batchnorm_by_default_param() -> None:
     def bn_training(model: nn.Module) -> set[bool]:
         return {m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
 
-    tiny = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2,
-                       prototype_dim=4)
+    tiny = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2, prototype_dim=4)
     assert tiny.freeze_bn
     frozen = build_model("protomask", replace(TrainParams(), model=tiny), 3).train()
     assert bn_training(frozen) == {False} and frozen.add_on.training
@@ -279,8 +303,9 @@ def test_build_model_freezes_batchnorm_by_default_param() -> None:
     stats = frozen.trunk.bn1.running_mean.clone()
     frozen(torch.randn(2, 3, 3, 16, 16))
     assert torch.equal(frozen.trunk.bn1.running_mean, stats)
-    trains = build_model("protomask", replace(TrainParams(),
-                                              model=replace(tiny, freeze_bn=False)), 3).train()
+    trains = build_model(
+        "protomask", replace(TrainParams(), model=replace(tiny, freeze_bn=False)), 3
+    ).train()
     assert bn_training(trains) == {True}
 
 
@@ -295,7 +320,7 @@ def test_addon_init_param_reaches_both_models_and_default_avoids_saturation() ->
     from pipeline.params import ModelParams, TrainParams
 
     torch.manual_seed(0)
-    trunk_out = torch.rand(4, 1280, 4, 4) * 2     # non-negative, mean 1, like a ReLU6 trunk
+    trunk_out = torch.rand(4, 1280, 4, 4) * 2  # non-negative, mean 1, like a ReLU6 trunk
 
     def saturated(kaiming: bool) -> float:
         torch.manual_seed(0)
@@ -304,19 +329,20 @@ def test_addon_init_param_reaches_both_models_and_default_avoids_saturation() ->
 
     assert saturated(kaiming=True) > 0.5
     assert saturated(kaiming=False) < 0.05
-    tiny = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2,
-                       prototype_dim=4)
+    tiny = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2, prototype_dim=4)
     assert tiny.addon_init == "default"
     for kind in ("protomask", "protopnet"):
         torch.manual_seed(0)
         default = build_model(kind, replace(TrainParams(), model=tiny), 3).add_on[0]
-        kaiming = build_model(kind, replace(TrainParams(), model=replace(
-            tiny, addon_init="kaiming")), 3).add_on[0]
+        kaiming = build_model(
+            kind, replace(TrainParams(), model=replace(tiny, addon_init="kaiming")), 3
+        ).add_on[0]
         assert torch.count_nonzero(kaiming.bias) == 0 and torch.count_nonzero(default.bias) > 0
 
 
-@pytest.mark.parametrize("cls, dim, layers, pool", [(ProtoMask, 1280, 1, True),
-                                                    (ProtoPNet, 128, 2, False)])
+@pytest.mark.parametrize(
+    "cls, dim, layers, pool", [(ProtoMask, 1280, 1, True), (ProtoPNet, 128, 2, False)]
+)
 def test_a_network_builds_trunk_add_on_head_in_that_order(cls, dim, layers, pool) -> None:
     """The shared base class keeps each network's defaults, state dict keys and random
     draws: the same values as building trunk, add-on and head by hand, in that order."""
@@ -326,9 +352,11 @@ def test_a_network_builds_trunk_add_on_head_in_that_order(cls, dim, layers, pool
     trunk = build_backbone("tiny_cnn", "none")
     add_on = make_addon(trunk.out_channels, dim, layers, pool=pool, kaiming=True)
     head = PrototypeHead(3, 10, dim, seed=4)
-    by_hand = {**{f"trunk.{k}": v for k, v in trunk.state_dict().items()},
-               **{f"add_on.{k}": v for k, v in add_on.state_dict().items()},
-               **{f"head.{k}": v for k, v in head.state_dict().items()}}
+    by_hand = {
+        **{f"trunk.{k}": v for k, v in trunk.state_dict().items()},
+        **{f"add_on.{k}": v for k, v in add_on.state_dict().items()},
+        **{f"head.{k}": v for k, v in head.state_dict().items()},
+    }
     state = model.state_dict()
     assert list(state) == list(by_hand)
     assert all(torch.equal(state[k], by_hand[k]) for k in state)

@@ -1,8 +1,9 @@
 """Exact push: global nearest own-class embedding, independent of batch size and order."""
+
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -10,8 +11,13 @@ import torch
 from model.backbones import build_backbone
 from model.protomask import ProtoMask
 from model.protopnet import ProtoPNet
-from model.push import (PushCandidates, gather_across_ranks, merge_candidates,
-                        push_prototypes, reduce_candidates)
+from model.push import (
+    PushCandidates,
+    gather_across_ranks,
+    merge_candidates,
+    push_prototypes,
+    reduce_candidates,
+)
 
 torch.set_num_threads(1)
 K, PPC = 3, 2
@@ -25,32 +31,42 @@ def dataset(n: int = 13, m: int = 3, size: int = 12, seed: int = 0):
     return views, labels, ids
 
 
-def batches(x: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, size: int,
-            shuffle_seed: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+def batches(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    ids: torch.Tensor,
+    size: int,
+    shuffle_seed: int | None = None,
+) -> Iterator[tuple[torch.Tensor, ...]]:
     order = list(range(len(x)))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
     for s in range(0, len(order), size):
-        idx = torch.tensor(order[s:s + size])
+        idx = torch.tensor(order[s : s + size])
         yield x[idx], labels[idx], ids[idx]
 
 
-def brute_force(cands: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor,
-                protos: torch.Tensor) -> list[tuple[float, int, int]]:
+def brute_force(
+    cands: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, protos: torch.Tensor
+) -> list[tuple[float, int, int]]:
     """Per prototype, min over every (image, candidate) of its class of (dist, id, index)."""
     best = []
     for p in range(len(protos)):
-        keys = [(float(((cands[i, j].double() - protos[p].double()) ** 2).sum()), int(ids[i]), j)
-                for i in range(len(cands)) if labels[i] == p // PPC
-                for j in range(cands.shape[1])]
+        keys = [
+            (float(((cands[i, j].double() - protos[p].double()) ** 2).sum()), int(ids[i]), j)
+            for i in range(len(cands))
+            if labels[i] == p // PPC
+            for j in range(cands.shape[1])
+        ]
         best.append(min(keys) if keys else (float("inf"), -1, -1))
     return best
 
 
 def make_protomask() -> ProtoMask:
     torch.manual_seed(0)
-    return ProtoMask(build_backbone("tiny_cnn", "none"), K, prototypes_per_class=PPC,
-                     prototype_dim=4, seed=3)
+    return ProtoMask(
+        build_backbone("tiny_cnn", "none"), K, prototypes_per_class=PPC, prototype_dim=4, seed=3
+    )
 
 
 def test_protomask_push_is_exact_for_any_batch_size_and_order() -> None:
@@ -71,8 +87,9 @@ def test_protomask_push_is_exact_for_any_batch_size_and_order() -> None:
         assert res.grid == (3,)
         assert res.image_id.tolist() == [e[1] for e in expected]
         assert res.index.tolist() == [e[2] for e in expected]
-        assert torch.allclose(res.distance, torch.tensor([e[0] for e in expected],
-                                                         dtype=torch.float64), atol=1e-6)
+        assert torch.allclose(
+            res.distance, torch.tensor([e[0] for e in expected], dtype=torch.float64), atol=1e-6
+        )
         rows = [int((ids == i).nonzero()) for i in res.image_id]
         assert torch.allclose(model.head.prototypes.detach(), emb[rows, res.index], atol=1e-6)
         assert torch.equal(res.vectors, model.head.prototypes.detach())
@@ -104,8 +121,9 @@ def test_push_keeps_prototypes_of_classes_without_data() -> None:
 
 def test_protopnet_push_records_patch_locations() -> None:
     torch.manual_seed(0)
-    model = ProtoPNet(build_backbone("tiny_cnn", "none"), K, prototypes_per_class=PPC,
-                      prototype_dim=4, seed=1).eval()
+    model = ProtoPNet(
+        build_backbone("tiny_cnn", "none"), K, prototypes_per_class=PPC, prototype_dim=4, seed=1
+    ).eval()
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(7, 3, 12, 16, generator=gen)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0])
@@ -115,8 +133,9 @@ def test_protopnet_push_records_patch_locations() -> None:
     assert grid == (3, 4)
     expected = brute_force(cands, labels, ids, model.head.prototypes.detach())
     for size, shuffle in ((3, 5), (7, None)):
-        m2 = ProtoPNet(build_backbone("tiny_cnn", "none"), K, prototypes_per_class=PPC,
-                       prototype_dim=4, seed=1)
+        m2 = ProtoPNet(
+            build_backbone("tiny_cnn", "none"), K, prototypes_per_class=PPC, prototype_dim=4, seed=1
+        )
         m2.load_state_dict(model.state_dict())
         res = push_prototypes(m2, batches(images, labels, ids, size, shuffle))
         assert res.image_id.tolist() == [e[1] for e in expected]
@@ -128,8 +147,7 @@ def test_protopnet_push_records_patch_locations() -> None:
         with torch.no_grad():
             out = m2.eval()(images)
         src = res.image_id // 10
-        assert torch.allclose(out.min_distances[src, torch.arange(6)],
-                              torch.zeros(6), atol=1e-5)
+        assert torch.allclose(out.min_distances[src, torch.arange(6)], torch.zeros(6), atol=1e-5)
 
 
 # ------------------------------------------------------------------- the global reduction
@@ -163,15 +181,17 @@ def test_rank_reduction_is_the_global_lexicographic_min(seed: int) -> None:
     assert merged.index.tolist() == [e[2] for e in expected]
     for p, (d, i, x) in enumerate(expected):
         if i >= 0:  # the vector travels with its key
-            src = next(r for r in ranks if (float(r.distance[p]), int(r.image_id[p]),
-                                            int(r.index[p])) == (d, i, x))
+            src = next(
+                r
+                for r in ranks
+                if (float(r.distance[p]), int(r.image_id[p]), int(r.index[p])) == (d, i, x)
+            )
             assert torch.equal(merged.vectors[p], src.vectors[p])
         else:  # no candidate anywhere: the first part's (the current prototype's) vector
             assert torch.equal(merged.vectors[p], ranks[0].vectors[p])
     # any rank order gives the same answer
     again = merge_candidates(ranks[::-1])
-    assert torch.equal(again.image_id, merged.image_id) and torch.equal(again.index,
-                                                                         merged.index)
+    assert torch.equal(again.image_id, merged.image_id) and torch.equal(again.index, merged.index)
     assert gather_across_ranks(merged) is merged  # no process group: identity
 
 
@@ -190,16 +210,23 @@ def test_reduce_candidates_breaks_ties_by_image_then_index() -> None:
 # ------------------------------------------------------------------ two gloo ranks on CPU
 def _ddp_push_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
+
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         views, labels, ids = dataset()
         shard = torch.arange(rank, len(views), world)  # as DistributedSampler would
         model = make_protomask()
         res = push_prototypes(model, batches(views[shard], labels[shard], ids[shard], 2))
-        torch.save({"image_id": res.image_id, "index": res.index, "grid": list(res.grid),
-                    "prototypes": model.head.prototypes.detach()}, f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {
+                "image_id": res.image_id,
+                "index": res.index,
+                "grid": list(res.grid),
+                "prototypes": model.head.prototypes.detach(),
+            },
+            f"{out_dir}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -209,12 +236,18 @@ def test_push_under_two_gloo_ranks_equals_one_process(tmp_path) -> None:
     import time
 
     import torch.multiprocessing as mp
+
     views, labels, ids = dataset()
     single = make_protomask()
     expected = push_prototypes(single, batches(views, labels, ids, 5))
     # fork: no re-import (spawn costs ~10 s here); a deadline instead of a possible hang
-    ctx = mp.start_processes(_ddp_push_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
-                             nprocs=2, join=False, start_method="fork")
+    ctx = mp.start_processes(
+        _ddp_push_worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path)),
+        nprocs=2,
+        join=False,
+        start_method="fork",
+    )
     deadline = time.monotonic() + 120
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:

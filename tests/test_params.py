@@ -1,4 +1,5 @@
 """The params schema: defaults, and one-line errors naming key, allowed values and value."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -55,22 +56,33 @@ def test_missing_keys_take_defaults(tmp_path: Path) -> None:
     assert params.data.synthetic == Params().data.synthetic
 
 
-@pytest.mark.parametrize("text, message", [
-    ("data:\n  val_fraction: 0.7\n",
-     "params.yaml: data.val_fraction must be in [0, 0.5), got 0.7"),
-    ("data:\n  source: imagenet\n",
-     "params.yaml: data.source must be one of synthetic | cub | folder, got 'imagenet'"),
-    ("data:\n  seed: 1.5\n", "params.yaml: data.seed must be of type int, got 1.5"),
-    ("data:\n  seed: true\n", "params.yaml: data.seed must be of type int, got True"),
-    ("data:\n  synthetic:\n    num_classes: 1\n",
-     "params.yaml: data.synthetic.num_classes must be in [2, 200], got 1"),
-    ("data:\n  valfraction: 0.1\n", "params.yaml: unknown key data.valfraction (allowed: "),
-    ("dat: {}\n", "params.yaml: unknown key dat (allowed: "),
-    ("data: 3\n", "params.yaml: data must be a mapping, got 3"),
-    ("data:\n  source: cub\n  root: data/synthetic\n  x: [\n", "params.yaml: not valid YAML"),
-    ("data:\n  root: /elsewhere\n",
-     "params.yaml: data.root must be data/synthetic when data.source is synthetic"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "data:\n  val_fraction: 0.7\n",
+            "params.yaml: data.val_fraction must be in [0, 0.5), got 0.7",
+        ),
+        (
+            "data:\n  source: imagenet\n",
+            "params.yaml: data.source must be one of synthetic | cub | folder, got 'imagenet'",
+        ),
+        ("data:\n  seed: 1.5\n", "params.yaml: data.seed must be of type int, got 1.5"),
+        ("data:\n  seed: true\n", "params.yaml: data.seed must be of type int, got True"),
+        (
+            "data:\n  synthetic:\n    num_classes: 1\n",
+            "params.yaml: data.synthetic.num_classes must be in [2, 200], got 1",
+        ),
+        ("data:\n  valfraction: 0.1\n", "params.yaml: unknown key data.valfraction (allowed: "),
+        ("dat: {}\n", "params.yaml: unknown key dat (allowed: "),
+        ("data: 3\n", "params.yaml: data must be a mapping, got 3"),
+        ("data:\n  source: cub\n  root: data/synthetic\n  x: [\n", "params.yaml: not valid YAML"),
+        (
+            "data:\n  root: /elsewhere\n",
+            "params.yaml: data.root must be data/synthetic when data.source is synthetic",
+        ),
+    ],
+)
 def test_bad_params_give_one_line(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ParamsError) as info:
@@ -89,8 +101,7 @@ def test_a_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     path.write_bytes("data:\n  root: données\n".encode("latin-1"))
     with pytest.raises(ParamsError) as info:
         load_params(path)
-    assert str(info.value) == (f"{path}: not UTF-8 text (line 2, byte 18): "
-                               "save it as UTF-8")
+    assert str(info.value) == (f"{path}: not UTF-8 text (line 2, byte 18): save it as UTF-8")
 
 
 def test_a_utf8_byte_order_mark_is_fine(tmp_path: Path) -> None:
@@ -99,25 +110,35 @@ def test_a_utf8_byte_order_mark_is_fine(tmp_path: Path) -> None:
     assert load_params(path).data.seed == 3
 
 
-@pytest.mark.parametrize("text, key, lines", [
-    ("data:\n  seed: 1\ntrain:\n  seed: 2\ndata:\n  seed: 3\n", "data", (1, 5)),
-    ("data:\n  seed: 1\n  root: data/synthetic\n  seed: 2\n", "data.seed", (2, 4)),
-    ("train:\n  optim:\n    trunk_lr: 0.1\n    gamma: 0.5\n    trunk_lr: 0.2\n",
-     "train.optim.trunk_lr", (3, 5)),
-    ("data: {seed: 1, seed: 2}\n", "data.seed", (1, 1)),
-])
-def test_a_key_written_twice_is_refused_with_both_lines(tmp_path: Path, text: str, key: str,
-                                                        lines: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    "text, key, lines",
+    [
+        ("data:\n  seed: 1\ntrain:\n  seed: 2\ndata:\n  seed: 3\n", "data", (1, 5)),
+        ("data:\n  seed: 1\n  root: data/synthetic\n  seed: 2\n", "data.seed", (2, 4)),
+        (
+            "train:\n  optim:\n    trunk_lr: 0.1\n    gamma: 0.5\n    trunk_lr: 0.2\n",
+            "train.optim.trunk_lr",
+            (3, 5),
+        ),
+        ("data: {seed: 1, seed: 2}\n", "data.seed", (1, 1)),
+    ],
+)
+def test_a_key_written_twice_is_refused_with_both_lines(
+    tmp_path: Path, text: str, key: str, lines: tuple[int, int]
+) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ParamsError) as info:
         load_params(path)
-    assert str(info.value) == (f"{path}: key {key} is written twice (lines {lines[0]} and "
-                               f"{lines[1]}): keep one")
+    assert str(info.value) == (
+        f"{path}: key {key} is written twice (lines {lines[0]} and {lines[1]}): keep one"
+    )
 
 
 def test_a_merge_key_may_be_overridden(tmp_path: Path) -> None:
-    text = "data:\n  synthetic: &s {seed: 1, num_classes: 3}\n" \
-           "train:\n  augment:\n    <<: {flip: 0.1, hue: 0.1}\n    flip: 0.2\n"
+    text = (
+        "data:\n  synthetic: &s {seed: 1, num_classes: 3}\n"
+        "train:\n  augment:\n    <<: {flip: 0.1, hue: 0.1}\n    flip: 0.2\n"
+    )
     params = load_params(write(tmp_path, text))
     assert params.train.augment.flip == 0.2 and params.train.augment.hue == 0.1
 
@@ -127,24 +148,53 @@ def test_an_empty_or_comment_only_file_is_refused(tmp_path: Path, text: str) -> 
     path = write(tmp_path, text)
     with pytest.raises(ParamsError) as info:
         load_params(path)
-    assert str(info.value) == (f"{path}: the file holds no settings (empty or only comments); "
-                               "write the defaults with: python -m pipeline.params > params.yaml")
+    assert str(info.value) == (
+        f"{path}: the file holds no settings (empty or only comments); "
+        "write the defaults with: python -m pipeline.params > params.yaml"
+    )
 
 
 def test_an_explicit_empty_mapping_takes_every_default(tmp_path: Path) -> None:
     assert load_params(write(tmp_path, "{}\n")) == Params()
 
 
-@pytest.mark.parametrize("written, value", [
-    ("1e-4", 1e-4), ("1E-4", 1e-4), ("3e-3", 3e-3), ("1.5e-3", 1.5e-3), ("5e-1", 0.5),
-    ("+2e-2", 0.02), ("0.0001", 1e-4), ("1.0e-2", 0.01), (".5e-1", 0.05)])
+@pytest.mark.parametrize(
+    "written, value",
+    [
+        ("1e-4", 1e-4),
+        ("1E-4", 1e-4),
+        ("3e-3", 3e-3),
+        ("1.5e-3", 1.5e-3),
+        ("5e-1", 0.5),
+        ("+2e-2", 0.02),
+        ("0.0001", 1e-4),
+        ("1.0e-2", 0.01),
+        (".5e-1", 0.05),
+    ],
+)
 def test_scientific_notation_is_a_float(tmp_path: Path, written: str, value: float) -> None:
     params = load_params(write(tmp_path, f"train:\n  optim:\n    trunk_lr: {written}\n"))
     assert params.train.optim.trunk_lr == value
 
 
-@pytest.mark.parametrize("written", ["1e-4", "3E5", "1.5e3", "-2e+2", "1.0", ".5", "7",
-                                     "1_000", "0x1F", "2e", "e5", "1.2.3e4", "'1e-4'"])
+@pytest.mark.parametrize(
+    "written",
+    [
+        "1e-4",
+        "3E5",
+        "1.5e3",
+        "-2e+2",
+        "1.0",
+        ".5",
+        "7",
+        "1_000",
+        "0x1F",
+        "2e",
+        "e5",
+        "1.2.3e4",
+        "'1e-4'",
+    ],
+)
 def test_numbers_read_as_dvc_reads_them(written: str) -> None:
     """DVC reads params.yaml as YAML 1.2 (ruamel): protomask must see the same scalar type
     for scientific notation, where YAML 1.1 (plain PyYAML) reads a string."""
@@ -155,7 +205,7 @@ def test_numbers_read_as_dvc_reads_them(written: str) -> None:
 
     ours = yaml.load(f"v: {written}\n", Loader=ParamsLoader)["v"]
     theirs = YAML(typ="safe", pure=True).load(f"v: {written}\n")["v"]
-    if written in ("1_000", "0x1F"):        # YAML 1.1 ints that 1.2 reads as strings
+    if written in ("1_000", "0x1F"):  # YAML 1.1 ints that 1.2 reads as strings
         return
     assert (type(ours), ours) == (type(theirs), theirs)
 
@@ -167,13 +217,22 @@ def test_a_quoted_number_stays_a_string(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ data.root
-@pytest.mark.parametrize("root, message", [
-    ("x" * 256, "data.root has a path component of 256 bytes, more than a file name may have "
-                "(255): use a shorter path, got 'xxx"),
-    ("data/" + "é" * 128 + "/x", "data.root has a path component of 256 bytes"),
-    ("/".join(["y" * 200] * 21), "data.root is 4220 bytes long, more than a path may have "
-                                  "(4096): use a shorter path, got 'yyy"),
-])
+@pytest.mark.parametrize(
+    "root, message",
+    [
+        (
+            "x" * 256,
+            "data.root has a path component of 256 bytes, more than a file name may have "
+            "(255): use a shorter path, got 'xxx",
+        ),
+        ("data/" + "é" * 128 + "/x", "data.root has a path component of 256 bytes"),
+        (
+            "/".join(["y" * 200] * 21),
+            "data.root is 4220 bytes long, more than a path may have "
+            "(4096): use a shorter path, got 'yyy",
+        ),
+    ],
+)
 def test_an_overlong_data_root_is_refused(tmp_path: Path, root: str, message: str) -> None:
     path = write(tmp_path, f"data:\n  source: folder\n  root: {root}\n")
     with pytest.raises(ParamsError) as info:
@@ -188,21 +247,29 @@ def test_the_longest_allowed_component_passes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("source", ["cub", "folder"])
-@pytest.mark.parametrize("root", ["data/synthetic", "./data/synthetic/", "data/synthetic/mine",
-                                  "data/../data/synthetic/CUB_200_2011"])
-def test_own_data_inside_data_synthetic_is_refused(tmp_path: Path, source: str,
-                                                   root: str) -> None:
+@pytest.mark.parametrize(
+    "root",
+    [
+        "data/synthetic",
+        "./data/synthetic/",
+        "data/synthetic/mine",
+        "data/../data/synthetic/CUB_200_2011",
+    ],
+)
+def test_own_data_inside_data_synthetic_is_refused(tmp_path: Path, source: str, root: str) -> None:
     path = write(tmp_path, f"data:\n  source: {source}\n  root: {root}\n")
     with pytest.raises(ParamsError) as info:
         load_params(path)
     assert str(info.value) == (
         f"{path}: data.root {root!r} lies in data/synthetic, which the synthesize stage "
         f"replaces when data.source is {source}: move your dataset elsewhere and point "
-        "data.root at it")
+        "data.root at it"
+    )
 
 
-def test_a_link_into_data_synthetic_is_refused(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_link_into_data_synthetic_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "synthetic").mkdir(parents=True)
     (tmp_path / "mine").symlink_to(tmp_path / "data" / "synthetic")
@@ -215,35 +282,52 @@ def test_a_link_into_data_synthetic_is_refused(tmp_path: Path,
 
 def test_a_class_folder_root_holding_data_synthetic_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "data:\n  source: folder\n  root: data\n")
-    with pytest.raises(ParamsError, match="data.root 'data' holds data/synthetic, which the "
-                                          "synthesize stage writes"):
+    with pytest.raises(
+        ParamsError,
+        match="data.root 'data' holds data/synthetic, which the synthesize stage writes",
+    ):
         load_params(path)
-    assert load_params(write(tmp_path, "data:\n  source: cub\n  root: data\n")).data.root \
-        == "data"
+    assert load_params(write(tmp_path, "data:\n  source: cub\n  root: data\n")).data.root == "data"
 
 
 # ------------------------------------------------------------ speed-only keys
 def test_the_speed_only_keys() -> None:
     assert speed_only_keys() == [
-        "data.decode_workers", "segment.device", "segment.workers", "segment.scheduler",
-        "segment.sam.points_per_batch", "segment.sam.images_per_batch", "train.device",
-        "train.channels_last", "train.loader_workers", "evaluate.device",
-        "evaluate.batch_size"]
+        "data.decode_workers",
+        "segment.device",
+        "segment.workers",
+        "segment.scheduler",
+        "segment.sam.points_per_batch",
+        "segment.sam.images_per_batch",
+        "train.device",
+        "train.channels_last",
+        "train.loader_workers",
+        "evaluate.device",
+        "evaluate.batch_size",
+    ]
 
 
 def test_result_fingerprint_ignores_speed_only_keys_at_any_depth() -> None:
     seg = SegmentParams()
-    fast = replace(seg, device="cuda:1", workers=8, scheduler="tcp://h:8786",
-                   sam=replace(seg.sam, points_per_batch=64, images_per_batch=16))
+    fast = replace(
+        seg,
+        device="cuda:1",
+        workers=8,
+        scheduler="tcp://h:8786",
+        sam=replace(seg.sam, points_per_batch=64, images_per_batch=16),
+    )
     assert result_fingerprint(fast) == result_fingerprint(seg)
     assert fingerprint(fast) != fingerprint(seg)
-    assert result_fingerprint(replace(seg, sam=replace(seg.sam, pred_iou_thresh=0.5))) \
-        != result_fingerprint(seg)
-    assert result_fingerprint(replace(seg, sam=replace(seg.sam, bf16=True))) \
-        != result_fingerprint(seg)
+    assert result_fingerprint(
+        replace(seg, sam=replace(seg.sam, pred_iou_thresh=0.5))
+    ) != result_fingerprint(seg)
+    assert result_fingerprint(replace(seg, sam=replace(seg.sam, bf16=True))) != result_fingerprint(
+        seg
+    )
     train = TrainParams()
-    assert result_fingerprint(replace(train, loader_workers=0, channels_last=False,
-                                      device="cpu")) == result_fingerprint(train)
+    assert result_fingerprint(
+        replace(train, loader_workers=0, channels_last=False, device="cpu")
+    ) == result_fingerprint(train)
     assert result_fingerprint(replace(train, bf16=False)) != result_fingerprint(train)
     assert result_fingerprint(seg, train) != result_fingerprint(train, seg)
 
@@ -251,7 +335,7 @@ def test_result_fingerprint_ignores_speed_only_keys_at_any_depth() -> None:
 def test_result_fingerprint_is_fingerprint_without_speed_only_keys() -> None:
     for section in (CropsParams(), ClassicalParams(), Params().data.synthetic):
         assert result_fingerprint(section) == fingerprint(section)
-    assert result_fingerprint(SamParams()) != fingerprint(SamParams())   # it has speed keys
+    assert result_fingerprint(SamParams()) != fingerprint(SamParams())  # it has speed keys
 
 
 def test_result_keys_list_the_dotted_result_keys() -> None:
@@ -268,14 +352,17 @@ def test_speed_only_keys_are_marked_in_the_yaml_and_the_readme() -> None:
     lines = defaults_yaml().splitlines()
     for key in speed_only_keys():
         leaf = key.rsplit(".", 1)[1]
-        at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{leaf}:")
-                  and "Speed only" in lines[i - 1])
+        at = next(
+            i
+            for i, line in enumerate(lines)
+            if line.strip().startswith(f"{leaf}:") and "Speed only" in lines[i - 1]
+        )
         assert "Speed only: changes no result" in lines[at - 1], key
     table = params_reference_markdown()
     for row in table.splitlines()[2:]:
         key = row.split(" | ")[0].lstrip("| ")
         assert ("Speed only" in row) == (key in speed_only_keys()), key
-        assert row.count(" | ") == 4, row          # bars inside a cell are escaped
+        assert row.count(" | ") == 4, row  # bars inside a cell are escaped
 
 
 def test_stage_exits_nonzero_with_one_line_and_no_traceback(tmp_path: Path) -> None:
@@ -283,7 +370,8 @@ def test_stage_exits_nonzero_with_one_line_and_no_traceback(tmp_path: Path) -> N
     result = CliRunner().invoke(main, ["prepare", "--params", str(path)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        f"protomask prepare: {path}: data.val_fraction must be in [0, 0.5), got 0.7"]
+        f"protomask prepare: {path}: data.val_fraction must be in [0, 0.5), got 0.7"
+    ]
 
 
 def test_missing_params_file_is_named(tmp_path: Path) -> None:
@@ -312,9 +400,13 @@ def test_each_choice_list_is_its_implementation_registry() -> None:
     from pipeline.datasets import SOURCES
     from pipeline.views import FILL_MODES
 
-    pairs = [((CropsParams, "fill"), FILL_MODES), ((CropsParams, "compression"), COMPRESSION),
-             ((DataParams, "source"), SOURCES), ((EvaluateParams, "saliency"), METHODS),
-             ((EvaluateParams, "lrp_composite"), COMPOSITES),
-             ((ModelParams, "backbone"), backbone_names())]
+    pairs = [
+        ((CropsParams, "fill"), FILL_MODES),
+        ((CropsParams, "compression"), COMPRESSION),
+        ((DataParams, "source"), SOURCES),
+        ((EvaluateParams, "saliency"), METHODS),
+        ((EvaluateParams, "lrp_composite"), COMPOSITES),
+        ((ModelParams, "backbone"), backbone_names()),
+    ]
     for (cls, name), registry in pairs:
         assert set(choices_of(cls, name)) == set(registry), f"{cls.__name__}.{name}"

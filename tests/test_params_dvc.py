@@ -1,4 +1,5 @@
 """dvc.yaml's params lists are the schema's result keys: a speed-only change reruns nothing."""
+
 from __future__ import annotations
 
 import copy
@@ -44,7 +45,8 @@ def test_each_stage_lists_exactly_its_result_keys() -> None:
     for name, stage in stages.items():
         assert stage.get("params", []) == wanted[name], (
             f"dvc.yaml stage {name}: params must be {wanted[name]} "
-            "(pipeline.param_docs.dvc_stage_params)")
+            "(pipeline.param_docs.dvc_stage_params)"
+        )
 
 
 def test_every_result_key_is_tracked_and_no_speed_only_key_is() -> None:
@@ -61,8 +63,15 @@ def test_dvc_accepts_the_pipeline(tmp_path: Path) -> None:
         shutil.copy2(REPO / name, tmp_path / name)
     run(["dvc", "init", "--no-scm", "-q"], tmp_path)
     listed = run(["dvc", "stage", "list"], tmp_path).stdout
-    for name in ("synthesize", "prepare", "segment", "crops", "train@protomask",
-                 "evaluate@protopnet", "compare"):
+    for name in (
+        "synthesize",
+        "prepare",
+        "segment",
+        "crops",
+        "train@protomask",
+        "evaluate@protopnet",
+        "compare",
+    ):
         assert name in listed
 
 
@@ -70,8 +79,7 @@ def test_a_speed_only_change_reruns_nothing(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", copy.deepcopy(TINY))
     run(["dvc", "repro", "prepare"], project)
     set_param(project, "data.decode_workers", 1)
-    assert "Data and pipelines are up to date" in run(["dvc", "status", "prepare"],
-                                                     project).stdout
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "prepare"], project).stdout
     set_param(project, "data.val_fraction", 0.4)
     status = run(["dvc", "status", "prepare"], project).stdout
     assert "modified:" in status and "data.val_fraction" in status

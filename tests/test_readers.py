@@ -1,4 +1,5 @@
 """Dataset readers on small fixtures: CUB layout (valid and malformed) and class folders."""
+
 from __future__ import annotations
 
 import os
@@ -15,27 +16,33 @@ from pipeline.records import PartLocation
 # ------------------------------------------------------------------ CUB fixtures
 
 CUB_FILES = {
-    "images.txt": ("1 001.Red_bird/red_1.jpg\n"
-                   "2 001.Red_bird/red_2.jpg\n"
-                   "\n"
-                   "3 002.Blue_bird/blue_1.jpg\n"
-                   "4 002.Blue_bird/blue_2.jpg\n"),
+    "images.txt": (
+        "1 001.Red_bird/red_1.jpg\n"
+        "2 001.Red_bird/red_2.jpg\n"
+        "\n"
+        "3 002.Blue_bird/blue_1.jpg\n"
+        "4 002.Blue_bird/blue_2.jpg\n"
+    ),
     "classes.txt": "1 001.Red_bird\n2 002.Blue_bird\n",
     "image_class_labels.txt": "1 1\n2 1\n3 2\n4 2\n",
     "train_test_split.txt": "1 1\r\n2 0\r\n3 1\r\n4 0\r\n",
-    "bounding_boxes.txt": ("1 1.0 2.0 30.5 40.0\n2 0.0 0.0 10.0 10.0\n"
-                           "3 5.5 6.5 7.5 8.5\n4 1 1 2 2\n"),
+    "bounding_boxes.txt": (
+        "1 1.0 2.0 30.5 40.0\n2 0.0 0.0 10.0 10.0\n3 5.5 6.5 7.5 8.5\n4 1 1 2 2\n"
+    ),
     "parts/parts.txt": "1 left eye\n2 tail\n",
-    "parts/part_locs.txt": ("1 2 10.0 11.0 1\n1 1 3.0 4.0 1\n"
-                            "2 1 0.0 0.0 0\n2 2 5.0 6.0 1\n"
-                            "3 1 7.0 8.0 1\n3 2 0.0 0.0 0\n"
-                            "4 1 1.5 2.5 1\n4 2 3.5 4.5 1\n"),
+    "parts/part_locs.txt": (
+        "1 2 10.0 11.0 1\n1 1 3.0 4.0 1\n"
+        "2 1 0.0 0.0 0\n2 2 5.0 6.0 1\n"
+        "3 1 7.0 8.0 1\n3 2 0.0 0.0 0\n"
+        "4 1 1.5 2.5 1\n4 2 3.5 4.5 1\n"
+    ),
 }
 SEGMENTED = ("001.Red_bird/red_1.png", "001.Red_bird/red_2.png", "002.Blue_bird/blue_1.png")
 
 
-def write_cub(root: Path, *, replace: Optional[dict[str, Optional[str]]] = None,
-              segmentations: bool = True) -> Path:
+def write_cub(
+    root: Path, *, replace: Optional[dict[str, Optional[str]]] = None, segmentations: bool = True
+) -> Path:
     """Write the small CUB fixture; ``replace`` swaps file contents (None deletes)."""
     files = {**CUB_FILES, **(replace or {})}
     (root / "images").mkdir(parents=True)
@@ -60,6 +67,7 @@ def cub_error(tmp_path: Path, replace: dict[str, Optional[str]]) -> str:
 
 # -------------------------------------------------------------------- valid CUB
 
+
 def test_valid_cub_folder_is_read_fully(tmp_path: Path) -> None:
     listing = read_cub(write_cub(tmp_path / "cub"))
     assert listing.source == "cub"
@@ -81,8 +89,11 @@ def test_valid_cub_folder_is_read_fully(tmp_path: Path) -> None:
 
 
 def test_optional_files_absent_leave_fields_empty_with_notes(tmp_path: Path) -> None:
-    root = write_cub(tmp_path / "cub", segmentations=False, replace={
-        "bounding_boxes.txt": None, "parts/parts.txt": None, "parts/part_locs.txt": None})
+    root = write_cub(
+        tmp_path / "cub",
+        segmentations=False,
+        replace={"bounding_boxes.txt": None, "parts/parts.txt": None, "parts/part_locs.txt": None},
+    )
     listing = read_cub(root)
     assert listing.part_names is None
     for record in listing.records:
@@ -100,15 +111,18 @@ def test_part_names_without_locations(tmp_path: Path) -> None:
 
 
 def test_classes_may_be_listed_out_of_order(tmp_path: Path) -> None:
-    listing = read_cub(write_cub(tmp_path / "cub", replace={
-        "classes.txt": "2 002.Blue_bird\n1 001.Red_bird\n"}))
+    listing = read_cub(
+        write_cub(tmp_path / "cub", replace={"classes.txt": "2 002.Blue_bird\n1 001.Red_bird\n"})
+    )
     assert listing.class_names == ("001.Red_bird", "002.Blue_bird")
 
 
 # ---------------------------------------------------------------- malformed CUB
 
-@pytest.mark.parametrize("name", ["images.txt", "classes.txt", "image_class_labels.txt",
-                                  "train_test_split.txt"])
+
+@pytest.mark.parametrize(
+    "name", ["images.txt", "classes.txt", "image_class_labels.txt", "train_test_split.txt"]
+)
 def test_missing_required_file(tmp_path: Path, name: str) -> None:
     root = write_cub(tmp_path / "cub", replace={name: None})
     with pytest.raises(DatasetError, match=f"required file {name} is missing"):
@@ -204,8 +218,9 @@ def test_part_location_for_unknown_image(tmp_path: Path) -> None:
 
 def test_duplicate_part_location(tmp_path: Path) -> None:
     message = cub_error(tmp_path, {"parts/part_locs.txt": "1 1 3.0 4.0 1\n1 1 5.0 4.0 1\n"})
-    assert message == ("parts/part_locs.txt line 2: part 1 of image 1 is listed twice "
-                       "(first at line 1)")
+    assert message == (
+        "parts/part_locs.txt line 2: part 1 of image 1 is listed twice (first at line 1)"
+    )
 
 
 def test_part_locations_without_part_names(tmp_path: Path) -> None:
@@ -220,11 +235,14 @@ def test_not_utf8(tmp_path: Path) -> None:
         read_cub(root)
 
 
-@pytest.mark.parametrize("bad_path,fragment", [
-    ("../../etc/passwd.jpg", "escapes the dataset root"),
-    ("a/../../x.jpg", "escapes the dataset root"),
-    ("/etc/passwd", "is absolute"),
-])
+@pytest.mark.parametrize(
+    "bad_path,fragment",
+    [
+        ("../../etc/passwd.jpg", "escapes the dataset root"),
+        ("a/../../x.jpg", "escapes the dataset root"),
+        ("/etc/passwd", "is absolute"),
+    ],
+)
 def test_paths_escaping_root_are_rejected(tmp_path: Path, bad_path: str, fragment: str) -> None:
     root = write_cub(tmp_path / "cub", replace={"images.txt": f"1 a/x.jpg\n2 {bad_path}\n"})
     with pytest.raises(UnsafePathError) as caught:
@@ -243,11 +261,13 @@ def test_symlinked_image_folder_out_of_root_is_rejected(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- class folders
 
+
 def write_folder(root: Path, counts: dict[str, int], *, reverse: bool = False) -> Path:
     """Create ``counts[class]`` tiny image files per class, in forward or reverse order."""
-    names = [f"{cls}/img_{index:02d}.jpg"
-             for cls, count in counts.items() for index in range(count)]
-    for relative in (reversed(names) if reverse else names):
+    names = [
+        f"{cls}/img_{index:02d}.jpg" for cls, count in counts.items() for index in range(count)
+    ]
+    for relative in reversed(names) if reverse else names:
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes(b"x")
     return root
@@ -267,8 +287,12 @@ def test_folder_layout_ids_classes_and_filters(tmp_path: Path) -> None:
     assert listing.source == "folder"
     assert listing.class_names == ("apple", "zebra")
     assert [(r.image_id, r.path, r.class_id) for r in listing.records] == [
-        (1, "apple/B.JPEG", 0), (2, "apple/img_00.jpg", 0), (3, "apple/nested/c.Png", 0),
-        (4, "zebra/img_00.jpg", 1), (5, "zebra/img_01.jpg", 1)]
+        (1, "apple/B.JPEG", 0),
+        (2, "apple/img_00.jpg", 0),
+        (3, "apple/nested/c.Png", 0),
+        (4, "zebra/img_00.jpg", 1),
+        (5, "zebra/img_01.jpg", 1),
+    ]
     assert all(record.is_train for record in listing.records)
     assert listing.records[0].parts is None and listing.records[0].object_box_xywh is None
 
@@ -296,8 +320,9 @@ def test_folder_split_is_deterministic_and_seeded(tmp_path: Path) -> None:
 def test_folder_listing_does_not_depend_on_creation_order(tmp_path: Path) -> None:
     counts = {"b": 6, "a": 7, "c": 3}
     forward = read_folder(write_folder(tmp_path / "one", counts), test_fraction=0.4, seed=3)
-    backward = read_folder(write_folder(tmp_path / "two", counts, reverse=True),
-                           test_fraction=0.4, seed=3)
+    backward = read_folder(
+        write_folder(tmp_path / "two", counts, reverse=True), test_fraction=0.4, seed=3
+    )
     assert forward == backward
 
 
@@ -333,30 +358,37 @@ def rejected(listing) -> list[tuple[str, str]]:
 
 def test_a_link_to_another_class_gives_no_label(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "data", {"crow": 2, "finch": 3})
-    os.symlink(root / "finch", root / "crow" / "more")                    # a folder link
-    os.symlink(root / "finch" / "img_00.jpg", root / "crow" / "x.jpg")    # a file link
+    os.symlink(root / "finch", root / "crow" / "more")  # a folder link
+    os.symlink(root / "finch" / "img_00.jpg", root / "crow" / "x.jpg")  # a file link
     listing = read_folder(root, test_fraction=0.0, seed=0)
     assert [(r.image_id, r.path, r.class_id) for r in listing.records] == [
-        (1, "crow/img_00.jpg", 0), (2, "crow/img_01.jpg", 0), (3, "finch/img_00.jpg", 1),
-        (4, "finch/img_01.jpg", 1), (5, "finch/img_02.jpg", 1)]
+        (1, "crow/img_00.jpg", 0),
+        (2, "crow/img_01.jpg", 0),
+        (3, "finch/img_00.jpg", 1),
+        (4, "finch/img_01.jpg", 1),
+        (5, "finch/img_02.jpg", 1),
+    ]
     assert rejected(listing) == [
-        ("crow/more", "symlink to 'finch', outside class folder 'crow': not read as class "
-                      "'crow'"),
-        ("crow/x.jpg", "symlink to 'finch/img_00.jpg', outside class folder 'crow': not read "
-                       "as class 'crow'")]
+        ("crow/more", "symlink to 'finch', outside class folder 'crow': not read as class 'crow'"),
+        (
+            "crow/x.jpg",
+            "symlink to 'finch/img_00.jpg', outside class folder 'crow': not read as class 'crow'",
+        ),
+    ]
     assert [e.image_id for e in listing.rejected] == [6, 7]
 
 
 def test_a_link_to_the_dataset_root_gives_no_label(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "data", {"crow": 1, "finch": 1})
     os.symlink(root, root / "crow" / "all")
-    os.symlink(root, root / "everything")                                   # as a class
+    os.symlink(root, root / "everything")  # as a class
     listing = read_folder(root, test_fraction=0.0, seed=0)
     assert listing.class_names == ("crow", "finch")
     assert [r.path for r in listing.records] == ["crow/img_00.jpg", "finch/img_00.jpg"]
     assert rejected(listing) == [
         ("crow/all", "symlink to '.', outside class folder 'crow': not read as class 'crow'"),
-        ("everything", "symlink to the dataset root: not read as class 'everything'")]
+        ("everything", "symlink to the dataset root: not read as class 'everything'"),
+    ]
 
 
 def test_a_class_folder_linked_to_another_class_is_not_a_class(tmp_path: Path) -> None:
@@ -368,26 +400,39 @@ def test_a_class_folder_linked_to_another_class_is_not_a_class(tmp_path: Path) -
     listing = read_folder(root, test_fraction=0.0, seed=0)
     assert listing.class_names == ("crow", "finch")
     assert [r.path for r in listing.records if r.class_id == 0] == [
-        "crow/img_00.jpg", "crow/img_01.jpg", "crow/young/y.jpg"]
+        "crow/img_00.jpg",
+        "crow/img_01.jpg",
+        "crow/young/y.jpg",
+    ]
     assert rejected(listing) == [
-        ("chick", "symlink to 'crow/young', which overlaps class folder 'crow': not read as "
-                  "class 'chick'"),
-        ("raven", "symlink to 'crow', which overlaps class folder 'crow': not read as class "
-                  "'raven'")]
+        (
+            "chick",
+            "symlink to 'crow/young', which overlaps class folder 'crow': not read as "
+            "class 'chick'",
+        ),
+        (
+            "raven",
+            "symlink to 'crow', which overlaps class folder 'crow': not read as class 'raven'",
+        ),
+    ]
 
 
 def test_links_that_stay_in_their_class_folder_are_read(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "data", {"crow": 1, "finch": 1})
     (root / ".store" / "owl").mkdir(parents=True)
     (root / ".store" / "owl" / "o.jpg").write_bytes(b"x")
-    os.symlink(root / ".store" / "owl", root / "owl")             # a class stored elsewhere
+    os.symlink(root / ".store" / "owl", root / "owl")  # a class stored elsewhere
     (root / "crow" / "sub").mkdir()
     (root / "crow" / "sub" / "s.jpg").write_bytes(b"x")
     os.symlink(root / "crow" / "sub", root / "crow" / "shortcut")  # inside its own class
     listing = read_folder(root, test_fraction=0.0, seed=0)
     assert listing.class_names == ("crow", "finch", "owl")
     assert [r.path for r in listing.records] == [
-        "crow/img_00.jpg", "crow/sub/s.jpg", "finch/img_00.jpg", "owl/o.jpg"]  # walked once
+        "crow/img_00.jpg",
+        "crow/sub/s.jpg",
+        "finch/img_00.jpg",
+        "owl/o.jpg",
+    ]  # walked once
     assert listing.rejected == ()
 
 
@@ -395,20 +440,24 @@ def test_a_broken_link_is_rejected_not_skipped(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "data", {"crow": 1, "finch": 1})
     os.symlink(root / "crow" / "gone.jpg", root / "crow" / "link.jpg")
     listing = read_folder(root, test_fraction=0.0, seed=0)
-    assert rejected(listing) == [("crow/link.jpg",
-                                  "broken symbolic link (its target does not exist)")]
+    assert rejected(listing) == [
+        ("crow/link.jpg", "broken symbolic link (its target does not exist)")
+    ]
 
 
 def test_a_class_left_with_links_only_names_them(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "data", {"crow": 1, "finch": 1})
     (root / "owl").mkdir()
     os.symlink(root / "crow" / "img_00.jpg", root / "owl" / "o.jpg")
-    with pytest.raises(DatasetError, match="class folder 'owl' has no images .*; 1 link\\(s\\) "
-                                           "in it lead out of it"):
+    with pytest.raises(
+        DatasetError,
+        match="class folder 'owl' has no images .*; 1 link\\(s\\) in it lead out of it",
+    ):
         read_folder(root, test_fraction=0.0, seed=0)
 
 
 # ------------------------------------------------------------------- dispatcher
+
 
 def test_read_dataset_dispatches(tmp_path: Path) -> None:
     cub_root = write_cub(tmp_path / "cub")

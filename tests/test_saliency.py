@@ -1,5 +1,6 @@
 """Saliency of a prototype: the PRP similarity rule, PRP through a tiny network (zennit),
 input x gradient, paste-back onto the image canvas, resizing, the randomised copy."""
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,8 @@ def test_prp_is_finite_nontrivial_conserving_and_batch_independent(kind: str) ->
 def test_protopnet_relevance_enters_only_through_the_best_location() -> None:
     model, explainer = tiny_net("protopnet")
     x = torch.zeros(1, 3, 64, 64)
-    x[0, :, 40:48, 8:16] = 3.0                  # one bright patch
-    proto = model.add_on(model.trunk(x))[0, :, 11, 3].detach()[None]   # its location's vector
+    x[0, :, 40:48, 8:16] = 3.0  # one bright patch
+    proto = model.add_on(model.trunk(x))[0, :, 11, 3].detach()[None]  # its location's vector
     maps, _ = prototype_saliency(explainer, x, proto, method="prp")
     positive = maps[0].clamp(min=0)
     rows, cols = torch.nonzero(positive, as_tuple=True)
@@ -95,8 +96,12 @@ def test_gradient_method_is_selectable_and_differs() -> None:
 @pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_plus_flat"])
 def test_other_composites_run(composite: str) -> None:
     model, explainer = tiny_net("protomask")
-    maps, _ = prototype_saliency(explainer, torch.randn(2, 3, 16, 16),
-                                 model.head.prototypes.detach()[:2], composite=composite)
+    maps, _ = prototype_saliency(
+        explainer,
+        torch.randn(2, 3, 16, 16),
+        model.head.prototypes.detach()[:2],
+        composite=composite,
+    )
     assert torch.isfinite(maps).all() and maps.abs().sum() > 0
 
 
@@ -105,7 +110,7 @@ def test_model_is_unchanged_after_prp() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prototype_saliency(explainer, torch.randn(2, 3, 16, 16), model.head.prototypes.detach()[:2])
     after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)   # canonizers reverted
+    assert all(torch.equal(before[k], after[k]) for k in before)  # canonizers reverted
     assert not model.trunk.conv1._forward_hooks and not model.trunk.conv1._forward_pre_hooks
 
 
@@ -117,10 +122,10 @@ def test_paste_back_puts_everything_inside_the_inclusive_box() -> None:
     assert canvas.shape == (4, 30, 40)
     for c, (x0, y0, x1, y1) in zip(canvas, boxes.tolist(), strict=True):
         inside = torch.zeros(30, 40, dtype=torch.bool)
-        inside[y0:y1 + 1, x0:x1 + 1] = True
+        inside[y0 : y1 + 1, x0 : x1 + 1] = True
         assert (c[~inside] == 0).all()
-        assert (c[inside] > 0).all()                # every box pixel, edges included
-    assert canvas[1].count_nonzero() == 1           # a one-pixel box
+        assert (c[inside] > 0).all()  # every box pixel, edges included
+    assert canvas[1].count_nonzero() == 1  # a one-pixel box
     whole = paste_back(maps[:1], torch.tensor([[0, 0, 15, 15]]), 16, 16)
     assert torch.equal(whole[0], maps[0])
 
@@ -140,8 +145,10 @@ def test_randomised_copy_changes_only_the_trunk() -> None:
     clone = randomised_copy(model, seed=3)
     assert not torch.equal(clone.trunk.conv1.weight, model.trunk.conv1.weight)
     # a shuffle: same values (same scale), other places
-    assert torch.equal(clone.trunk.conv1.weight.flatten().sort().values,
-                       model.trunk.conv1.weight.flatten().sort().values)
+    assert torch.equal(
+        clone.trunk.conv1.weight.flatten().sort().values,
+        model.trunk.conv1.weight.flatten().sort().values,
+    )
     assert torch.equal(clone.head.prototypes, model.head.prototypes)
     assert torch.equal(clone.add_on[0].weight, model.add_on[0].weight)
     again = randomised_copy(model, seed=3)

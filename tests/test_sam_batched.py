@@ -4,6 +4,7 @@ The fast paths' own parity tests sit beside their modules: tests/test_sam_encode
 (fused attention), tests/test_sam_decoder.py (re-associated decoder) and
 tests/test_sam_postprocess.py (paste, small regions, RLE).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -87,8 +88,9 @@ def assert_matches_stock(records: list, ours: MaskSet, image: np.ndarray) -> Non
         assert iou[i, j] >= 0.99, (i, j, iou[i, j])
         assert abs(ours.predicted_iou[i] - rec["predicted_iou"]) <= 1e-4
         # stability of an empty mask is 0/0 = nan in both (kept when the threshold is 0)
-        assert np.isclose(ours.stability_score[i], rec["stability_score"], rtol=0, atol=1e-4,
-                          equal_nan=True), (ours.stability_score[i], rec["stability_score"])
+        assert np.isclose(
+            ours.stability_score[i], rec["stability_score"], rtol=0, atol=1e-4, equal_nan=True
+        ), (ours.stability_score[i], rec["stability_score"])
         x, y, bw, bh = rec["bbox"]  # stock: XYWH of the inclusive box
         assert ours.boxes[i].tolist() == [x, y, x + bw, y + bh]
         np.testing.assert_allclose(ours.points[i], rec["point_coords"][0], atol=1e-4)
@@ -101,7 +103,7 @@ def check_batch(model, params, images=IMAGES, **ours_kw) -> list:
     results = gen.generate(images)
     assert len(results) == len(images)
     counts = []
-    for image, ours in zip(images, results):
+    for image, ours in zip(images, results, strict=False):
         records = stock_records(model, image, **params)
         assert_matches_stock(records, ours, image)
         counts.append(len(records))
@@ -139,7 +141,7 @@ def test_single_image_batches_equal_one_big_batch(model):
     params = dict(PARAMS, crop_n_layers=1)
     gen = BatchedSamGenerator(model, **params)
     together = gen.generate(IMAGES)
-    for image, batched in zip(IMAGES, together):
+    for image, batched in zip(IMAGES, together, strict=False):
         (alone,) = gen.generate([image])
         assert len(alone) == len(batched) > 0
         np.testing.assert_array_equal(alone.decode(), batched.decode())
@@ -159,7 +161,7 @@ def test_no_masks_gives_empty_sets(model):
     # stock crashes on crop layers when nothing survives; ours returns empty sets
     gen = BatchedSamGenerator(model, **dict(PARAMS, pred_iou_thresh=5.0, crop_n_layers=1))
     results = gen.generate(IMAGES[:2])
-    for image, ours in zip(IMAGES, results):
+    for image, ours in zip(IMAGES, results, strict=False):
         assert len(ours) == 0
         assert (ours.height, ours.width) == image.shape[:2]
         assert ours.boxes.shape == (0, 4) and ours.boxes.dtype == np.int32

@@ -1,4 +1,5 @@
 """The re-associated mask decoder (pipeline/segmenters/sam_decoder.py) equals the stock one."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,11 +36,14 @@ def decoder_inputs(model):
     resized = [transform.apply_image(c) for c in crops]
     feats = encode_crops(model, iter(resized), len(resized), 4, fast=False, bf16=False)
     ids = np.repeat(np.arange(len(crops)), CROP_PROMPTS)
-    coords = np.concatenate([
-        transform.apply_coords(rng.uniform(0, 1, (n, 2)) * [c.shape[1], c.shape[0]],
-                               c.shape[:2])
-        for c, n in zip(crops, CROP_PROMPTS)
-    ])
+    coords = np.concatenate(
+        [
+            transform.apply_coords(
+                rng.uniform(0, 1, (n, 2)) * [c.shape[1], c.shape[0]], c.shape[:2]
+            )
+            for c, n in zip(crops, CROP_PROMPTS, strict=False)
+        ]
+    )
     points = torch.as_tensor(coords)[:, None, :]
     labels = torch.ones(len(coords), 1, dtype=torch.int)
     sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
@@ -59,8 +63,9 @@ def test_stock_decoder_is_the_mask_decoder_per_prompt(model):
         pe = model.prompt_encoder.get_dense_pe()
         for p in [0, 5, 12, len(ids) - 1]:
             c = int(ids[p])
-            m, q = model.mask_decoder(feats[c : c + 1], pe, sparse[p : p + 1],
-                                      dense[p : p + 1], multimask_output=True)
+            m, q = model.mask_decoder(
+                feats[c : c + 1], pe, sparse[p : p + 1], dense[p : p + 1], multimask_output=True
+            )
             torch.testing.assert_close(iou[p : p + 1], q, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(low[p : p + 1], m, rtol=1e-5, atol=1e-3)
 

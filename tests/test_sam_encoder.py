@@ -1,4 +1,5 @@
 """The fast image-encoder path (pipeline/segmenters/sam_encoder.py) equals the stock one."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,15 +46,17 @@ def test_fast_encoder_equals_the_stock_image_encoder(model):
     with torch.inference_mode():
         stock = enc(x)
         torch.testing.assert_close(run_image_encoder(enc, x, fast=False), stock, rtol=0, atol=0)
-        torch.testing.assert_close(run_image_encoder(enc, x, fast=True), stock,
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            run_image_encoder(enc, x, fast=True), stock, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_encode_crops_batches_like_one_call_per_crop(model):
     transform = ResizeLongestSide(model.image_encoder.img_size)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(40, 56), (64, 48),
-                                                                          (50, 50)]]
+    images = [
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(40, 56), (64, 48), (50, 50)]
+    ]
     resized = [transform.apply_image(im) for im in images]
     with torch.inference_mode():
         batched = encode_crops(model, iter(resized), len(resized), 2, fast=True, bf16=False)
@@ -62,4 +65,3 @@ def test_encode_crops_batches_like_one_call_per_crop(model):
             alone = model.image_encoder(model.preprocess(t))
             torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-4, atol=1e-4)
     assert batched.dtype == torch.float32 and batched.shape[0] == len(images)
-

@@ -1,4 +1,5 @@
 """Paste, small-region post-processing and RLE of pipeline/segmenters/sam_postprocess.py."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,8 @@ def test_rle_encode_device_equals_host_encoding(max_bytes):
 
 
 def test_paste_masks_puts_each_kept_mask_at_its_crop():
-    a = torch.as_tensor(random_masks(3, 10, 12, 1))   # crop box [0, 0, 12, 10]
-    b = torch.as_tensor(random_masks(2, 8, 6, 2))     # crop box [5, 4, 11, 12]
+    a = torch.as_tensor(random_masks(3, 10, 12, 1))  # crop box [0, 0, 12, 10]
+    b = torch.as_tensor(random_masks(2, 8, 6, 2))  # crop box [5, 4, 11, 12]
     parts = [([0, 0, 12, 10], a), ([5, 4, 11, 12], b)]
     part = torch.tensor([1, 0, 0])
     local = torch.tensor([1, 2, 0])

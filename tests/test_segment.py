@@ -1,4 +1,5 @@
 """The segment stage: classical masks, shards through dask, resume, failures, SIGKILL."""
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,9 @@ def test_a_bad_image_is_recorded_and_the_stage_goes_on(tmp_path) -> None:
     victim.write_bytes(victim.read_bytes()[:100])
     metrics = run_segment(params, project)
     assert metrics["failed_images"] == 1 and metrics["images"] == 18
-    failures = [f for p in shard_paths(project / layout.SEGMENT_DIR)
-                for f in MaskShard(p).failures()]
+    failures = [
+        f for p in shard_paths(project / layout.SEGMENT_DIR) for f in MaskShard(p).failures()
+    ]
     assert len(failures) == 1 and "truncated" in failures[0][1]
 
 
@@ -113,10 +115,21 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_bytes(segmented, tmp_path) ->
 def sam_params(checkpoint: Path | None, **sam: object):
     from pipeline.params import SamParams
 
-    return tiny_params(backend="sam", device="cpu", sam=replace(
-        SamParams(), model_type="tiny", checkpoint=str(checkpoint) if checkpoint else None,
-        points_per_side=6, pred_iou_thresh=0.45, stability_score_thresh=0.5, crop_n_layers=0,
-        images_per_batch=3, **sam))
+    return tiny_params(
+        backend="sam",
+        device="cpu",
+        sam=replace(
+            SamParams(),
+            model_type="tiny",
+            checkpoint=str(checkpoint) if checkpoint else None,
+            points_per_side=6,
+            pred_iou_thresh=0.45,
+            stability_score_thresh=0.5,
+            crop_n_layers=0,
+            images_per_batch=3,
+            **sam,
+        ),
+    )
 
 
 def test_sam_backend_through_the_stage_matches_the_generator(tmp_path) -> None:
@@ -142,11 +155,13 @@ def test_sam_backend_through_the_stage_matches_the_generator(tmp_path) -> None:
     index = read_table(project / layout.IMAGES_INDEX, "images")[0].to_pylist()
     rel = next(r["path"] for r in index if r["image_id"] == image_id)
     s = params.segment.sam
-    direct = BatchedSamGenerator(build_tiny_sam(), points_per_side=s.points_per_side,
-                                 pred_iou_thresh=s.pred_iou_thresh,
-                                 stability_score_thresh=s.stability_score_thresh,
-                                 crop_n_layers=0).generate(
-        [load_rgb(project / layout.SYNTHETIC_ROOT / rel)])[0]
+    direct = BatchedSamGenerator(
+        build_tiny_sam(),
+        points_per_side=s.points_per_side,
+        pred_iou_thresh=s.pred_iou_thresh,
+        stability_score_thresh=s.stability_score_thresh,
+        crop_n_layers=0,
+    ).generate([load_rgb(project / layout.SYNTHETIC_ROOT / rel)])[0]
     assert stored.rles == direct.rles
     assert np.array_equal(stored.boxes, direct.boxes)
 
@@ -156,8 +171,11 @@ def test_sam_checkpoint_errors_name_the_key(tmp_path) -> None:
 
     params = sam_params(tmp_path / "missing.pth")
     project = make_tiny_project(tmp_path / "p", params)
-    with pytest.raises(ProtomaskError, match=r"segment.sam.checkpoint: SAM checkpoint file "
-                                             r"'.*missing.pth' not found"):
+    with pytest.raises(
+        ProtomaskError,
+        match=r"segment.sam.checkpoint: SAM checkpoint file "
+        r"'.*missing.pth' not found",
+    ):
         run_segment(params, project)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
@@ -168,7 +186,8 @@ def test_sam_checkpoint_errors_name_the_key(tmp_path) -> None:
 
 
 def test_a_model_type_that_does_not_fit_the_checkpoint_stops_before_any_worker(
-        tmp_path, monkeypatch) -> None:
+    tmp_path, monkeypatch
+) -> None:
     """vit_b given, tiny weights found: one line naming both, and no dask cluster started."""
     import torch
     from click.testing import CliRunner
@@ -185,8 +204,9 @@ def test_a_model_type_that_does_not_fit_the_checkpoint_stops_before_any_worker(
     torch.save(build_tiny_sam().state_dict(), checkpoint)
     params = sam_params(checkpoint)
     project = make_tiny_project(tmp_path / "p", params)
-    wrong = replace(params, segment=replace(params.segment, sam=replace(
-        params.segment.sam, model_type="vit_b")))
+    wrong = replace(
+        params, segment=replace(params.segment, sam=replace(params.segment.sam, model_type="vit_b"))
+    )
     (project / "params.yaml").write_text(yaml.safe_dump(as_dict(wrong)))
     monkeypatch.chdir(project)
     result = CliRunner().invoke(main, ["segment", "--params", "params.yaml"])
@@ -194,16 +214,27 @@ def test_a_model_type_that_does_not_fit_the_checkpoint_stops_before_any_worker(
     assert result.stderr == (
         f"protomask segment: segment.sam.checkpoint: {checkpoint} holds a tiny SAM (image "
         f"encoder width 32, 2 blocks) but segment.sam.model_type is vit_b (image encoder "
-        f"width 768, 12 blocks); set segment.sam.model_type: tiny\n")
+        f"width 768, 12 blocks); set segment.sam.model_type: tiny\n"
+    )
     deeper = tmp_path / "deeper.pth"
     torch.save(build_tiny_sam(encoder_depth=3).state_dict(), deeper)
     from pipeline.errors import ProtomaskError
 
-    with pytest.raises(ProtomaskError, match=r"deeper.pth is not a tiny SAM checkpoint: its "
-                                             r"tensors show image encoder width 32, 3 blocks, "
-                                             r"tiny has image encoder width 32, 2 blocks"):
-        run_segment(replace(params, segment=replace(params.segment, sam=replace(
-            params.segment.sam, checkpoint=str(deeper)))), project)
+    with pytest.raises(
+        ProtomaskError,
+        match=r"deeper.pth is not a tiny SAM checkpoint: its "
+        r"tensors show image encoder width 32, 3 blocks, "
+        r"tiny has image encoder width 32, 2 blocks",
+    ):
+        run_segment(
+            replace(
+                params,
+                segment=replace(
+                    params.segment, sam=replace(params.segment.sam, checkpoint=str(deeper))
+                ),
+            ),
+            project,
+        )
 
 
 def test_metrics_hold_no_wall_clock_and_a_maskless_run_warns(tmp_path, monkeypatch) -> None:
@@ -232,4 +263,5 @@ def test_metrics_hold_no_wall_clock_and_a_maskless_run_warns(tmp_path, monkeypat
     assert log["shards_reused"] == 5 and log["shards_damaged"] == [] and "seconds" in log
     assert again.stdout.count("\n") == 1 and again.stdout.strip().endswith(
         "0.0 masks per image; 100 % of images without a mask; 0 failed; WARNING: 100 % of "
-        "images have no mask; their views will be the whole image; check segment params")
+        "images have no mask; their views will be the whole image; check segment params"
+    )

@@ -1,4 +1,5 @@
 """One-line stage errors: from DataLoader workers, and for devices a machine lacks."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,8 +19,9 @@ class BrokenImages(Dataset):
         raise ImageDecodeError("images/001.png", "truncated image")
 
 
-def test_an_image_error_in_a_dataloader_worker_ends_the_stage_in_one_line(tmp_path,
-                                                                          monkeypatch) -> None:
+def test_an_image_error_in_a_dataloader_worker_ends_the_stage_in_one_line(
+    tmp_path, monkeypatch
+) -> None:
     @stage_command("probe", help="reads broken images through a worker")
     def probe(params) -> None:
         for _ in DataLoader(BrokenImages(), num_workers=1):

@@ -1,4 +1,5 @@
 """The synthetic fine-grained dataset: layout, determinism, ground truth, difficulty."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,12 +20,22 @@ from pipeline.synthetic import generate_synthetic
 
 # 6 classes x 20 images, half of them test: 60 train and 60 test images, enough for
 # stable accuracies (one test image is 1.7 points), generated in well under a second.
-CFG = SyntheticParams(seed=0, num_classes=6, images_per_class=20, image_size=96,
-                      test_fraction=0.5, distractors=5)
+CFG = SyntheticParams(
+    seed=0, num_classes=6, images_per_class=20, image_size=96, test_fraction=0.5, distractors=5
+)
 TINY = SyntheticParams(seed=0, num_classes=2, images_per_class=4, image_size=64)
-CUB_FILES = ("images.txt", "classes.txt", "image_class_labels.txt", "train_test_split.txt",
-             "bounding_boxes.txt", "parts/parts.txt", "parts/part_locs.txt",
-             "attributes.json", "generator.json", "WRITTEN_BY_PROTOMASK.txt")
+CUB_FILES = (
+    "images.txt",
+    "classes.txt",
+    "image_class_labels.txt",
+    "train_test_split.txt",
+    "bounding_boxes.txt",
+    "parts/parts.txt",
+    "parts/part_locs.txt",
+    "attributes.json",
+    "generator.json",
+    "WRITTEN_BY_PROTOMASK.txt",
+)
 
 
 @dataclass
@@ -50,8 +61,9 @@ def read_dataset(root: Path) -> list[Sample]:
     """Parse the CUB listing files and load every image and segmentation."""
     labels = {int(i): int(c) for i, c in read_rows(root / "image_class_labels.txt")}
     train = {int(i): flag == "1" for i, flag in read_rows(root / "train_test_split.txt")}
-    boxes = {int(r[0]): tuple(float(v) for v in r[1:])
-             for r in read_rows(root / "bounding_boxes.txt")}
+    boxes = {
+        int(r[0]): tuple(float(v) for v in r[1:]) for r in read_rows(root / "bounding_boxes.txt")
+    }
     parts: dict[int, dict[int, tuple[float, float, int]]] = {}
     part_lines: dict[int, list[str]] = {}
     for line in (root / "parts/part_locs.txt").read_text().splitlines():
@@ -63,15 +75,28 @@ def read_dataset(root: Path) -> list[Sample]:
         image_id = int(i)
         bgr = cv2.imread(str(root / "images" / rel), cv2.IMREAD_UNCHANGED)
         seg = cv2.imread(str(root / "segmentations" / rel), cv2.IMREAD_UNCHANGED)
-        samples.append(Sample(image_id, rel, labels[image_id], train[image_id], boxes[image_id],
-                              parts[image_id], part_lines[image_id],
-                              cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), seg))
+        samples.append(
+            Sample(
+                image_id,
+                rel,
+                labels[image_id],
+                train[image_id],
+                boxes[image_id],
+                parts[image_id],
+                part_lines[image_id],
+                cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
+                seg,
+            )
+        )
     return samples
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -175,14 +200,16 @@ def test_metadata_names_the_params_and_the_classes(dataset_root: Path) -> None:
 def test_visible_keypoints_lie_on_the_object(samples: list[Sample]) -> None:
     hidden = 0
     for s in samples:
-        for (part_id, (x, y, visible)), line in zip(sorted(s.parts.items()), s.part_lines):
+        for (part_id, (x, y, visible)), line in zip(
+            sorted(s.parts.items()), s.part_lines, strict=False
+        ):
             if visible:
                 assert s.mask[int(round(y)), int(round(x))] > 127, (s.path, part_id)
             else:
                 hidden += 1
                 assert line.split()[2:] == ["0.0", "0.0", "0"]
     total = len(samples) * len(synthetic.PART_NAMES)
-    assert 0 < hidden < 0.2 * total      # front distractors hide some parts, not most
+    assert 0 < hidden < 0.2 * total  # front distractors hide some parts, not most
 
 
 def test_box_is_the_tight_box_of_the_mask(samples: list[Sample]) -> None:
@@ -194,7 +221,7 @@ def test_box_is_the_tight_box_of_the_mask(samples: list[Sample]) -> None:
 
 
 def test_objects_vary_in_size_and_are_partly_occluded(samples: list[Sample]) -> None:
-    areas = np.array([np.count_nonzero(s.mask) for s in samples]) / CFG.image_size ** 2
+    areas = np.array([np.count_nonzero(s.mask) for s in samples]) / CFG.image_size**2
     assert areas.min() > 0.02 and areas.max() < 0.5
     assert areas.max() > 2 * areas.min()
 
@@ -233,8 +260,10 @@ def part_features(s: Sample, radius: int = 2) -> dict[int, np.ndarray]:
         x, y, visible = s.parts[part_id]
         if not visible:
             continue
-        window = np.s_[max(0, int(y) - radius):int(y) + radius + 1,
-                       max(0, int(x) - radius):int(x) + radius + 1]
+        window = np.s_[
+            max(0, int(y) - radius) : int(y) + radius + 1,
+            max(0, int(x) - radius) : int(x) + radius + 1,
+        ]
         pixels = s.rgb[window][s.mask[window] > 127] / 255.0
         features[part_id] = np.concatenate([pixels.mean(axis=0), pixels.std(axis=0)])
     return features
@@ -262,15 +291,27 @@ def part_accuracy(samples: list[Sample]) -> float:
     test = [s for s in samples if not s.is_train]
     classes = sorted({s.class_id for s in samples})
     features = {s.image_id: part_features(s) for s in samples}
-    centroids = {c: {p: np.mean([features[s.image_id][p] for s in train
-                                 if s.class_id == c and p in features[s.image_id]], axis=0)
-                     for p in (1, 2, 3, 4)} for c in classes}
+    centroids = {
+        c: {
+            p: np.mean(
+                [
+                    features[s.image_id][p]
+                    for s in train
+                    if s.class_id == c and p in features[s.image_id]
+                ],
+                axis=0,
+            )
+            for p in (1, 2, 3, 4)
+        }
+        for c in classes
+    }
 
     def distance(f: dict[int, np.ndarray], c: int) -> float:
         return float(np.mean([np.linalg.norm(v - centroids[c][p]) for p, v in f.items()]))
 
-    hits = [min(classes, key=lambda c: distance(features[s.image_id], c)) == s.class_id
-            for s in test]
+    hits = [
+        min(classes, key=lambda c: distance(features[s.image_id], c)) == s.class_id for s in test
+    ]
     return float(np.mean(hits))
 
 
@@ -290,11 +331,15 @@ def test_only_the_parts_tell_the_classes_apart(samples: list[Sample]) -> None:
 
 
 def test_without_clutter_the_histogram_gives_the_class_away(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The histogram check has teeth: on a plain grey background without distractors the
     same classifier scores 1.00 (measured), so the clutter is what defeats it."""
-    monkeypatch.setattr(synthetic_drawing, "_background",
-                        lambda rng, size: np.full((size, size, 3), 128, np.float32))
+    monkeypatch.setattr(
+        synthetic_drawing,
+        "_background",
+        lambda rng, size: np.full((size, size, 3), 128, np.float32),
+    )
     root = tmp_path / "plain"
     generate_synthetic(root, SyntheticParams(**{**as_dict(CFG), "distractors": 0}))
     assert histogram_accuracy(read_dataset(root)) >= 0.9
@@ -320,8 +365,9 @@ def test_a_failed_run_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.Monk
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_failed_run_keeps_the_previous_dataset(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_run_keeps_the_previous_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "data"
     generate_synthetic(root, TINY)
     before = file_hashes(root)
@@ -361,7 +407,8 @@ def test_a_folder_of_someone_elses_files_is_never_replaced(tmp_path: Path) -> No
     assert str(info.value) == (
         f"{root}: holds files protomask synthesize did not write (no WRITTEN_BY_PROTOMASK.txt); "
         "it will not delete files it did not write: move them elsewhere (and point data.root "
-        "there) or empty the folder")
+        "there) or empty the folder"
+    )
     with pytest.raises(DatasetError, match="will not delete files it did not write"):
         synthetic.write_not_used(root, "cub")
     assert file_hashes(root) == before
@@ -375,10 +422,12 @@ def test_what_synthesize_wrote_is_replaced(tmp_path: Path, kind: str) -> None:
         root.mkdir()
     if kind == "marked":
         synthetic.write_not_used(root, "folder")
-        assert sorted(p.name for p in root.iterdir()) == ["NOT_USED.txt",
-                                                          "WRITTEN_BY_PROTOMASK.txt"]
+        assert sorted(p.name for p in root.iterdir()) == [
+            "NOT_USED.txt",
+            "WRITTEN_BY_PROTOMASK.txt",
+        ]
         (root / "stale.txt").write_text("left over")
-    elif kind == "old_dataset":              # written before the marker existed
+    elif kind == "old_dataset":  # written before the marker existed
         generate_synthetic(root, TINY)
         (root / "WRITTEN_BY_PROTOMASK.txt").unlink()
     elif kind == "old_note":
@@ -405,14 +454,22 @@ def test_a_symlink_is_not_replaced(tmp_path: Path) -> None:
     assert (tmp_path / "mine" / "x.jpg").read_bytes() == b"x"
 
 
-@pytest.mark.parametrize("params_text, message", [
-    ("data:\n  source: cub\n  root: /datasets/CUB_200_2011\n",
-     "protomask synthesize: data/synthetic: holds files protomask synthesize did not write"),
-    ("data:\n  source: folder\n  root: data/synthetic\n",
-     "protomask synthesize: params.yaml: data.root 'data/synthetic' lies in data/synthetic"),
-])
-def test_the_stage_keeps_the_users_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        params_text: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "params_text, message",
+    [
+        (
+            "data:\n  source: cub\n  root: /datasets/CUB_200_2011\n",
+            "protomask synthesize: data/synthetic: holds files protomask synthesize did not write",
+        ),
+        (
+            "data:\n  source: folder\n  root: data/synthetic\n",
+            "protomask synthesize: params.yaml: data.root 'data/synthetic' lies in data/synthetic",
+        ),
+    ],
+)
+def test_the_stage_keeps_the_users_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params_text: str, message: str
+) -> None:
     from click.testing import CliRunner
 
     from stages.cli import main

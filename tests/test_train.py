@@ -1,4 +1,5 @@
 """The train stage: periods, push, selection on val, and resume after a kill."""
+
 from __future__ import annotations
 
 import json
@@ -42,12 +43,12 @@ def test_both_models_write_checkpoints_logs_push_and_metrics(trained: Path) -> N
         assert len(push) == 3 * 2 and all(r["image_id"] > 0 for r in push)
         metrics = json.loads((trained / layout.train_metrics(kind)).read_text())
         assert metrics["model"] == kind and 0 <= metrics["best_val_accuracy"] <= 100
-        assert metrics["best_step"] >= 3          # the push (step 3) or after it
-        assert "train_images_per_second" not in metrics   # wall-clock: logs/, not DVC
+        assert metrics["best_step"] >= 3  # the push (step 3) or after it
+        assert "train_images_per_second" not in metrics  # wall-clock: logs/, not DVC
         assert json.loads((trained / layout.run_log(f"train-{kind}")).read_text())["seconds"] > 0
         tsv = (out / "dvclive" / "plots" / "metrics" / "val_accuracy.tsv").read_text()
-        assert len(tsv.strip().splitlines()) == 1 + 6   # header + every step
-        assert tsv.splitlines()[0] == "step\tval_accuracy"   # no wall-clock timestamps
+        assert len(tsv.strip().splitlines()) == 1 + 6  # header + every step
+        assert tsv.splitlines()[0] == "step\tval_accuracy"  # no wall-clock timestamps
 
 
 def test_push_puts_prototypes_on_training_embeddings(trained: Path) -> None:
@@ -57,8 +58,9 @@ def test_push_puts_prototypes_on_training_embeddings(trained: Path) -> None:
     assert all(r["distance"] < 1e-3 or r["distance"] >= 0 for r in pushed)
 
 
-def test_rerun_with_same_params_does_nothing_and_new_params_start_over(trained: Path,
-                                                                       tmp_path: Path) -> None:
+def test_rerun_with_same_params_does_nothing_and_new_params_start_over(
+    trained: Path, tmp_path: Path
+) -> None:
     before = weights(trained, "protomask")
     summary = run_training(tiny_train_params(), "protomask", trained)
     assert same_weights(weights(trained, "protomask"), before)
@@ -110,16 +112,18 @@ def test_sigkill_then_rerun_equals_uninterrupted(trained: Path, tmp_path: Path) 
 
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (relative name -> bytes)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
-def test_best_is_a_pushed_state_even_without_last_layer_epochs(trained: Path,
-                                                               tmp_path: Path) -> None:
+def test_best_is_a_pushed_state_even_without_last_layer_epochs(
+    trained: Path, tmp_path: Path
+) -> None:
     from model.evaluation import load_model
 
     project = copy_project(trained, tmp_path / "p")
-    params = tiny_train_params(last_layer_epochs=0)      # steps: warm-up, joint x2, push
+    params = tiny_train_params(last_layer_epochs=0)  # steps: warm-up, joint x2, push
     summary = run_training(params, "protomask", project)
     assert summary["best_step"] == 3
     out = project / layout.TRAIN_DIR / "protomask"
@@ -130,8 +134,13 @@ def test_best_is_a_pushed_state_even_without_last_layer_epochs(trained: Path,
     from model.training import build_model
 
     model = build_model("protomask", params.train, 3)
-    save_checkpoint(out / "best" / "checkpoint.pt", model=model, fingerprint=best.fingerprint,
-                    period="joint", pushed=False)
+    save_checkpoint(
+        out / "best" / "checkpoint.pt",
+        model=model,
+        fingerprint=best.fingerprint,
+        period="joint",
+        pushed=False,
+    )
     with pytest.raises(ArtifactError, match="never pushed"):
         load_model(project, "protomask", "best", 3, torch.device("cpu"))
 
@@ -144,15 +153,17 @@ def test_two_clean_runs_give_byte_identical_outputs(trained: Path, tmp_path: Pat
     import shutil
 
     shutil.rmtree(out)
-    random.seed(12345)        # whatever state Python's generator is in before the stage
+    random.seed(12345)  # whatever state Python's generator is in before the stage
     run_training(tiny_train_params(), "protomask", project)
     assert tree(out) == tree(trained / layout.TRAIN_DIR / "protomask")
-    assert (project / layout.train_metrics("protomask")).read_bytes() == \
-        (trained / layout.train_metrics("protomask")).read_bytes()
+    assert (project / layout.train_metrics("protomask")).read_bytes() == (
+        trained / layout.train_metrics("protomask")
+    ).read_bytes()
 
 
-def test_damaged_best_and_truncated_final_are_rebuilt_never_loaded(trained: Path,
-                                                                   tmp_path: Path) -> None:
+def test_damaged_best_and_truncated_final_are_rebuilt_never_loaded(
+    trained: Path, tmp_path: Path
+) -> None:
     from tests.faults import flip, prototypes_record, record_offset
 
     project = copy_project(trained, tmp_path / "p")
@@ -173,13 +184,14 @@ def test_damaged_latest_means_training_again(trained: Path, tmp_path: Path) -> N
     good = tree(out)
     latest, best = out / "latest" / "checkpoint.pt", out / "best" / "checkpoint.pt"
     latest.write_bytes(latest.read_bytes()[:-100])
-    best.write_bytes(b"not a checkpoint")      # not rebuildable from a damaged latest/
+    best.write_bytes(b"not a checkpoint")  # not rebuildable from a damaged latest/
     run_training(tiny_train_params(), "protomask", project)
     assert tree(out) == good
 
 
 def test_resume_gives_the_same_logs_and_folder_as_an_uninterrupted_run(
-        trained: Path, tmp_path: Path) -> None:
+    trained: Path, tmp_path: Path
+) -> None:
     import shutil
 
     project = copy_project(trained, tmp_path / "p")
@@ -199,7 +211,10 @@ def test_speed_only_settings_do_not_retrain(trained: Path, tmp_path: Path) -> No
     project = copy_project(trained, tmp_path / "p")
     out = project / layout.TRAIN_DIR / "protomask"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
-    summary = run_training(tiny_train_params(loader_workers=1, channels_last=False,
-                                             device="auto"), "protomask", project)
-    assert "train_images_per_second" not in summary          # nothing was trained
+    summary = run_training(
+        tiny_train_params(loader_workers=1, channels_last=False, device="auto"),
+        "protomask",
+        project,
+    )
+    assert "train_images_per_second" not in summary  # nothing was trained
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == before

@@ -1,5 +1,6 @@
 """Training under torchrun: 2 CPU processes (gloo) train, and gather predictions and push
 exactly as one process does."""
+
 from __future__ import annotations
 
 import json
@@ -21,31 +22,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=0",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=127.0.0.1:0",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-def test_two_ranks_train_and_gather_like_one_process(schedule_project: Path,
-                                                   tmp_path: Path) -> None:
+def test_two_ranks_train_and_gather_like_one_process(
+    schedule_project: Path, tmp_path: Path
+) -> None:
     project = copy_project(schedule_project, tmp_path / "p")
     shutil.rmtree(project / layout.TRAIN_DIR / "protomask")
     (project / "params.yaml").write_text(yaml.safe_dump(as_dict(tiny_train_params())))
     run = torchrun(["-m", "stages.cli", "train", "--model", "protomask"], project)
-    assert run.stdout.count("train protomask: best validation accuracy") == 1   # rank 0 only
+    assert run.stdout.count("train protomask: best validation accuracy") == 1  # rank 0 only
     final = load_checkpoint(project / layout.TRAIN_DIR / "protomask" / "final" / "checkpoint.pt")
     assert final.period == "last_layer"
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
     single = tmp_path / "single.json"
-    subprocess.run([sys.executable, str(REPO / "tests" / "ddp_check.py"), str(project),
-                    str(single)], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(REPO / "tests" / "ddp_check.py"), str(project), str(single)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     double = tmp_path / "double.json"
     torchrun([str(REPO / "tests" / "ddp_check.py"), str(project), str(double)], project)
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert one["ids"] == two["ids"] and len(one["ids"]) == len(set(one["ids"]))
     assert one["argmax"] == two["argmax"]
-    assert [(r["image_id"], r["view"]) for r in one["push"]] == \
-           [(r["image_id"], r["view"]) for r in two["push"]]
+    assert [(r["image_id"], r["view"]) for r in one["push"]] == [
+        (r["image_id"], r["view"]) for r in two["push"]
+    ]

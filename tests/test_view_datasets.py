@@ -1,4 +1,5 @@
 """Torch datasets over the crop shards: values, augmentation, seeding, DataLoader workers."""
+
 from __future__ import annotations
 
 import pickle
@@ -17,8 +18,16 @@ from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset, item_seed, normalise
 from pipeline.views import resize_square
 
-NO_AUGMENT = AugmentParams(flip=0.0, perspective=0.0, rotate=0.0, shear=0.0, brightness=0.0,
-                           contrast=0.0, saturation=0.0, hue=0.0)
+NO_AUGMENT = AugmentParams(
+    flip=0.0,
+    perspective=0.0,
+    rotate=0.0,
+    shear=0.0,
+    brightness=0.0,
+    contrast=0.0,
+    saturation=0.0,
+    hue=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +48,28 @@ def test_views_are_the_stored_crops_normalised(crops_dir) -> None:
         with CropShard(crops_dir / rows.shard.iloc[0]) as shard:
             stored = torch.from_numpy(shard.rows(rows.row.to_numpy())).permute(0, 3, 1, 2)
         assert torch.allclose(views, normalise(stored))
-        assert torch.allclose(views * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-                              + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1),
-                              stored.float() / 255, atol=1e-6)
-    assert set(ViewDataset(crops_dir, "test").image_ids) == \
-        set(index[index.split == "test"].image_id)
+        assert torch.allclose(
+            views * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+            + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1),
+            stored.float() / 255,
+            atol=1e-6,
+        )
+    assert set(ViewDataset(crops_dir, "test").image_ids) == set(
+        index[index.split == "test"].image_id
+    )
 
 
 def test_augmentation_depends_only_on_seed_epoch_and_index(crops_dir) -> None:
     dataset = ViewDataset(crops_dir, "train", augment=AugmentParams(), seed=3)
     first = dataset[1][0]
-    torch.manual_seed(123)                       # the global stream plays no part
+    torch.manual_seed(123)  # the global stream plays no part
     assert torch.equal(dataset[1][0], first)
     assert not torch.equal(dataset[2][0], ViewDataset(crops_dir, "train")[2][0])
     dataset.set_epoch(1)
     assert not torch.equal(dataset[1][0], first)
-    assert not torch.equal(ViewDataset(crops_dir, "train", augment=AugmentParams(),
-                                       seed=4)[1][0], first)
+    assert not torch.equal(
+        ViewDataset(crops_dir, "train", augment=AugmentParams(), seed=4)[1][0], first
+    )
     assert item_seed(3, 0, 1) != item_seed(3, 1, 0) != item_seed(3, 0, 2)
 
 
@@ -81,14 +95,15 @@ def test_one_draw_per_image_or_per_view(crops_dir) -> None:
     always = ViewDataset(crops_dir, "train", augment=replace(NO_AUGMENT, flip=1.0))
     image_draws = [flip_states(per_image, k) for k in range(len(per_image))]
     assert all(len(d) == 1 for d in image_draws) and {True, False} == set().union(
-        *(d for d in image_draws))
+        *(d for d in image_draws)
+    )
     assert any(len(flip_states(per_view, k)) == 2 for k in range(len(per_view)))
     assert all(flip_states(always, k) == {True} for k in range(len(always)))
 
 
 def test_pickles_without_open_files(crops_dir) -> None:
     dataset = ViewDataset(crops_dir, "train", augment=AugmentParams())
-    expected = dataset[0][0]                      # opens a shard in this process
+    expected = dataset[0][0]  # opens a shard in this process
     clone = pickle.loads(pickle.dumps(dataset))
     assert torch.equal(clone[0][0], expected)
 
@@ -97,9 +112,9 @@ def test_pickles_without_open_files(crops_dir) -> None:
 def test_dataloader_workers_give_the_same_items(crops_dir, context) -> None:
     dataset = ViewDataset(crops_dir, "train", augment=AugmentParams(), seed=7)
     dataset.set_epoch(2)
-    expected = [dataset[k] for k in range(len(dataset))]   # handles open before the fork
+    expected = [dataset[k] for k in range(len(dataset))]  # handles open before the fork
     loader = DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context=context)
-    views, labels, ids = (torch.cat(parts) for parts in zip(*loader))
+    views, labels, ids = (torch.cat(parts) for parts in zip(*loader, strict=False))
     assert torch.equal(views, torch.stack([e[0] for e in expected]))
     assert labels.tolist() == [e[1] for e in expected]
     assert ids.tolist() == [e[2] for e in expected]
@@ -118,8 +133,9 @@ def test_full_images_stored_or_decoded_at_another_size(crops_dir) -> None:
     bigger = FullImageDataset(crops_dir, "val", size=40, data_root=project / "data/synthetic")
     image40 = bigger[0][0]
     assert image40.shape == (3, 40, 40)
-    assert torch.allclose(image40, normalise(torch.from_numpy(resize_square(pixels, 40))
-                                             .permute(2, 0, 1)))
+    assert torch.allclose(
+        image40, normalise(torch.from_numpy(resize_square(pixels, 40)).permute(2, 0, 1))
+    )
     with pytest.raises(ValueError, match="give data_root"):
         FullImageDataset(crops_dir, "val", size=40)
 

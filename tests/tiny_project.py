@@ -1,5 +1,6 @@
 """A tiny synthetic project (dataset + images index, optionally masks and crops) for stage
 tests, built in-process."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,8 +8,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.params import (CropsParams, DataParams, ModelParams, Params, SegmentParams,
-                             SyntheticParams, TrainParams)
+from pipeline.params import (
+    CropsParams,
+    DataParams,
+    ModelParams,
+    Params,
+    SegmentParams,
+    SyntheticParams,
+    TrainParams,
+)
 from pipeline.prepare import run_prepare
 from pipeline.synthetic import generate_synthetic
 
@@ -17,8 +25,11 @@ TINY_SYNTHETIC = SyntheticParams(num_classes=3, images_per_class=6, image_size=6
 
 def tiny_params(**segment: object) -> Params:
     """Default params shrunk to a few tiny images, one worker, small shards."""
-    return replace(Params(), data=replace(DataParams(), synthetic=TINY_SYNTHETIC),
-                   segment=replace(SegmentParams(workers=1, shard_size=4), **segment))
+    return replace(
+        Params(),
+        data=replace(DataParams(), synthetic=TINY_SYNTHETIC),
+        segment=replace(SegmentParams(workers=1, shard_size=4), **segment),
+    )
 
 
 def make_tiny_project(root: Path, params: Params) -> Path:
@@ -63,21 +74,42 @@ def copy_project(source: Path, target: Path) -> Path:
 
 
 # ---------------------------------------------------------------- trained helpers
-TINY_MODEL = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2,
-                         prototype_dim=8, baseline_image_size=32)
+TINY_MODEL = ModelParams(
+    backbone="tiny_cnn",
+    weights="none",
+    prototypes_per_class=2,
+    prototype_dim=8,
+    baseline_image_size=32,
+)
 
 
 def tiny_trained_params() -> Params:
     """tiny_crops_params with a 2-step training (1 joint epoch, push) of a tiny_cnn network."""
-    train = replace(TrainParams(), warmup_epochs=0, joint_epochs=1, last_layer_epochs=0,
-                    batch_size=4, loader_workers=0, device="cpu", model=TINY_MODEL)
+    train = replace(
+        TrainParams(),
+        warmup_epochs=0,
+        joint_epochs=1,
+        last_layer_epochs=0,
+        batch_size=4,
+        loader_workers=0,
+        device="cpu",
+        model=TINY_MODEL,
+    )
     return replace(tiny_crops_params(), train=train)
 
 
 def tiny_train_params(**train: object) -> Params:
     """Tiny crops and a tiny network: 1 warm-up, 2 joint, push, 2 last-layer epochs."""
-    base = replace(TrainParams(), warmup_epochs=1, joint_epochs=2, last_layer_epochs=2,
-                   batch_size=4, loader_workers=0, device="cpu", model=TINY_MODEL)
+    base = replace(
+        TrainParams(),
+        warmup_epochs=1,
+        joint_epochs=2,
+        last_layer_epochs=2,
+        batch_size=4,
+        loader_workers=0,
+        device="cpu",
+        model=TINY_MODEL,
+    )
     return replace(tiny_crops_params(), train=replace(base, **train))
 
 

@@ -16,6 +16,7 @@ has. Concretely:
 Inputs: ``y_true`` (N,) integer class ids in [0, C); ``y_pred`` (N,) integer ids; ``scores``
 (N, C) float logits or probabilities. numpy or torch. No samples -> :class:`Absent`.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -34,8 +35,9 @@ def _num_classes(*labels: Tensor, num_classes: Optional[int]) -> int:
     return int(max(int(t.max()) for t in labels if t.numel())) + 1
 
 
-def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike,
-                     num_classes: Optional[int] = None) -> Tensor:
+def confusion_matrix(
+    y_true: ArrayLike, y_pred: ArrayLike, num_classes: Optional[int] = None
+) -> Tensor:
     """(C, C) int64 counts: entry [t, p] = number of samples of true class t predicted p.
 
     ``num_classes`` defaults to 1 + the largest id seen in either vector.
@@ -50,8 +52,9 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike,
     return torch.bincount(t * c + p, minlength=c * c).reshape(c, c)
 
 
-def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike,
-                      num_classes: Optional[int] = None) -> MetricValue:
+def balanced_accuracy(
+    y_true: ArrayLike, y_pred: ArrayLike, num_classes: Optional[int] = None
+) -> MetricValue:
     """100 * mean over classes present in ``y_true`` of recall. Range [0, 100]."""
     cm = confusion_matrix(y_true, y_pred, num_classes).double()
     n = cm.sum(1)
@@ -74,8 +77,9 @@ def top_k_hits(y_true: ArrayLike, scores: ArrayLike, k: int = 3) -> Tensor:
     return (s > true_score).sum(1) < k
 
 
-def top_k_accuracy(y_true: ArrayLike, scores: ArrayLike, k: int = 3,
-                   balanced: bool = True) -> MetricValue:
+def top_k_accuracy(
+    y_true: ArrayLike, scores: ArrayLike, k: int = 3, balanced: bool = True
+) -> MetricValue:
     """100 * (class-balanced) share of samples whose true class is in the top k. Range [0, 100].
 
     ``balanced``: mean over present classes of their hit rate (default); otherwise
@@ -95,8 +99,9 @@ def top_k_accuracy(y_true: ArrayLike, scores: ArrayLike, k: int = 3,
     return float(100.0 * (h[present] / n[present]).mean())
 
 
-def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: Optional[int] = None,
-             balanced: bool = True) -> MetricValue:
+def macro_f1(
+    y_true: ArrayLike, y_pred: ArrayLike, num_classes: Optional[int] = None, balanced: bool = True
+) -> MetricValue:
     """100 * macro-averaged F1 over the labels in y_true or y_pred (see module doc). [0, 100]."""
     cm = confusion_matrix(y_true, y_pred, num_classes).double()
     n = cm.sum(1)

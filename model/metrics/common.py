@@ -17,6 +17,7 @@ Inputs may be numpy arrays or torch tensors (any device); computations run in to
 the input's device (so the evaluate stage can keep its batches on the GPU) and only the
 small per-item results come back to the CPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,9 @@ def _defined(values: Any) -> tuple[np.ndarray, list[str]]:
     return flat, reasons
 
 
-def mean_of(values: Union[Iterable[Any], Any],
-            empty_reason: str = "undefined for every item") -> MetricValue:
+def mean_of(
+    values: Union[Iterable[Any], Any], empty_reason: str = "undefined for every item"
+) -> MetricValue:
     """Mean of every defined value in ``values`` (floats, arrays, tensors, Absents).
 
     NaN entries and :class:`Absent` items are ignored. If nothing defined is left, returns
@@ -86,8 +88,10 @@ def to_jsonable(value: MetricValue) -> Union[float, dict, None]:
 
 # --- internal helpers shared by the metric modules ---------------------------------------
 
-def as_tensor(x: ArrayLike, dtype: Optional[torch.dtype] = None,
-              device: Optional[torch.device] = None) -> Tensor:
+
+def as_tensor(
+    x: ArrayLike, dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None
+) -> Tensor:
     """``x`` as a torch tensor (no copy where possible), optionally cast / moved."""
     if isinstance(x, Tensor):
         t = x.detach()

@@ -5,6 +5,7 @@ Input: the last layer's weight ``W`` of shape (K classes, P prototypes), float â
 reference's 1e-3: a weight w is *positive* if w > eps, *negative* if w < -eps, *zero* if
 |w| <= eps.
 """
+
 from __future__ import annotations
 
 import torch

@@ -11,6 +11,7 @@ Conventions (the images index's ``parts`` column and the synthetic generator):
 * A keypoint's pixel: pixel centres sit at integer coordinates, so (x, y) lies in pixel
   (row, col) = (floor(y + 0.5), floor(x + 0.5)), clipped into the canvas.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -22,8 +23,9 @@ from model.metrics.common import ArrayLike, as_bool, as_tensor
 from pipeline.evaluation_set import parts_arrays  # noqa: F401  (the keypoint arrays, data side)
 
 
-def keypoint_index(part_xy: ArrayLike, height: int, width: int,
-                   device: Optional[torch.device] = None) -> Tensor:
+def keypoint_index(
+    part_xy: ArrayLike, height: int, width: int, device: Optional[torch.device] = None
+) -> Tensor:
     """(..., Q) long flat pixel index row * width + col of every keypoint (see module doc)."""
     xy = as_tensor(part_xy, torch.float64, device=device)
     col = torch.floor(xy[..., 0] + 0.5).long().clamp(0, width - 1)
@@ -41,8 +43,8 @@ def parts_in_masks(masks: ArrayLike, part_xy: ArrayLike, part_visible: ArrayLike
     if m.dim() != 4:
         raise ValueError(f"masks must be (N, K, H, W), got {tuple(m.shape)}")
     n, k, h, w = m.shape
-    idx = keypoint_index(part_xy, h, w, device=m.device)            # (N, Q)
-    vis = as_bool(part_visible, device=m.device)                     # (N, Q)
+    idx = keypoint_index(part_xy, h, w, device=m.device)  # (N, Q)
+    vis = as_bool(part_visible, device=m.device)  # (N, Q)
     q = idx.shape[-1]
     inside = m.reshape(n, k, h * w).gather(2, idx[:, None, :].expand(n, k, q))
     return inside & vis[:, None, :]

@@ -10,6 +10,7 @@ from :func:`model.metrics.parts.parts_in_masks`; ``logits`` (N, C).
 index (a stable sort): :func:`top_k_indices`, :func:`ranks_of`. Ranks are **0-based**
 (rank 0 = best).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -25,6 +26,7 @@ NO_PARTS = "no ground-truth part keypoints"
 
 # --- order ---------------------------------------------------------------------------------
 
+
 def top_k_indices(scores: ArrayLike, k: int = 5) -> Tensor:
     """(N, k) long: per row the k highest scores, best first; ties -> lower index first."""
     s = as_tensor(scores)
@@ -39,13 +41,14 @@ def ranks_of(scores: ArrayLike, ids: ArrayLike) -> Tensor:
     """
     s = as_tensor(scores)
     i = as_tensor(ids, torch.long, device=s.device)
-    own = s.gather(-1, i)[..., None]                                     # (N, K, 1)
+    own = s.gather(-1, i)[..., None]  # (N, K, 1)
     index = torch.arange(s.shape[-1], device=s.device)
     before = (s[..., None, :] > own) | ((s[..., None, :] == own) & (index < i[..., None]))
     return before.sum(-1)
 
 
 # --- prototype-vector diversity -------------------------------------------------------------
+
 
 def _unit(v: Tensor) -> Tensor:
     """Rows scaled to unit L2 norm; a zero vector stays zero (cosine 0 with everything)."""
@@ -64,7 +67,7 @@ def intra_pd(vectors: ArrayLike) -> np.ndarray:
     k = v.shape[-2]
     if k < 2:
         return np.full(v.shape[:-2], np.nan)
-    cos = v @ v.transpose(-1, -2)                                         # (N, K, K)
+    cos = v @ v.transpose(-1, -2)  # (N, K, K)
     dist = (1.0 - cos).clamp(min=0.0)
     off = dist.sum(dim=(-2, -1)) - dist.diagonal(dim1=-2, dim2=-1).sum(-1)
     return to_numpy(off / (k * (k - 1)))
@@ -97,8 +100,10 @@ def inter_pd(vectors: ArrayLike, labels: ArrayLike) -> MetricValue:
 
 # --- part-based metrics ---------------------------------------------------------------------
 
-def consistency_per_prototype(ids: ArrayLike, part_hits: ArrayLike,
-                              num_prototypes: Optional[int] = None) -> np.ndarray:
+
+def consistency_per_prototype(
+    ids: ArrayLike, part_hits: ArrayLike, num_prototypes: Optional[int] = None
+) -> np.ndarray:
     """(P,) per-prototype consistency in [0, 100]; NaN for an inactive prototype.
 
     Prototype p is *active* when it is in some image's top-K; n_p = number of its top-K
@@ -113,7 +118,7 @@ def consistency_per_prototype(ids: ArrayLike, part_hits: ArrayLike,
     if i.numel() != hits.shape[0]:
         raise ValueError("ids (N, K) and part_hits (N, K, Q) disagree")
     p = int(num_prototypes) if num_prototypes is not None else int(i.max()) + 1 if i.numel() else 0
-    n = torch.bincount(i, minlength=p).double()                               # (P,)
+    n = torch.bincount(i, minlength=p).double()  # (P,)
     c = torch.zeros(p, q, dtype=torch.float64, device=i.device).index_add_(0, i, hits)
     touched = c > 0
     share = torch.where(touched, c / n.clamp(min=1)[:, None], torch.zeros_like(c))
@@ -121,8 +126,9 @@ def consistency_per_prototype(ids: ArrayLike, part_hits: ArrayLike,
     return to_numpy(torch.where(n > 0, value, torch.full_like(value, float("nan"))))
 
 
-def consistency(ids: ArrayLike, part_hits: Optional[ArrayLike],
-                num_prototypes: Optional[int] = None) -> MetricValue:
+def consistency(
+    ids: ArrayLike, part_hits: Optional[ArrayLike], num_prototypes: Optional[int] = None
+) -> MetricValue:
     """Consistency = 100 * mean over active p of mean over {q: c_pq > 0} of c_pq / n_p.
 
     See :func:`consistency_per_prototype`. Range [0, 100]. ``part_hits`` None -> Absent;
@@ -135,8 +141,11 @@ def consistency(ids: ArrayLike, part_hits: Optional[ArrayLike],
     return float(per.mean()) if per.size else Absent("no active prototype")
 
 
-def stability(part_hits: Optional[ArrayLike], part_hits_perturbed: Optional[ArrayLike],
-              empty_value: float = 100.0) -> np.ndarray | Absent:
+def stability(
+    part_hits: Optional[ArrayLike],
+    part_hits_perturbed: Optional[ArrayLike],
+    empty_value: float = 100.0,
+) -> np.ndarray | Absent:
     """Per (image, prototype): 100 * (1 - |A symmetric-difference B| / |A union B|).
 
     A = the parts inside S, B = the parts inside S' for the SAME prototype on the perturbed
@@ -157,8 +166,13 @@ def stability(part_hits: Optional[ArrayLike], part_hits_perturbed: Optional[Arra
 
 # --- perturbation continuity ----------------------------------------------------------------
 
-def psc(similarity: ArrayLike, similarity_perturbed: ArrayLike,
-        ids: Optional[ArrayLike] = None, k: int = 5) -> np.ndarray:
+
+def psc(
+    similarity: ArrayLike,
+    similarity_perturbed: ArrayLike,
+    ids: Optional[ArrayLike] = None,
+    k: int = 5,
+) -> np.ndarray:
     """Prototype similarity change per (image, top-k prototype): 100 * |s' - s| / |s|.
 
     ``ids`` default: :func:`top_k_indices` of ``similarity``. Returns (N, K), range
@@ -172,8 +186,12 @@ def psc(similarity: ArrayLike, similarity_perturbed: ArrayLike,
     return to_numpy(torch.where(a != 0, value, torch.full_like(value, float("nan"))))
 
 
-def prc(similarity: ArrayLike, similarity_perturbed: ArrayLike,
-        ids: Optional[ArrayLike] = None, k: int = 5) -> np.ndarray:
+def prc(
+    similarity: ArrayLike,
+    similarity_perturbed: ArrayLike,
+    ids: Optional[ArrayLike] = None,
+    k: int = 5,
+) -> np.ndarray:
     """Prototype rank change per (image, top-k prototype): |rank' - rank|, 0-based ranks
     among all P prototypes (:func:`ranks_of`). Returns (N, K), range [0, P - 1]; 0 = same
     place."""

@@ -23,6 +23,7 @@ which of the two neighbours of the 95th-percentile position is the threshold.
 
 **R** = saliency * S (saliency restricted to S, zero elsewhere).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,9 @@ def _maps(saliency: ArrayLike) -> Tensor:
     return s
 
 
-def top_fraction_mask(saliency: ArrayLike, fraction: float = TOP_FRACTION,
-                      positive_only: bool = True) -> Tensor:
+def top_fraction_mask(
+    saliency: ArrayLike, fraction: float = TOP_FRACTION, positive_only: bool = True
+) -> Tensor:
     """S: bool tensor of the saliency's shape (..., H, W), the top ``fraction`` pixels per map.
 
     See the module doc for the exact tie rule (>= the k-th largest value, k =
@@ -78,7 +80,7 @@ def restrict(saliency: ArrayLike, S: ArrayLike) -> Tensor:
 def _align(G: ArrayLike, like: Tensor) -> Tensor:
     """G (N, H, W) or (H, W) as bool, reshaped to broadcast against ``like`` (N, ..., H, W)."""
     g = as_bool(G, device=like.device)
-    if g.shape[-2:] != like.shape[-2:] or g.shape[:-2] != like.shape[:g.dim() - 2]:
+    if g.shape[-2:] != like.shape[-2:] or g.shape[:-2] != like.shape[: g.dim() - 2]:
         raise ValueError(f"G {tuple(g.shape)} does not match maps {tuple(like.shape)}")
     extra = like.dim() - g.dim()
     return g.reshape(g.shape[:-2] + (1,) * extra + g.shape[-2:])
@@ -124,8 +126,9 @@ def background_overlap(S: ArrayLike, G: Optional[ArrayLike]) -> np.ndarray | Abs
     return _nan_where(value, (size_s == 0) | (size_g == 0))
 
 
-def ior(saliency: ArrayLike, G: Optional[ArrayLike],
-        S: Optional[ArrayLike] = None) -> np.ndarray | Absent:
+def ior(
+    saliency: ArrayLike, G: Optional[ArrayLike], S: Optional[ArrayLike] = None
+) -> np.ndarray | Absent:
     """Inside-outside relevance per map: mean normalised R inside G minus mean outside G.
 
     r = max(R, 0) / max(R) per map (R = saliency restricted to S; S defaults to
@@ -194,7 +197,7 @@ def pairwise_iou(S: ArrayLike) -> Tensor:
     """
     s = as_bool(S)
     flat = s.reshape(*s.shape[:-2], -1).float()
-    inter = (flat @ flat.transpose(-1, -2)).double()    # exact counts below 2**24 pixels
+    inter = (flat @ flat.transpose(-1, -2)).double()  # exact counts below 2**24 pixels
     size = flat.sum(-1, dtype=torch.float64)
     union = size[..., :, None] + size[..., None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))

@@ -13,6 +13,7 @@ shape (N, H, W) (or (N, L)), each returning (N,) float64:
 NaN for a pair in which a map is constant (correlation undefined). The verdict:
 :func:`randomisation_verdict`.
 """
+
 from __future__ import annotations
 
 from typing import Union
@@ -42,7 +43,7 @@ def average_ranks(x: Tensor) -> Tensor:
     starts = torch.ones_like(values, dtype=torch.bool)
     starts[:, 1:] = values[:, 1:] != values[:, :-1]
     offset = (torch.arange(n, device=x.device) * length)[:, None]
-    group = torch.cumsum(starts.long(), -1) - 1 + offset          # unique over rows
+    group = torch.cumsum(starts.long(), -1) - 1 + offset  # unique over rows
     pos = torch.arange(length, dtype=torch.float64, device=x.device).expand(n, length)
     sums = torch.zeros(n * length, dtype=torch.float64, device=x.device)
     sums.index_add_(0, group.reshape(-1), pos.reshape(-1))
@@ -90,10 +91,17 @@ def randomisation_verdict(similarities: Union[ArrayLike, list], threshold: float
     similarity is defined. Returns ``{"mean_similarity": float | Absent, "threshold",
     "pairs": number of defined pairs, "passed"}``.
     """
-    values = similarities.detach().cpu().numpy() if isinstance(similarities, Tensor) \
+    values = (
+        similarities.detach().cpu().numpy()
+        if isinstance(similarities, Tensor)
         else np.asarray(similarities, dtype=np.float64)
+    )
     values = values.astype(np.float64).ravel()
     mean = mean_of(values, empty_reason="no defined similarity (constant maps)")
     passed = None if isinstance(mean, Absent) else bool(mean < threshold)
-    return {"mean_similarity": mean, "threshold": float(threshold),
-            "pairs": int(np.count_nonzero(~np.isnan(values))), "passed": passed}
+    return {
+        "mean_similarity": mean,
+        "threshold": float(threshold),
+        "pairs": int(np.count_nonzero(~np.isnan(values))),
+        "passed": passed,
+    }

@@ -14,6 +14,7 @@ a class yields exactly the same set of part-set codes; small = each image cuts t
 differently. The reference keeps code 0 in the histogram (``include_empty_code=True``,
 our default); pass False to score only masks that contain a part.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -40,13 +41,14 @@ def mask_part_codes(masks: ArrayLike, part_xy: ArrayLike, part_visible: ArrayLik
         raise ValueError(f"at most 62 parts fit an int64 code, got {q}")
     if m.shape[0] == 0:
         return np.zeros(0, np.int64)
-    inside = parts_in_masks(m[None], as_tensor(part_xy)[None], vis[None])[0]     # (M, Q)
+    inside = parts_in_masks(m[None], as_tensor(part_xy)[None], vis[None])[0]  # (M, Q)
     weights = torch.pow(2, torch.arange(q, device=inside.device, dtype=torch.long))
     return (inside.long() * weights).sum(-1).cpu().numpy().astype(np.int64)
 
 
-def mask_consistency(codes: Optional[Sequence[ArrayLike]], labels: ArrayLike,
-                     include_empty_code: bool = True) -> MetricValue:
+def mask_consistency(
+    codes: Optional[Sequence[ArrayLike]], labels: ArrayLike, include_empty_code: bool = True
+) -> MetricValue:
     """Mask consistency in (0, 100] (see module doc).
 
     ``codes``: per image the (M_i,) codes of its masks (:func:`mask_part_codes`), None when
@@ -67,9 +69,10 @@ def mask_consistency(codes: Optional[Sequence[ArrayLike]], labels: ArrayLike,
     flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
     if not include_empty_code:
         image, flat = image[flat != 0], flat[flat != 0]
-    pairs = np.unique(np.stack([image, flat], 1), axis=0)          # distinct codes per image
-    class_code, counts = np.unique(np.stack([y[pairs[:, 0]], pairs[:, 1]], 1), axis=0,
-                                   return_counts=True)
+    pairs = np.unique(np.stack([image, flat], 1), axis=0)  # distinct codes per image
+    class_code, counts = np.unique(
+        np.stack([y[pairs[:, 0]], pairs[:, 1]], 1), axis=0, return_counts=True
+    )
     classes, n_images = np.unique(y, return_counts=True)
     per_class = np.zeros(classes.size)
     if class_code.size:

@@ -1,4 +1,5 @@
 """Dataset readers: each turns a folder on disk into a DatasetListing."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -24,7 +25,7 @@ def read_dataset(source: str, root: Path, *, test_fraction: float, seed: int) ->
         raise DatasetError(f"data.source must be one of {', '.join(SOURCES)}, got '{source}'")
     try:
         exists, is_dir = root.exists(), root.is_dir()
-    except OSError as exc:         # e.g. a name too long for the filesystem
+    except OSError as exc:  # e.g. a name too long for the filesystem
         raise DatasetError(f"data.root '{root}' cannot be read ({exc.strerror or exc})") from None
     if not exists:
         raise DatasetError(f"data.root '{root}' does not exist")

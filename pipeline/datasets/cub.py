@@ -6,6 +6,7 @@ parts/parts.txt with parts/part_locs.txt, and segmentations/ (CUB's companion
 archive, one PNG per image at the image's relative path with a .png suffix).
 Every problem in a listing raises DatasetError naming the file and 1-based line.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ PART_LOCS = "parts/part_locs.txt"
 IMAGES_DIR = "images"
 SEGMENTATIONS_DIR = "segmentations"
 
-ImageTable = dict[int, tuple[int, str]]          # image id -> (images.txt line, path)
+ImageTable = dict[int, tuple[int, str]]  # image id -> (images.txt line, path)
 PartTable = dict[int, tuple[PartLocation, ...]]  # image id -> keypoints by part id
 
 
@@ -100,11 +101,17 @@ def read_cub(root: Path) -> DatasetListing:
         )
         for image_id, (_, relpath) in sorted(images.items())
     )
-    return DatasetListing(records=records, class_names=class_names,
-                          part_names=part_names, source="cub", notes=tuple(notes))
+    return DatasetListing(
+        records=records,
+        class_names=class_names,
+        part_names=part_names,
+        source="cub",
+        notes=tuple(notes),
+    )
 
 
 # ------------------------------------------------------------------------ listings
+
 
 def _read_lines(root: Path, name: str, layout: str, *, text_last: bool = False) -> list[_Line]:
     """Non-blank lines of ``root/name`` split on whitespace; ``layout`` gives the fields.
@@ -126,8 +133,9 @@ def _read_lines(root: Path, name: str, layout: str, *, text_last: bool = False) 
         if text_last and fields:
             fields[-1] = fields[-1].rstrip()
         if len(fields) != count:
-            raise DatasetError(f"{name} line {number}: expected {count} fields "
-                               f"'{layout}', found {len(fields)}")
+            raise DatasetError(
+                f"{name} line {number}: expected {count} fields '{layout}', found {len(fields)}"
+            )
         lines.append(_Line(name, number, fields))
     return lines
 
@@ -139,8 +147,9 @@ def _read_images(root: Path) -> ImageTable:
     for line in _read_lines(root, IMAGES, "<image_id> <path>", text_last=True):
         image_id = line.id_at(0, "image id")
         if image_id in images:
-            raise line.error(f"image id {image_id} is listed twice "
-                             f"(first at line {images[image_id][0]})")
+            raise line.error(
+                f"image id {image_id} is listed twice (first at line {images[image_id][0]})"
+            )
         relpath = line.fields[1]
         pure = check_relative(relpath, listing=IMAGES, line=line.number)
         if pure.name in ("", "."):
@@ -149,8 +158,9 @@ def _read_images(root: Path) -> ImageTable:
         # A symlink (images/ itself included) must not lead out of the root.
         resolve_inside(root, f"{IMAGES_DIR}/{normalised}", listing=IMAGES, line=line.number)
         if normalised in first_line_of_path:
-            raise line.error(f"path '{relpath}' is listed twice "
-                             f"(first at line {first_line_of_path[normalised]})")
+            raise line.error(
+                f"path '{relpath}' is listed twice (first at line {first_line_of_path[normalised]})"
+            )
         first_line_of_path[normalised] = line.number
         images[image_id] = (line.number, normalised)
     if not images:
@@ -164,8 +174,9 @@ def _read_dense_names(root: Path, name: str, layout: str, what: str) -> tuple[st
     for line in _read_lines(root, name, layout, text_last=True):
         ident = line.id_at(0, what)
         if ident in entries:
-            raise line.error(f"{what} {ident} is listed twice "
-                             f"(first at line {entries[ident][0].number})")
+            raise line.error(
+                f"{what} {ident} is listed twice (first at line {entries[ident][0].number})"
+            )
         entries[ident] = (line, line.fields[1])
     if not entries:
         raise DatasetError(f"{name}: lists nothing")
@@ -173,13 +184,13 @@ def _read_dense_names(root: Path, name: str, layout: str, what: str) -> tuple[st
     out_of_range = [line for ident, (line, _) in entries.items() if ident > count]
     if out_of_range:
         first = min(out_of_range, key=lambda line: line.number)
-        raise first.error(f"{what} {first.fields[0]} breaks the numbering: "
-                          f"ids must run 1..{count} without gaps")
+        raise first.error(
+            f"{what} {first.fields[0]} breaks the numbering: ids must run 1..{count} without gaps"
+        )
     return tuple(entries[ident][1] for ident in range(1, count + 1))
 
 
-def _per_image(root: Path, name: str, layout: str,
-               images: ImageTable) -> dict[int, _Line]:
+def _per_image(root: Path, name: str, layout: str, images: ImageTable) -> dict[int, _Line]:
     """Lines of a one-line-per-image listing keyed by image id, ids checked both ways."""
     by_image: dict[int, _Line] = {}
     for line in _read_lines(root, name, layout):
@@ -187,18 +198,19 @@ def _per_image(root: Path, name: str, layout: str,
         if image_id not in images:
             raise line.error(f"image id {image_id} is not listed in {IMAGES}")
         if image_id in by_image:
-            raise line.error(f"image id {image_id} is listed twice "
-                             f"(first at line {by_image[image_id].number})")
+            raise line.error(
+                f"image id {image_id} is listed twice (first at line {by_image[image_id].number})"
+            )
         by_image[image_id] = line
     for image_id, (number, _) in sorted(images.items()):
         if image_id not in by_image:
-            raise DatasetError(f"{IMAGES} line {number}: image id {image_id} "
-                               f"has no entry in {name}")
+            raise DatasetError(
+                f"{IMAGES} line {number}: image id {image_id} has no entry in {name}"
+            )
     return by_image
 
 
-def _read_labels(root: Path, images: ImageTable,
-                 class_count: int) -> dict[int, int]:
+def _read_labels(root: Path, images: ImageTable, class_count: int) -> dict[int, int]:
     """image id -> 0-based class id."""
     labels = {}
     for image_id, line in _per_image(root, LABELS, "<image_id> <class_id>", images).items():
@@ -215,32 +227,37 @@ def _read_split(root: Path, images: ImageTable) -> dict[int, bool]:
     return {image_id: line.flag_at(1, "is_training_image") for image_id, line in lines.items()}
 
 
-def _read_boxes(root: Path, images: ImageTable,
-                notes: list[str]) -> Optional[dict[int, tuple[float, float, float, float]]]:
+def _read_boxes(
+    root: Path, images: ImageTable, notes: list[str]
+) -> Optional[dict[int, tuple[float, float, float, float]]]:
     """image id -> (x, y, width, height), or None when the file is absent."""
     if not (root / BOXES).is_file():
         notes.append(f"{BOXES} absent: no object boxes")
         return None
     boxes = {}
-    for image_id, line in _per_image(root, BOXES, "<image_id> <x> <y> <width> <height>",
-                                     images).items():
-        x, y, width, height = (line.float_at(i, what) for i, what in
-                               enumerate(("x", "y", "width", "height"), start=1))
+    for image_id, line in _per_image(
+        root, BOXES, "<image_id> <x> <y> <width> <height>", images
+    ).items():
+        x, y, width, height = (
+            line.float_at(i, what) for i, what in enumerate(("x", "y", "width", "height"), start=1)
+        )
         if width <= 0 or height <= 0:
             raise line.error(f"box width and height must be > 0, got {width} x {height}")
         boxes[image_id] = (x, y, width, height)
     return boxes
 
 
-def _read_parts(root: Path, images: ImageTable, notes: list[str]
-                ) -> tuple[Optional[tuple[str, ...]], Optional[PartTable]]:
+def _read_parts(
+    root: Path, images: ImageTable, notes: list[str]
+) -> tuple[Optional[tuple[str, ...]], Optional[PartTable]]:
     """Part names and image id -> part keypoints sorted by part id (None when absent)."""
     has_names = (root / PARTS).is_file()
     has_locs = (root / PART_LOCS).is_file()
     if not has_names:
         if has_locs:
-            raise DatasetError(f"{PART_LOCS} is present but {PARTS} is missing "
-                               "(it names the parts)")
+            raise DatasetError(
+                f"{PART_LOCS} is present but {PARTS} is missing (it names the parts)"
+            )
         notes.append("parts/ absent: no part keypoints")
         return None, None
     part_names = _read_dense_names(root, PARTS, "<part_id> <name>", "part id")
@@ -256,20 +273,29 @@ def _read_parts(root: Path, images: ImageTable, notes: list[str]
             raise line.error(f"image id {image_id} is not listed in {IMAGES}")
         if part_id > len(part_names):
             raise line.error(f"part id {part_id} is not listed in {PARTS}")
-        location = PartLocation(part_id=part_id, x=line.float_at(2, "x"),
-                                y=line.float_at(3, "y"), visible=line.flag_at(4, "visible"))
+        location = PartLocation(
+            part_id=part_id,
+            x=line.float_at(2, "x"),
+            y=line.float_at(3, "y"),
+            visible=line.flag_at(4, "visible"),
+        )
         seen = by_image.setdefault(image_id, {})
         if part_id in seen:
-            raise line.error(f"part {part_id} of image {image_id} is listed twice "
-                             f"(first at line {seen[part_id][0]})")
+            raise line.error(
+                f"part {part_id} of image {image_id} is listed twice "
+                f"(first at line {seen[part_id][0]})"
+            )
         seen[part_id] = (line.number, location)
-    parts = {image_id: tuple(location for _, (_, location) in sorted(found.items()))
-             for image_id, found in by_image.items()}
+    parts = {
+        image_id: tuple(location for _, (_, location) in sorted(found.items()))
+        for image_id, found in by_image.items()
+    }
     return part_names, parts
 
 
-def _find_segmentations(root: Path, images: ImageTable,
-                        notes: list[str]) -> Optional[dict[int, str]]:
+def _find_segmentations(
+    root: Path, images: ImageTable, notes: list[str]
+) -> Optional[dict[int, str]]:
     """image id -> 'segmentations/<relpath>.png' for the PNGs that exist."""
     if not (root / SEGMENTATIONS_DIR).is_dir():
         notes.append(f"{SEGMENTATIONS_DIR}/ absent: no object segmentations")
@@ -278,11 +304,11 @@ def _find_segmentations(root: Path, images: ImageTable,
     for image_id, (number, relpath) in images.items():
         relative = PurePosixPath(SEGMENTATIONS_DIR, relpath).with_suffix(".png").as_posix()
         # Cheap existence test first; only existing masks pay for the symlink check.
-        if (root / relative).is_file() and \
-                resolve_inside(root, relative, listing=IMAGES, line=number).is_file():
+        if (root / relative).is_file() and resolve_inside(
+            root, relative, listing=IMAGES, line=number
+        ).is_file():
             found[image_id] = relative
     missing = len(images) - len(found)
     if missing:
-        notes.append(f"{SEGMENTATIONS_DIR}/: {missing} of {len(images)} images "
-                     "have no mask PNG")
+        notes.append(f"{SEGMENTATIONS_DIR}/: {missing} of {len(images)} images have no mask PNG")
     return found

@@ -9,6 +9,7 @@ followed but returned in ``DatasetListing.rejected`` (prepare's rejects table), 
 link out of the root is refused. The train/test split is stratified, seeded and
 independent of the order in which the filesystem lists the files.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,18 +47,34 @@ def read_folder(root: Path, *, test_fraction: float, seed: int) -> DatasetListin
         paths, links = _image_files(root, class_name)
         rejected.extend(links)
         if not paths:
-            why = (f"; {len(links)} link(s) in it lead out of it and are not read as its "
-                   "images" if links else "")
-            raise DatasetError(f"{root}: class folder '{class_name}' has no images "
-                               f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){why}")
+            why = (
+                f"; {len(links)} link(s) in it lead out of it and are not read as its images"
+                if links
+                else ""
+            )
+            raise DatasetError(
+                f"{root}: class folder '{class_name}' has no images "
+                f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){why}"
+            )
         test = _test_positions(len(paths), test_fraction, rng)
         for position, path in enumerate(paths):
-            records.append(ImageRecord(image_id=len(records) + 1, path=path,
-                                       class_id=class_id, is_train=position not in test))
+            records.append(
+                ImageRecord(
+                    image_id=len(records) + 1,
+                    path=path,
+                    class_id=class_id,
+                    is_train=position not in test,
+                )
+            )
     return DatasetListing(
-        records=tuple(records), class_names=tuple(class_names), source="folder",
-        rejected=tuple(RejectedEntry(len(records) + n, path, reason)
-                       for n, (path, reason) in enumerate(sorted(rejected), start=1)))
+        records=tuple(records),
+        class_names=tuple(class_names),
+        source="folder",
+        rejected=tuple(
+            RejectedEntry(len(records) + n, path, reason)
+            for n, (path, reason) in enumerate(sorted(rejected), start=1)
+        ),
+    )
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -88,15 +105,26 @@ def _class_folders(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
     real_root = os.path.realpath(root)
     names, rejected = [], []
     for name, (home, is_link) in sorted(homes.items()):
-        clash = next((other for other, (other_home, _) in
-                      sorted(homes.items(), key=lambda item: (item[1][1], item[0]))
-                      if other != name and (_inside(home, other_home)
-                                            or _inside(other_home, home))), None)
+        clash = next(
+            (
+                other
+                for other, (other_home, _) in sorted(
+                    homes.items(), key=lambda item: (item[1][1], item[0])
+                )
+                if other != name and (_inside(home, other_home) or _inside(other_home, home))
+            ),
+            None,
+        )
         if is_link and home == real_root:
             rejected.append((name, f"symlink to the dataset root: not read as class '{name}'"))
         elif is_link and clash is not None:
-            rejected.append((name, f"symlink to '{_shown(home, root)}', which overlaps class "
-                                   f"folder '{clash}': not read as class '{name}'"))
+            rejected.append(
+                (
+                    name,
+                    f"symlink to '{_shown(home, root)}', which overlaps class "
+                    f"folder '{clash}': not read as class '{name}'",
+                )
+            )
         else:
             names.append(name)
     return names, rejected
@@ -122,7 +150,7 @@ def _image_files(root: Path, class_name: str) -> tuple[list[str], list[tuple[str
             continue
         visited.add(resolved)
         with os.scandir(root / folder) as listed:
-            entries = sorted(listed, key=lambda e: e.name)   # the same walk on every disk
+            entries = sorted(listed, key=lambda e: e.name)  # the same walk on every disk
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -131,15 +159,21 @@ def _image_files(root: Path, class_name: str) -> tuple[list[str], list[tuple[str
             if entry.is_symlink():
                 if not os.path.exists(root / relative):
                     if image_name:
-                        rejected.append((relative, "broken symbolic link (its target "
-                                                   "does not exist)"))
+                        rejected.append(
+                            (relative, "broken symbolic link (its target does not exist)")
+                        )
                     continue
                 real = str(resolve_inside(root, relative, listing=str(root)))
                 if not _inside(real, home):
                     if entry.is_dir() or image_name:
-                        rejected.append((relative, f"symlink to '{_shown(real, root)}', "
-                                                   f"outside class folder '{class_name}':"
-                                                   f" not read as class '{class_name}'"))
+                        rejected.append(
+                            (
+                                relative,
+                                f"symlink to '{_shown(real, root)}', "
+                                f"outside class folder '{class_name}':"
+                                f" not read as class '{class_name}'",
+                            )
+                        )
                     continue
             if entry.is_dir():
                 pending.append(relative)

@@ -1,4 +1,5 @@
 """What every segmenter returns for one image: masks as COCO RLE with their records."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,34 +17,53 @@ class MaskSet:
     height: int
     width: int
     rles: list[bytes]
-    boxes: np.ndarray            # (N, 4) int32
-    areas: np.ndarray            # (N,) int64
-    predicted_iou: np.ndarray    # (N,) float32
+    boxes: np.ndarray  # (N, 4) int32
+    areas: np.ndarray  # (N,) int64
+    predicted_iou: np.ndarray  # (N,) float32
     stability_score: np.ndarray  # (N,) float32
-    points: np.ndarray           # (N, 2) float32, the prompt (x, y) in image pixels
-    crop_boxes: Optional[np.ndarray] = None   # (N, 4) int32 x, y, w, h of SAM's crop (SAM only)
+    points: np.ndarray  # (N, 2) float32, the prompt (x, y) in image pixels
+    crop_boxes: Optional[np.ndarray] = None  # (N, 4) int32 x, y, w, h of SAM's crop (SAM only)
 
     def __len__(self) -> int:
         return len(self.rles)
 
     @classmethod
-    def from_binary_masks(cls, masks: np.ndarray, predicted_iou: np.ndarray,
-                          stability_score: np.ndarray, points: np.ndarray) -> "MaskSet":
+    def from_binary_masks(
+        cls,
+        masks: np.ndarray,
+        predicted_iou: np.ndarray,
+        stability_score: np.ndarray,
+        points: np.ndarray,
+    ) -> MaskSet:
         """Encode (N, H, W) boolean masks in one pycocotools call and derive boxes/areas."""
         n, height, width = masks.shape
         if n == 0:
             return cls.empty(height, width)
         encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-        return cls(height, width, [e["counts"] for e in encoded], boxes_of(masks),
-                   masks.reshape(n, -1).sum(axis=1).astype(np.int64),
-                   np.asarray(predicted_iou, np.float32), np.asarray(stability_score, np.float32),
-                   np.asarray(points, np.float32).reshape(n, 2))
+        return cls(
+            height,
+            width,
+            [e["counts"] for e in encoded],
+            boxes_of(masks),
+            masks.reshape(n, -1).sum(axis=1).astype(np.int64),
+            np.asarray(predicted_iou, np.float32),
+            np.asarray(stability_score, np.float32),
+            np.asarray(points, np.float32).reshape(n, 2),
+        )
 
     @classmethod
-    def empty(cls, height: int, width: int) -> "MaskSet":
+    def empty(cls, height: int, width: int) -> MaskSet:
         """No masks."""
-        return cls(height, width, [], np.zeros((0, 4), np.int32), np.zeros(0, np.int64),
-                   np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32))
+        return cls(
+            height,
+            width,
+            [],
+            np.zeros((0, 4), np.int32),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.float32),
+            np.zeros((0, 2), np.float32),
+        )
 
     def decode(self) -> np.ndarray:
         """All masks as an (N, H, W) boolean array."""

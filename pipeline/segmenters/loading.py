@@ -1,12 +1,12 @@
 """Build the segmenter that params name: SAM from a local checkpoint, or the classical one."""
+
 from __future__ import annotations
 
 import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -34,12 +34,15 @@ def checkpoint_path(params: SegmentParams) -> Path:
         raise ProtomaskError(
             f"segment.sam.checkpoint: SAM checkpoint file {params.sam.checkpoint!r} not found; "
             f"download the {params.sam.model_type} checkpoint yourself (nothing is fetched at "
-            f"run time) and name its local path there")
+            f"run time) and name its local path there"
+        )
     try:
         with open(path, "rb") as f:
             f.read(1)
     except OSError as exc:
-        raise ProtomaskError(f"segment.sam.checkpoint: cannot read {path} ({exc.strerror})") from None
+        raise ProtomaskError(
+            f"segment.sam.checkpoint: cannot read {path} ({exc.strerror})"
+        ) from None
     return path
 
 
@@ -55,7 +58,7 @@ def _sam_model_types() -> tuple[str, ...]:
     return tuple(k for k in sam_model_registry if k != "default") + ("tiny",)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def expected_shapes(model_type: str) -> Shapes:
     """Name -> shape of every tensor of a ``model_type`` SAM's state dict (the vit_*
     models are built on the meta device: no weights, no memory)."""
@@ -83,18 +86,23 @@ def _checkpoint_shapes(path: Path, model_type: str) -> Shapes:
     try:
         try:
             state = load(mmap=True)
-        except RuntimeError as exc:   # a legacy (non-zip) torch.save file cannot be mapped
+        except RuntimeError as exc:  # a legacy (non-zip) torch.save file cannot be mapped
             if "mmap" not in str(exc):
                 raise
             state = load(mmap=False)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the user's file
-        raise ProtomaskError(f"segment.sam.checkpoint: {path} is not a {model_type} SAM "
-                             f"checkpoint ({type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:200]})") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
-                                                 for v in state.values()):
-        raise ProtomaskError(f"segment.sam.checkpoint: {path} is not a {model_type} SAM "
-                             f"checkpoint (not a state dict of tensors)")
+        raise ProtomaskError(
+            f"segment.sam.checkpoint: {path} is not a {model_type} SAM "
+            f"checkpoint ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]})"
+        ) from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ProtomaskError(
+            f"segment.sam.checkpoint: {path} is not a {model_type} SAM "
+            f"checkpoint (not a state dict of tensors)"
+        )
     return {str(k): tuple(v.shape) for k, v in state.items()}
 
 
@@ -110,8 +118,10 @@ def _first_difference(found: Shapes, expected: Shapes) -> str:
     """The first tensor that is missing, extra or of another shape."""
     for name in sorted(set(found) | set(expected)):
         if found.get(name) != expected.get(name):
-            return (f"{name}: {found[name] if name in found else 'missing'}, expected "
-                    f"{expected[name] if name in expected else 'none'}")
+            return (
+                f"{name}: {found[name] if name in found else 'missing'}, expected "
+                f"{expected[name] if name in expected else 'none'}"
+            )
     return "none"
 
 
@@ -130,12 +140,14 @@ def check_checkpoint(params: SegmentParams) -> Path:
         raise ProtomaskError(
             f"segment.sam.checkpoint: {path} holds a {fits[0]} SAM ({describe_encoder(found)}) "
             f"but segment.sam.model_type is {given} ({describe_encoder(expected)}); set "
-            f"segment.sam.model_type: {fits[0]}")
+            f"segment.sam.model_type: {fits[0]}"
+        )
     raise ProtomaskError(
         f"segment.sam.checkpoint: {path} is not a {given} SAM checkpoint: its tensors show "
         f"{describe_encoder(found)}, {given} has {describe_encoder(expected)} (first "
         f"difference: {_first_difference(found, expected)}); no model_type of "
-        f"{', '.join(_sam_model_types())} fits it: use a SAM v1 checkpoint")
+        f"{', '.join(_sam_model_types())} fits it: use a SAM v1 checkpoint"
+    )
 
 
 def load_sam(params: SegmentParams, device: str):
@@ -146,14 +158,19 @@ def load_sam(params: SegmentParams, device: str):
     from pipeline.segmenters.tiny_sam import build_tiny_sam
 
     path = checkpoint_path(params)
-    model = (build_tiny_sam() if params.sam.model_type == "tiny"
-             else sam_model_registry[params.sam.model_type](checkpoint=None))
+    model = (
+        build_tiny_sam()
+        if params.sam.model_type == "tiny"
+        else sam_model_registry[params.sam.model_type](checkpoint=None)
+    )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - any failure to load is the user's file
-        raise ProtomaskError(f"segment.sam.checkpoint: {path} is not a {params.sam.model_type} "
-                             f"SAM checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise ProtomaskError(
+            f"segment.sam.checkpoint: {path} is not a {params.sam.model_type} "
+            f"SAM checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     return model.to(device).eval()
 
 
@@ -168,12 +185,18 @@ def build_segmenter(params: SegmentParams, worker_index: int = 0) -> Segmenter:
     device = resolve_device(params.device, "segment.device", worker_index)
     s = params.sam
     generator = BatchedSamGenerator(
-        load_sam(params, device), points_per_side=s.points_per_side,
-        points_per_batch=s.points_per_batch, pred_iou_thresh=s.pred_iou_thresh,
+        load_sam(params, device),
+        points_per_side=s.points_per_side,
+        points_per_batch=s.points_per_batch,
+        pred_iou_thresh=s.pred_iou_thresh,
         stability_score_thresh=s.stability_score_thresh,
-        stability_score_offset=s.stability_score_offset, box_nms_thresh=s.box_nms_thresh,
-        crop_n_layers=s.crop_n_layers, crop_nms_thresh=s.crop_nms_thresh,
+        stability_score_offset=s.stability_score_offset,
+        box_nms_thresh=s.box_nms_thresh,
+        crop_n_layers=s.crop_n_layers,
+        crop_nms_thresh=s.crop_nms_thresh,
         crop_overlap_ratio=s.crop_overlap_ratio,
         crop_n_points_downscale_factor=s.crop_n_points_downscale_factor,
-        min_mask_region_area=s.min_mask_region_area, autocast_bf16=s.bf16)
+        min_mask_region_area=s.min_mask_region_area,
+        autocast_bf16=s.bf16,
+    )
     return generator.generate

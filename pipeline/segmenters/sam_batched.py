@@ -20,6 +20,7 @@ work. It follows the stock ``automatic_mask_generator.py`` step by step:
 In fp32 the records match the stock ones up to float rounding
 (tests/test_sam_batched.py); ``autocast_bf16`` trades that for speed on CUDA.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torchvision.ops.boxes import batched_nms, box_area
-
 from segment_anything.modeling import Sam
 from segment_anything.utils.amg import (
     MaskData,
@@ -45,6 +44,7 @@ from segment_anything.utils.amg import (
     uncrop_points,
 )
 from segment_anything.utils.transforms import ResizeLongestSide
+from torchvision.ops.boxes import batched_nms, box_area
 
 from pipeline.segmenters.base import MaskSet
 from pipeline.segmenters.sam_decoder import (
@@ -66,12 +66,12 @@ Size = tuple[int, int]  # (h, w)
 
 @dataclass
 class _Crop:
-    image: int                 # index of the image in the batch
-    image_size: Size           # (h, w) of that image
-    box: list[int]             # [x0, y0, x1, y1], exclusive end, as generate_crop_boxes
-    layer: int                 # crop layer (0 = whole image)
-    size: Size                 # (h, w) of the crop
-    input_size: Size           # (h, w) after ResizeLongestSide, before padding
+    image: int  # index of the image in the batch
+    image_size: Size  # (h, w) of that image
+    box: list[int]  # [x0, y0, x1, y1], exclusive end, as generate_crop_boxes
+    layer: int  # crop layer (0 = whole image)
+    size: Size  # (h, w) of the crop
+    input_size: Size  # (h, w) after ResizeLongestSide, before padding
 
 
 @dataclass
@@ -171,8 +171,9 @@ class BatchedSamGenerator:
         if self.fast_decoder:
             check_fast_decoder(model)
 
-    def _set_device_options(self, points_per_batch: int | None,
-                            upscale_batch_size: int | None, autocast_bf16: bool) -> None:
+    def _set_device_options(
+        self, points_per_batch: int | None, upscale_batch_size: int | None, autocast_bf16: bool
+    ) -> None:
         """Batch sizes (None: larger on CUDA) and bf16 autocast (CUDA only)."""
         on_cuda = self.device.type == "cuda"
         if points_per_batch is None:
@@ -251,7 +252,7 @@ class BatchedSamGenerator:
             boxes, layers = generate_crop_boxes(
                 image_size, self.crop_n_layers, self.crop_overlap_ratio
             )
-            for box, layer in zip(boxes, layers):
+            for box, layer in zip(boxes, layers, strict=False):
                 x0, y0, x1, y1 = box
                 size = (y1 - y0, x1 - x0)
                 input_size = ResizeLongestSide.get_preprocess_shape(
@@ -270,15 +271,22 @@ class BatchedSamGenerator:
         workers = min(len(crops), self.host_threads)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             resized = pool.map(resize, crops)  # resizing overlaps the encoder
-            return encode_crops(self.model, resized, len(crops), self.encoder_batch_size,
-                                fast=self.fast_encoder, bf16=self.autocast_bf16)
+            return encode_crops(
+                self.model,
+                resized,
+                len(crops),
+                self.encoder_batch_size,
+                fast=self.fast_encoder,
+                bf16=self.autocast_bf16,
+            )
 
     # ------------------------------------------------------------------ decoding
     def _decoder(self, feats: torch.Tensor) -> FastDecoder | StockDecoder:
         if not self.fast_decoder:
             return StockDecoder(self.model, feats)
-        return FastDecoder(self.model, feats, bf16=self.autocast_bf16,
-                           upscale_batch_size=self.upscale_batch_size)
+        return FastDecoder(
+            self.model, feats, bf16=self.autocast_bf16, upscale_batch_size=self.upscale_batch_size
+        )
 
     def _prompts(self, crops: list[_Crop]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per prompt: model-input coords (float64), crop-frame points (float64), crop id."""
@@ -291,8 +299,9 @@ class BatchedSamGenerator:
             crop_ids.append(np.full(len(pts), c, dtype=np.int64))
         return np.concatenate(coords), np.concatenate(points), np.concatenate(crop_ids)
 
-    def _decode_all(self, crops: list[_Crop],
-                    decoder: FastDecoder | StockDecoder) -> list[_Candidates]:
+    def _decode_all(
+        self, crops: list[_Crop], decoder: FastDecoder | StockDecoder
+    ) -> list[_Candidates]:
         """Decode every crop's point grid, ``points_per_batch`` prompts a call."""
         coords, points, crop_ids = self._prompts(crops)
         cands = [_Candidates() for _ in crops]
@@ -313,8 +322,15 @@ class BatchedSamGenerator:
         return cands
 
     # ------------------------------------------------------------------ filtering
-    def _process_batch(self, crops: list[_Crop], cands: list[_Candidates], ids: np.ndarray,
-                       points: np.ndarray, iou: torch.Tensor, low_res: LowRes) -> None:
+    def _process_batch(
+        self,
+        crops: list[_Crop],
+        cands: list[_Candidates],
+        ids: np.ndarray,
+        points: np.ndarray,
+        iou: torch.Tensor,
+        low_res: LowRes,
+    ) -> None:
         """Stock ``_process_batch`` for a decoded batch spanning several crops.
 
         Keeps the masks above ``pred_iou_thresh``, upscales only those prompts' logits,
@@ -380,8 +396,9 @@ class BatchedSamGenerator:
             cands.chunks.append(data)
 
     # ------------------------------------------------------------------ per image
-    def _generate_masks(self, image_size: Size, own: list[int], crops: list[_Crop],
-                        cands: list[_Candidates]) -> MaskSet:
+    def _generate_masks(
+        self, image_size: Size, own: list[int], crops: list[_Crop], cands: list[_Candidates]
+    ) -> MaskSet:
         """Stock ``_generate_masks`` after decoding: per-crop NMS, cross-crop NMS, then
         paste, small-region post-processing and RLE.
 
@@ -408,11 +425,17 @@ class BatchedSamGenerator:
             self._cross_crop_nms(data)
         full = paste_masks(parts, data["part"], data["local"], image_size, self.device)
         del parts
-        return to_mask_set(full, data, image_size, self.min_mask_region_area,
-                           max(self.box_nms_thresh, self.crop_nms_thresh))
+        return to_mask_set(
+            full,
+            data,
+            image_size,
+            self.min_mask_region_area,
+            max(self.box_nms_thresh, self.crop_nms_thresh),
+        )
 
-    def _process_crop(self, crop: _Crop, data: MaskData,
-                      part: int) -> tuple[MaskData, torch.Tensor]:
+    def _process_crop(
+        self, crop: _Crop, data: MaskData, part: int
+    ) -> tuple[MaskData, torch.Tensor]:
         """Stock ``_process_crop`` after decoding: box NMS by predicted IoU within the
         crop, then boxes and points back to the image frame.
 
@@ -426,8 +449,7 @@ class BatchedSamGenerator:
             crop's masks (all candidates, bool at crop size).
         """
         iou = data["iou_preds"]
-        keep = batched_nms(data["boxes"].float(), iou, torch.zeros_like(iou),
-                           self.box_nms_thresh)
+        keep = batched_nms(data["boxes"].float(), iou, torch.zeros_like(iou), self.box_nms_thresh)
         masks = data["masks"]
         del data["masks"]
         data.filter(keep)

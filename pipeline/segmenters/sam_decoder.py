@@ -14,20 +14,20 @@ the output upscaling runs only for the prompts a caller keeps.
   and the later projections of the per-prompt image tokens are folded into the few
   prompt tokens. Same outputs up to float rounding (tests/test_sam_decoder.py).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
+from torch import nn
 
 __all__ = ["FastDecoder", "LowRes", "StockDecoder", "check_fast_decoder", "crop_runs"]
 
@@ -47,7 +47,7 @@ def crop_runs(ids: np.ndarray) -> list[tuple[int, int, int]]:
     edges = np.flatnonzero(np.diff(ids)) + 1
     starts = np.concatenate([[0], edges])
     ends = np.concatenate([edges, [len(ids)]])
-    return [(int(ids[s]), int(s), int(e)) for s, e in zip(starts, ends)]
+    return [(int(ids[s]), int(s), int(e)) for s, e in zip(starts, ends, strict=False)]
 
 
 def check_fast_decoder(model: Sam) -> None:
@@ -65,8 +65,9 @@ class StockDecoder:
         self.feats = feats
         self.image_pe = model.prompt_encoder.get_dense_pe()
 
-    def __call__(self, ids: np.ndarray, sparse: torch.Tensor,
-                 dense: torch.Tensor) -> tuple[torch.Tensor, LowRes]:
+    def __call__(
+        self, ids: np.ndarray, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, LowRes]:
         """Args: crop id per prompt, the prompt encoder's sparse and dense embeddings.
 
         Returns:
@@ -92,19 +93,20 @@ class StockDecoder:
 class _ImageSide:
     """Per-crop decoder work that does not depend on the prompt (first block)."""
 
-    pe: torch.Tensor               # (N, C) dense positional encoding, fp32
+    pe: torch.Tensor  # (N, C) dense positional encoding, fp32
     keys0_plus_bias: torch.Tensor  # (n_crops, N, C) image tokens + i2t out_proj bias
-    k1: torch.Tensor               # token-to-image keys of the image tokens
-    v1: torch.Tensor               # token-to-image values of the image tokens
-    q1: torch.Tensor               # image-to-token queries of the image tokens
-    hw: tuple[int, int]            # (h, w) of the embedding grid
+    k1: torch.Tensor  # token-to-image keys of the image tokens
+    v1: torch.Tensor  # token-to-image values of the image tokens
+    q1: torch.Tensor  # image-to-token queries of the image tokens
+    hw: tuple[int, int]  # (h, w) of the embedding grid
 
 
 class FastDecoder:
     """The re-associated mask decoder; same function as :class:`StockDecoder`."""
 
-    def __init__(self, model: Sam, feats: torch.Tensor, *, bf16: bool,
-                 upscale_batch_size: int) -> None:
+    def __init__(
+        self, model: Sam, feats: torch.Tensor, *, bf16: bool, upscale_batch_size: int
+    ) -> None:
         """Precompute the prompt-independent first-block work of every crop.
 
         Args:
@@ -139,8 +141,9 @@ class FastDecoder:
                 hw=tuple(feats.shape[-2:]),
             )
 
-    def __call__(self, ids: np.ndarray, sparse: torch.Tensor,
-                 dense: torch.Tensor) -> tuple[torch.Tensor, LowRes]:
+    def __call__(
+        self, ids: np.ndarray, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, LowRes]:
         """Args: crop id per prompt, the sparse embeddings; ``dense`` is the no-mask
         embedding, already in the image side.
 
@@ -162,8 +165,9 @@ class FastDecoder:
         )  # (P, 3, C/8): multimask outputs only
         return iou, partial(self._low_res, keys, hyper)
 
-    def _low_res(self, keys: torch.Tensor, hyper: torch.Tensor,
-                 prompts: torch.Tensor) -> torch.Tensor:
+    def _low_res(
+        self, keys: torch.Tensor, hyper: torch.Tensor, prompts: torch.Tensor
+    ) -> torch.Tensor:
         """Low-resolution logits (len(prompts), 3, 4h, 4w) for the given prompts."""
         h, w = self.side.hw
         outs = []
@@ -176,8 +180,9 @@ class FastDecoder:
                 outs.append((hyper[p] @ up.reshape(b, c, uh * uw)).reshape(b, -1, uh, uw))
         return torch.cat(outs).float()
 
-    def _transformer(self, ids: np.ndarray,
-                     tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _transformer(
+        self, ids: np.ndarray, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM's TwoWayTransformer for a batch of prompts on several crops.
 
         Same function as ``dec.transformer(src, pe, tokens)`` with ``src`` the crop's
@@ -211,8 +216,9 @@ class FastDecoder:
         queries = tr.norm_final_attn(queries + attn)
         return queries, keys
 
-    def _first_block(self, ids: np.ndarray,
-                     tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _first_block(
+        self, ids: np.ndarray, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Block 1 on the shared image side: token-to-image attention runs once per crop
         with all its prompts' queries stacked (:func:`attend_shared`), image-to-token
         attention uses the crop's precomputed queries (:func:`image_to_tokens_shared`).
@@ -227,21 +233,26 @@ class FastDecoder:
         i2t = layer0.cross_attn_image_to_token
         runs = crop_runs(ids)
         q_all = t2i.q_proj(queries + tokens)
-        att = _cat([attend_shared(q_all[s:e], side.k1[c], side.v1[c], t2i.num_heads)
-                    for c, s, e in runs])
+        att = _cat(
+            [attend_shared(q_all[s:e], side.k1[c], side.v1[c], t2i.num_heads) for c, s, e in runs]
+        )
         queries = layer0.norm2(queries + t2i.out_proj(att))
         queries = layer0.norm3(queries + layer0.mlp(queries))
 
         k_tok = i2t.k_proj(queries + tokens)
         v_tok = i2t.v_proj(queries)
-        keys = _cat([image_to_tokens_shared(side.q1[c], k_tok[s:e], v_tok[s:e],
-                                            side.keys0_plus_bias[c], i2t)
-                     for c, s, e in runs])
+        keys = _cat(
+            [
+                image_to_tokens_shared(
+                    side.q1[c], k_tok[s:e], v_tok[s:e], side.keys0_plus_bias[c], i2t
+                )
+                for c, s, e in runs
+            ]
+        )
         return queries, _layer_norm(layer0.norm4, keys)
 
 
-def attend_shared(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  heads: int) -> torch.Tensor:
+def attend_shared(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """Prompt tokens of one crop attending to its shared keys and values.
 
     Args:
@@ -255,10 +266,10 @@ def attend_shared(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     p, t, ci = q.shape
     dh = ci // heads
-    qh = q.reshape(p * t, heads, dh).transpose(0, 1)[None]         # (1, H, P*T, dh)
-    kh = k.reshape(-1, heads, dh).transpose(0, 1)[None]            # (1, H, N, dh)
+    qh = q.reshape(p * t, heads, dh).transpose(0, 1)[None]  # (1, H, P*T, dh)
+    kh = k.reshape(-1, heads, dh).transpose(0, 1)[None]  # (1, H, N, dh)
     vh = v.reshape(-1, heads, dh).transpose(0, 1)[None].to(qh.dtype)
-    o = F.scaled_dot_product_attention(qh, kh.to(qh.dtype), vh)    # scale 1/sqrt(dh)
+    o = F.scaled_dot_product_attention(qh, kh.to(qh.dtype), vh)  # scale 1/sqrt(dh)
     return o[0].transpose(0, 1).reshape(p, t, ci)
 
 
@@ -285,8 +296,13 @@ def fold_values(attn_mod: Attention, v_tok: torch.Tensor, add_bias: bool = True)
     return vw.reshape(p, heads * t, c)
 
 
-def image_to_tokens_shared(q_img: torch.Tensor, k_tok: torch.Tensor, v_tok: torch.Tensor,
-                           keys_plus_bias: torch.Tensor, attn_mod: Attention) -> torch.Tensor:
+def image_to_tokens_shared(
+    q_img: torch.Tensor,
+    k_tok: torch.Tensor,
+    v_tok: torch.Tensor,
+    keys_plus_bias: torch.Tensor,
+    attn_mod: Attention,
+) -> torch.Tensor:
     """Block 1: one crop's image tokens attend to each of its prompts' tokens.
 
     Args:
@@ -310,13 +326,14 @@ def image_to_tokens_shared(q_img: torch.Tensor, k_tok: torch.Tensor, v_tok: torc
     kbd = torch.einsum("pthd,hg->hdpgt", k_scaled.to(q_img.dtype), eye)
     logits = (q_img @ kbd.reshape(ci, p * heads * t)).reshape(n, p, heads, t)
     a = logits.softmax(dim=-1).to(q_img.dtype)
-    a = a.reshape(n, p, heads * t).transpose(0, 1)                      # (P, N, H*T) view
+    a = a.reshape(n, p, heads * t).transpose(0, 1)  # (P, N, H*T) view
     vw = fold_values(attn_mod, v_tok, add_bias=False)  # the bias is in keys_plus_bias
     return torch.baddbmm(keys_plus_bias.to(a.dtype)[None], a, vw.to(a.dtype))
 
 
-def tokens_to_image(attn_mod: Attention, q_in: torch.Tensor, keys: torch.Tensor,
-                    pe: torch.Tensor) -> torch.Tensor:
+def tokens_to_image(
+    attn_mod: Attention, q_in: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor
+) -> torch.Tensor:
     """``attn_mod(q=q_in, k=keys + pe, v=keys)`` for per-prompt image tokens.
 
     Args:
@@ -351,8 +368,13 @@ def tokens_to_image(attn_mod: Attention, q_in: torch.Tensor, keys: torch.Tensor,
     return attn_mod.out_proj(o.reshape(p, t, ci))
 
 
-def image_to_tokens(attn_mod: Attention, queries: torch.Tensor, tokens: torch.Tensor,
-                    keys: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+def image_to_tokens(
+    attn_mod: Attention,
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    keys: torch.Tensor,
+    pe: torch.Tensor,
+) -> torch.Tensor:
     """``keys + attn_mod(q=keys + pe, k=queries + tokens, v=queries)``.
 
     Args:
@@ -380,7 +402,7 @@ def image_to_tokens(attn_mod: Attention, queries: torch.Tensor, tokens: torch.Te
     bias = torch.einsum("pthd,hd->pht", kh, b_q)
     # the positional part is shared by all prompts: one GEMM, laid out (N, P, H*T)
     pe_b = pe.to(kq.dtype) @ kq.reshape(p * heads * t, c).t() + bias.reshape(1, -1).to(kq.dtype)
-    logits = torch.bmm(keys, kq.transpose(1, 2))                          # (P, N, H*T)
+    logits = torch.bmm(keys, kq.transpose(1, 2))  # (P, N, H*T)
     logits += pe_b.reshape(n, p, heads * t).transpose(0, 1)
     a = logits.reshape(p, n, heads, t).softmax(dim=-1)
     a = a.reshape(p, n, heads * t).to(keys.dtype)

@@ -7,6 +7,7 @@ terms to ``scaled_dot_product_attention`` instead of materialising the (N x N) l
 Same function as ``ImageEncoderViT.forward`` up to float rounding
 (tests/test_sam_encoder.py).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,7 +15,6 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from segment_anything.modeling import Sam
 from segment_anything.modeling.image_encoder import (
     Attention,
@@ -27,8 +27,15 @@ from segment_anything.modeling.image_encoder import (
 __all__ = ["encode_crops", "fast_attention", "run_image_encoder"]
 
 
-def encode_crops(model: Sam, resized: Iterator[np.ndarray], n_crops: int, batch_size: int,
-                 *, fast: bool, bf16: bool) -> torch.Tensor:
+def encode_crops(
+    model: Sam,
+    resized: Iterator[np.ndarray],
+    n_crops: int,
+    batch_size: int,
+    *,
+    fast: bool,
+    bf16: bool,
+) -> torch.Tensor:
     """Image embeddings of crops already resized by ``ResizeLongestSide``.
 
     Args:
@@ -105,21 +112,21 @@ def fast_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     n = h * w
     heads = attn.num_heads
     qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)                                   # (B, heads, N, dh)
+    q, k, v = qkv.unbind(0)  # (B, heads, N, dh)
     dh = q.shape[-1]
     if not attn.use_rel_pos:
         out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
     else:
-        rh = get_rel_pos(h, h, attn.rel_pos_h).to(q.dtype)   # (h, h, dh)
+        rh = get_rel_pos(h, h, attn.rel_pos_h).to(q.dtype)  # (h, h, dh)
         rw = get_rel_pos(w, w, attn.rel_pos_w).to(q.dtype)
         r_q = q.reshape(b, heads, h, w, dh)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).reshape(b, heads, n, h)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(b, heads, n, w)
         idx = torch.arange(n, device=x.device)
-        onehot = torch.cat(
-            [F.one_hot(idx // w, h), F.one_hot(idx % w, w)], dim=-1
-        ).to(q.dtype)                                          # (N, h + w)
-        pad = (-(dh + h + w)) % 8                              # kernels want multiples of 8
+        onehot = torch.cat([F.one_hot(idx // w, h), F.one_hot(idx % w, w)], dim=-1).to(
+            q.dtype
+        )  # (N, h + w)
+        pad = (-(dh + h + w)) % 8  # kernels want multiples of 8
         q2 = [q * attn.scale, rel_h, rel_w]
         k2 = [k, onehot.expand(b, heads, n, h + w)]
         if pad:

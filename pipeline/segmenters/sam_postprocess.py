@@ -9,23 +9,33 @@
 * :func:`rle_encode_device` / :func:`rle_encode_host`: COCO RLE of all masks of an
   image with one host transfer and one ``pycocotools.mask.encode`` call per chunk.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torchvision.ops.boxes import batched_nms
-
 from segment_anything.utils.amg import MaskData, batched_mask_to_box, remove_small_regions
+from torchvision.ops.boxes import batched_nms
 
 from pipeline.segmenters.base import MaskSet
 
-__all__ = ["paste_masks", "postprocess_small_regions", "rle_encode_device",
-           "rle_encode_host", "to_mask_set"]
+__all__ = [
+    "paste_masks",
+    "postprocess_small_regions",
+    "rle_encode_device",
+    "rle_encode_host",
+    "to_mask_set",
+]
 
 
-def to_mask_set(full: torch.Tensor, data: MaskData, image_size: tuple[int, int],
-                min_area: int, nms_thresh: float) -> MaskSet:
+def to_mask_set(
+    full: torch.Tensor,
+    data: MaskData,
+    image_size: tuple[int, int],
+    min_area: int,
+    nms_thresh: float,
+) -> MaskSet:
     """Small-region post-processing (if ``min_area > 0``), RLE and the records of one image.
 
     Args:
@@ -40,8 +50,7 @@ def to_mask_set(full: torch.Tensor, data: MaskData, image_size: tuple[int, int],
         the image's MaskSet.
     """
     if min_area > 0:
-        masks_np, boxes, keep = postprocess_small_regions(full, data["boxes"], min_area,
-                                                          nms_thresh)
+        masks_np, boxes, keep = postprocess_small_regions(full, data["boxes"], min_area, nms_thresh)
         data.filter(keep)
         data["boxes"] = boxes
         rles = rle_encode_host(masks_np)
@@ -64,9 +73,13 @@ def to_mask_set(full: torch.Tensor, data: MaskData, image_size: tuple[int, int],
     )
 
 
-def paste_masks(parts: list[tuple[list[int], torch.Tensor]], part: torch.Tensor,
-                local: torch.Tensor, image_size: tuple[int, int],
-                device: torch.device) -> torch.Tensor:
+def paste_masks(
+    parts: list[tuple[list[int], torch.Tensor]],
+    part: torch.Tensor,
+    local: torch.Tensor,
+    image_size: tuple[int, int],
+    device: torch.device,
+) -> torch.Tensor:
     """Image-sized bool masks (n, h, w) on ``device`` from crop-sized ones.
 
     Args:
@@ -89,8 +102,9 @@ def paste_masks(parts: list[tuple[list[int], torch.Tensor]], part: torch.Tensor,
     return full
 
 
-def postprocess_small_regions(full: torch.Tensor, boxes: torch.Tensor, min_area: int,
-                              nms_thresh: float) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+def postprocess_small_regions(
+    full: torch.Tensor, boxes: torch.Tensor, min_area: int, nms_thresh: float
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """Remove small holes, then small islands, then duplicates (host, per mask).
 
     As stock: a changed mask scores 0, an unchanged one 1, box NMS at ``nms_thresh``

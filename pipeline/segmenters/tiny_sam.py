@@ -7,15 +7,13 @@ a small input size, a 2-block encoder and narrow widths, so the stock
 ``SamAutomaticMaskGenerator`` runs on one CPU thread in a fraction of a second per
 image. Production loads real checkpoints through ``sam_model_registry`` instead.
 """
+
 from __future__ import annotations
 
 from functools import partial
 
 import numpy as np
-
 import torch
-from torch import nn
-
 from segment_anything.modeling import (
     ImageEncoderViT,
     MaskDecoder,
@@ -23,6 +21,7 @@ from segment_anything.modeling import (
     Sam,
     TwoWayTransformer,
 )
+from torch import nn
 
 
 def build_tiny_sam(
@@ -67,8 +66,17 @@ def build_tiny_sam(
     grid = image_size // patch_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sam = _tiny_modules(image_size, patch_size, encoder_dim, encoder_depth, encoder_heads,
-                            window_size, prompt_dim, decoder_heads, decoder_mlp_dim)
+        sam = _tiny_modules(
+            image_size,
+            patch_size,
+            encoder_dim,
+            encoder_depth,
+            encoder_heads,
+            window_size,
+            prompt_dim,
+            decoder_heads,
+            decoder_mlp_dim,
+        )
         with torch.no_grad():
             _randomise_zero_inits(sam, grid, encoder_dim, pos_std)
             const = _blob_masks(sam.mask_decoder, logit_gain)
@@ -76,9 +84,17 @@ def build_tiny_sam(
     return sam.eval()
 
 
-def _tiny_modules(image_size: int, patch_size: int, encoder_dim: int, encoder_depth: int,
-                  encoder_heads: int, window_size: int, prompt_dim: int, decoder_heads: int,
-                  decoder_mlp_dim: int) -> Sam:
+def _tiny_modules(
+    image_size: int,
+    patch_size: int,
+    encoder_dim: int,
+    encoder_depth: int,
+    encoder_heads: int,
+    window_size: int,
+    prompt_dim: int,
+    decoder_heads: int,
+    decoder_mlp_dim: int,
+) -> Sam:
     """The stock SAM modules at tiny sizes (randomly initialised from the torch RNG)."""
     grid = image_size // patch_size
     return Sam(
@@ -104,8 +120,9 @@ def _tiny_modules(image_size: int, patch_size: int, encoder_dim: int, encoder_de
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_dim,
-                                          mlp_dim=decoder_mlp_dim, num_heads=decoder_heads),
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=prompt_dim, mlp_dim=decoder_mlp_dim, num_heads=decoder_heads
+            ),
             transformer_dim=prompt_dim,
             iou_head_depth=3,
             iou_head_hidden_dim=prompt_dim,
@@ -169,8 +186,9 @@ def _calibration_image(seed: int, h: int = 60, w: int = 52) -> np.ndarray:
     return image
 
 
-def _calibrate(sam: Sam, const: float, mask_quantile: float, iou_mean: float,
-               iou_std: float, seed: int) -> None:
+def _calibrate(
+    sam: Sam, const: float, mask_quantile: float, iou_mean: float, iou_std: float, seed: int
+) -> None:
     """Shift mask outputs and rescale the IoU head using one synthetic image."""
     from segment_anything import SamPredictor
     from segment_anything.utils.amg import build_point_grid
