@@ -15,6 +15,7 @@ and what to rerun when it is not what they read, and wrap data reads in :func:`r
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
@@ -24,7 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, ProtomaskError
 
 DIGEST_ATTR = "content_sha256"
 _READ_BLOCK_BYTES = 1 << 26  # the verification reads a dataset in blocks of ~64 MiB
@@ -197,6 +198,12 @@ def open_stamped(path: Path, fmt: str, version: int, kind: str, stage: str) -> h
         f = h5py.File(path, "r")
         found, found_version = attr_text(f.attrs.get("format")), f.attrs.get("version")
     except OSError as exc:
+        if _out_of_file_handles(exc):
+            raise ProtomaskError(
+                f"{path}: cannot open it: this process has too many open files (ulimit -n "
+                f"{_open_file_limit()}); raise the limit (ulimit -n 4096) and rerun: the "
+                f"file itself is fine"
+            ) from None
         raise ArtifactError(
             f"{path}: not a readable {kind} ({exc}); rerun {stage} (dvc repro rebuilds it)"
         ) from None
@@ -210,6 +217,19 @@ def open_stamped(path: Path, fmt: str, version: int, kind: str, stage: str) -> h
             f"code (it reads version {version}); rerun {stage}"
         )
     return f
+
+
+def _out_of_file_handles(exc: OSError) -> bool:
+    """Whether opening failed for want of file handles (not for anything in the file)."""
+    return exc.errno in (errno.EMFILE, errno.ENFILE) or "Too many open files" in str(exc)
+
+
+def _open_file_limit() -> str:
+    """This process's soft limit of open files, as ``ulimit -n`` shows it."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ whatever the number of workers, the start method or the batch order. Call
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.params import AugmentParams
 from pipeline.tables import SPLITS, read_table
 from pipeline.views import resize_square
+
+# Crop shards one process keeps open (a split in order touches one shard at a time; a
+# shuffled epoch hops between them: 16 keeps re-opening rare at small cost).
+MAX_OPEN_SHARDS = 16
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,25 +98,37 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ShardFiles:
-    """The crop shards of one folder, opened on first use and once per process."""
+    """The crop shards of one folder, opened on first use, at most ``max_open`` at a time
+    per process (the least recently used one is closed first), so open files and memory
+    stay bounded however many shards a split spans."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_open: int = MAX_OPEN_SHARDS) -> None:
         self.directory = Path(directory)
-        self._files: dict[str, CropShard] = {}
+        self.max_open = max_open
+        self._files: OrderedDict[str, CropShard] = OrderedDict()
         self._pid = os.getpid()
 
     def __call__(self, name: str) -> CropShard:
         if self._pid != os.getpid():  # a forked worker: never share the parent's handles
-            self._files, self._pid = {}, os.getpid()
-        if name not in self._files:
-            self._files[name] = CropShard(self.directory / name)
-        return self._files[name]
+            self._files, self._pid = OrderedDict(), os.getpid()
+        shard = self._files.pop(name, None)
+        if shard is None:
+            while len(self._files) >= self.max_open:
+                self._files.popitem(last=False)[1].close()
+            shard = CropShard(self.directory / name)
+        self._files[name] = shard
+        return shard
+
+    @property
+    def open_count(self) -> int:
+        """Shards this process holds open now."""
+        return len(self._files) if self._pid == os.getpid() else 0
 
     def __getstate__(self) -> dict:
-        return {"directory": self.directory}
+        return {"directory": self.directory, "max_open": self.max_open}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["directory"])
+        self.__init__(state["directory"], state.get("max_open", MAX_OPEN_SHARDS))
 
 
 class _CropsDataset(Dataset):

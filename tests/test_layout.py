@@ -62,3 +62,18 @@ def test_code_deps_exist_and_data_deps_are_outputs_of_earlier_stages() -> None:
                 continue
             assert dep in produced or (REPO / dep).exists(), dep
         produced.update(expanded(stage, out_paths(stage) + stage.get("metrics", [])))
+
+
+def test_every_entry_point_waits_passively_unless_the_user_says_otherwise() -> None:
+    import os
+    import subprocess
+    import sys
+
+    probe = "import stages.cli, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = str(REPO)
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == "PASSIVE", run.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == "ACTIVE", run.stderr

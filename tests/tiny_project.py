@@ -83,21 +83,6 @@ TINY_MODEL = ModelParams(
 )
 
 
-def tiny_trained_params() -> Params:
-    """tiny_crops_params with a 2-step training (1 joint epoch, push) of a tiny_cnn network."""
-    train = replace(
-        TrainParams(),
-        warmup_epochs=0,
-        joint_epochs=1,
-        last_layer_epochs=0,
-        batch_size=4,
-        loader_workers=0,
-        device="cpu",
-        model=TINY_MODEL,
-    )
-    return replace(tiny_crops_params(), train=train)
-
-
 def tiny_train_params(**train: object) -> Params:
     """Tiny crops and a tiny network: 1 warm-up, 2 joint, push, 2 last-layer epochs."""
     base = replace(
@@ -111,6 +96,11 @@ def tiny_train_params(**train: object) -> Params:
         model=TINY_MODEL,
     )
     return replace(tiny_crops_params(), train=replace(base, **train))
+
+
+def tiny_trained_params() -> Params:
+    """tiny_crops_params with a 2-step training (1 joint epoch, push) of a tiny_cnn network."""
+    return tiny_train_params(warmup_epochs=0, joint_epochs=1, last_layer_epochs=0)
 
 
 def make_trained_project(cropped: Path, root: Path, params: Params) -> Path:
