@@ -101,9 +101,9 @@ class DataParams:
 
     source: str = param(
         "synthetic",
-        "Dataset kind: the built-in synthetic set, CUB-200-2011, "
-        "or class folders (root/<class>/<image>).",
-        choices=("synthetic", "cub", "folder"),
+        "Dataset kind: the built-in synthetic set, CUB-200-2011, Stanford Dogs, "
+        "Stanford Cars, or class folders (root/<class>/<image>).",
+        choices=("synthetic", "cub", "stanford_dogs", "stanford_cars", "folder"),
     )
     root: str = param(
         "data/synthetic",
@@ -123,7 +123,7 @@ class DataParams:
     test_fraction: float = param(
         0.3,
         "Share of each class held out as test; source folder only "
-        "(CUB and synthetic carry their own split).",
+        "(CUB, Stanford Dogs, Stanford Cars and synthetic carry their own split).",
         interval=Interval(0, 1, lo_closed=False, hi_closed=False),
     )
     max_reject_fraction: float = param(
