@@ -134,7 +134,7 @@ def write_crop_shard(
             writer.stamp()
 
 
-def check_crop_shard(path: Path, fingerprint: str) -> ShardCheck:
+def check_crop_shard(path: Path | str, fingerprint: str) -> ShardCheck:
     """Whether the crop shard at ``path`` can be reused for ``fingerprint`` (full read)."""
     return check_shard(path, FORMAT, VERSION, fingerprint)
 

@@ -97,14 +97,14 @@ W = TypeVar("W", bound=ShardWork)
 
 
 def shards_to_build(
-    stage: str, tasks: Sequence[W], check: Callable[[Path, str], ShardCheck], project_root: Path
+    stage: str, tasks: Sequence[W], check: Callable[[str, str], ShardCheck], project_root: Path
 ) -> tuple[list[W], list[str]]:
     """The tasks whose shard is missing, stale or damaged (``check`` reads each existing
     shard in full), and the damaged shards' paths. Each damaged shard is named on stderr
     in one line as it is found."""
     todo, damaged = [], []
     for task in tasks:
-        found = check(Path(task.out_path), task.fingerprint)
+        found = check(task.out_path, task.fingerprint)
         if found.reusable:
             continue
         todo.append(task)

@@ -164,7 +164,7 @@ class ShardCheck:
     damage: str | None = None
 
 
-def check_shard(path: Path, fmt: str, version: int, fingerprint: str) -> ShardCheck:
+def check_shard(path: Path | str, fmt: str, version: int, fingerprint: str) -> ShardCheck:
     """Keep a shard only when it is of this format and version, has this fingerprint and
     every dataset reads back intact. A missing, foreign, old or stale shard is simply not
     reusable; an unreadable one, or one that fails the full read, is ``damage``d."""

@@ -142,7 +142,7 @@ def write_shard(
             writer.stamp()
 
 
-def check_mask_shard(path: Path, fingerprint: str) -> ShardCheck:
+def check_mask_shard(path: Path | str, fingerprint: str) -> ShardCheck:
     """Whether the shard at ``path`` can be reused for ``fingerprint`` (full read)."""
     return check_shard(path, FORMAT, VERSION, fingerprint)
 
