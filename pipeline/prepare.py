@@ -204,16 +204,39 @@ def segmentation_rejects(
     return kept, rows
 
 
+# Where each source's classes and official split come from (named in split errors).
+CLASS_LISTING = {
+    "folder": "one folder per class: <root>/<class>/<image>",
+    "cub": "classes.txt must list at least 2 classes",
+    "synthetic": "classes.txt must list at least 2 classes",
+    "stanford_dogs": "Images/ must hold at least 2 <wnid>-<name> class folders",
+    "stanford_cars": "the annotations must use at least 2 classes",
+}
+SPLIT_LISTING = {
+    "cub": (
+        "train_test_split.txt marks no kept image as test (0): mark some as test",
+        "train_test_split.txt marks no kept image as training (1): mark the training images with 1",
+    ),
+    "stanford_dogs": (
+        "lists/test_list.mat lists no kept image: use the official lists",
+        "lists/train_list.mat lists no kept image: use the official lists",
+    ),
+    "stanford_cars": (
+        "no kept image is a test image (cars_annos.mat's test flag, or "
+        "cars_test_annos_withlabels.mat): use the official annotations",
+        "no kept image is a training image (cars_annos.mat's test flag, or "
+        "devkit/cars_train_annos.mat): use the official annotations",
+    ),
+}
+SPLIT_LISTING["synthetic"] = SPLIT_LISTING["cub"]
+
+
 def check_classes(listing: DatasetListing, root: Path) -> None:
     """A classifier needs two classes: refuse a dataset with fewer, naming what was found."""
     names = listing.class_names
     if len(names) >= 2:
         return
-    how = (
-        "one folder per class: <root>/<class>/<image>"
-        if listing.source == "folder"
-        else "classes.txt must list at least 2 classes"
-    )
+    how = CLASS_LISTING.get(listing.source, CLASS_LISTING["cub"])
     found = f"1 class ('{names[0]}')" if names else "no class"
     raise DatasetError(f"{root}: found {found}; prepare needs at least 2 classes ({how})")
 
@@ -238,7 +261,7 @@ def check_splits(
             "(a class keeps at least one for training): raise data.test_fraction or add "
             "images"
             if data.source == "folder"
-            else "train_test_split.txt marks no kept image as test (0): mark some as test"
+            else SPLIT_LISTING.get(data.source, SPLIT_LISTING["cub"])[0]
         )
         dups = f"; {lost} test images were duplicates of training images" if lost else ""
         raise DatasetError(f"the test split is empty: {why}{dups}")
@@ -255,8 +278,7 @@ def check_train(kept: list[ImageRecord], source: str) -> None:
             f"{layout.DUPLICATES_TABLE}"
         )
     raise DatasetError(
-        "the train split is empty: train_test_split.txt marks no kept image "
-        "as training (1): mark the training images with 1"
+        "the train split is empty: " + SPLIT_LISTING.get(source, SPLIT_LISTING["cub"])[1]
     )
 
 

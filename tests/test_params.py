@@ -65,7 +65,8 @@ def test_missing_keys_take_defaults(tmp_path: Path) -> None:
         ),
         (
             "data:\n  source: imagenet\n",
-            "params.yaml: data.source must be one of synthetic | cub | folder, got 'imagenet'",
+            "params.yaml: data.source must be one of synthetic | cub | stanford_dogs | "
+            "stanford_cars | folder, got 'imagenet'",
         ),
         ("data:\n  seed: 1.5\n", "params.yaml: data.seed must be of type int, got 1.5"),
         ("data:\n  seed: true\n", "params.yaml: data.seed must be of type int, got True"),
