@@ -18,6 +18,7 @@ training again, never loaded.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import time
@@ -133,10 +134,18 @@ def loader(dataset: Dataset, train: TrainParams, *, shuffle_seed: Optional[int])
         shuffle=shuffle_seed is not None and sampler is None,
         sampler=sampler,
         generator=generator,
-        num_workers=train.loader_workers,
+        num_workers=loader_workers(train),
+        pin_memory=train.device != "cpu" and torch.cuda.is_available(),
         persistent_workers=False,
         drop_last=False,
     )
+
+
+def loader_workers(train: TrainParams) -> int:
+    """train.loader_workers, or (null) this process's share of the machine's cores, at
+    most 8: torchrun's LOCAL_WORLD_SIZE processes share them."""
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return devices.worker_count(train.loader_workers, ranks, cap=8)
 
 
 def make_optimizers(model: nn.Module, train: TrainParams) -> tuple[dict, dict]:

@@ -31,6 +31,7 @@ from pipeline.crop_shards import (
     crop_shard_paths,
     write_crop_shard,
 )
+from pipeline.devices import worker_count
 from pipeline.errors import ArtifactError, ImageDecodeError
 from pipeline.execution import degenerate_warning, percent
 from pipeline.imageio import load_rgb, resolve_inside
@@ -41,7 +42,7 @@ from pipeline.mask_shards import (
     mask_shard_name,
     shard_paths,
 )
-from pipeline.params import CropsParams, Params, as_dict, text_fingerprint
+from pipeline.params import CropsParams, Params, result_dict, text_fingerprint
 from pipeline.segmenters.base import MaskSet
 from pipeline.sharded import ShardedStage, run_shards
 from pipeline.tables import read_table, write_columns
@@ -243,7 +244,7 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[CropTa
         raise ArtifactError(f"{segment_dir}: no mask shards; run segment first (dvc repro)")
     base = json.dumps(
         {
-            "crops": as_dict(params.crops),
+            "crops": result_dict(params.crops),  # speed-only keys (workers) excluded
             "format_version": VERSION,
             "images_index": info["fingerprint"],
         },
@@ -375,7 +376,7 @@ def run_crops(params: Params, project_root: Path = Path(".")) -> dict:
         tasks,
         out_dir,
         project_root,
-        workers=params.segment.workers,
+        workers=worker_count(params.crops.workers),
         scheduler=params.segment.scheduler,
     )
     columns = assemble_index(tasks, out_dir)

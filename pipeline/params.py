@@ -305,6 +305,13 @@ class CropsParams:
         "smallest files), lzf (faster to read and write, larger), none.",
         choices=("gzip", "lzf", "none"),
     )
+    workers: Optional[int] = param(
+        None,
+        "Local dask worker processes cutting crops (null: one per CPU core this process may "
+        "use; an existing cluster named by segment.scheduler brings its own).",
+        interval=Interval(1, 1024),
+        speed_only=True,
+    )
 
 
 # -------------------------------------------------------------------------- train
@@ -453,8 +460,13 @@ class TrainParams:
     accumulate: int = param(
         1, "Gradient accumulation steps per optimiser step.", interval=Interval(1, 1024)
     )
-    loader_workers: int = param(
-        2, "DataLoader worker processes.", interval=Interval(0, 64), speed_only=True
+    loader_workers: Optional[int] = param(
+        None,
+        "DataLoader worker processes per training process (null: the CPU cores this "
+        "process may use divided by the training processes on this machine, at most 8; "
+        "0: load in the main process).",
+        interval=Interval(0, 64),
+        speed_only=True,
     )
     warmup_epochs: int = param(
         2, "Warm-up: trunk frozen, add-on and prototypes trained.", interval=Interval(0, 10000)

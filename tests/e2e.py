@@ -79,7 +79,7 @@ TINY = {
         "synthetic": {"num_classes": 3, "images_per_class": 8, "image_size": 64},
     },
     "segment": {"workers": 1, "shard_size": 8},
-    "crops": {"num_views": 4, "size": 16},
+    "crops": {"num_views": 4, "size": 16, "workers": 1},
     "train": {
         "warmup_epochs": 1,
         "joint_epochs": 1,

@@ -300,6 +300,7 @@ def test_the_speed_only_keys() -> None:
         "segment.scheduler",
         "segment.sam.points_per_batch",
         "segment.sam.images_per_batch",
+        "crops.workers",
         "train.device",
         "train.channels_last",
         "train.loader_workers",
@@ -334,9 +335,10 @@ def test_result_fingerprint_ignores_speed_only_keys_at_any_depth() -> None:
 
 
 def test_result_fingerprint_is_fingerprint_without_speed_only_keys() -> None:
-    for section in (CropsParams(), ClassicalParams(), Params().data.synthetic):
+    for section in (ClassicalParams(), Params().data.synthetic, Params().evaluate.perturb):
         assert result_fingerprint(section) == fingerprint(section)
-    assert result_fingerprint(SamParams()) != fingerprint(SamParams())  # it has speed keys
+    for section in (SamParams(), CropsParams()):  # they have speed-only keys
+        assert result_fingerprint(section) != fingerprint(section)
 
 
 def test_result_keys_list_the_dotted_result_keys() -> None:
@@ -344,7 +346,9 @@ def test_result_keys_list_the_dotted_result_keys() -> None:
     assert keys[:3] == ["segment.backend", "segment.shard_size", "segment.sam.model_type"]
     assert "segment.sam.pred_iou_thresh" in keys and "segment.classical" in keys
     assert not set(keys) & set(speed_only_keys())
-    assert result_keys("crops") == ["crops"]
+    assert result_keys("crops")[0] == "crops.num_views" and "crops.workers" not in result_keys(
+        "crops"
+    )
     assert result_keys("segment.classical") == ["segment.classical"]
     assert "train.optim" in result_keys("train") and "train.bf16" in result_keys("train")
 
@@ -411,3 +415,17 @@ def test_each_choice_list_is_its_implementation_registry() -> None:
     ]
     for (cls, name), registry in pairs:
         assert set(choices_of(cls, name)) == set(registry), f"{cls.__name__}.{name}"
+
+
+def test_worker_counts_follow_the_machine_unless_set(monkeypatch) -> None:
+    from model.training import loader_workers
+    from pipeline import devices
+    from pipeline.params import TrainParams
+
+    monkeypatch.setattr(devices, "usable_cores", lambda: 16)
+    assert devices.worker_count(None) == 16 and devices.worker_count(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 training processes here
+    assert loader_workers(TrainParams()) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert loader_workers(TrainParams()) == 8  # at most 8
+    assert loader_workers(TrainParams(loader_workers=0)) == 0

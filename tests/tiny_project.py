@@ -40,7 +40,7 @@ def make_tiny_project(root: Path, params: Params) -> Path:
 
 
 # ---------------------------------------------------------------- crops helpers
-TINY_CROPS = CropsParams(num_views=6, size=16)
+TINY_CROPS = CropsParams(num_views=6, size=16, workers=1)
 
 
 def tiny_crops_params(segment: dict | None = None, **crops: object) -> Params:
