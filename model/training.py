@@ -52,7 +52,7 @@ from model.run_state import (
 from pipeline import devices, layout
 from pipeline.atomic import remove_leftovers, write_json
 from pipeline.errors import ArtifactError
-from pipeline.params import Params, TrainParams, as_dict, result_fingerprint
+from pipeline.params import Params, TrainParams, as_dict, result_dict, result_fingerprint
 from pipeline.run_log import write_run_log
 from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset
@@ -426,7 +426,7 @@ def record_step(run: Run, state: RunState, record: dict, logger: Logger) -> None
             model=run.model,
             optimizers=run.optimizers,
             schedulers=run.schedulers,
-            params=as_dict(run.params),
+            params=result_dict(run.params),  # speed-only keys left out: same bytes
             fingerprint=run.fingerprint,
             period=step.period,
             epoch=step.epoch,

@@ -145,7 +145,9 @@ def test_best_is_a_pushed_state_even_without_last_layer_epochs(
         load_model(project, "protomask", "best", 3, torch.device("cpu"))
 
 
-def test_two_clean_runs_give_byte_identical_outputs(trained: Path, tmp_path: Path) -> None:
+def test_two_clean_runs_give_byte_identical_outputs_whatever_the_speed_settings(
+    trained: Path, tmp_path: Path
+) -> None:
     import random
 
     project = copy_project(trained, tmp_path / "p")
@@ -154,7 +156,8 @@ def test_two_clean_runs_give_byte_identical_outputs(trained: Path, tmp_path: Pat
 
     shutil.rmtree(out)
     random.seed(12345)  # whatever state Python's generator is in before the stage
-    run_training(tiny_train_params(), "protomask", project)
+    # speed-only settings differ from the reference run's: the bytes must not
+    run_training(tiny_train_params(loader_workers=1, channels_last=False), "protomask", project)
     assert tree(out) == tree(trained / layout.TRAIN_DIR / "protomask")
     assert (project / layout.train_metrics("protomask")).read_bytes() == (
         trained / layout.train_metrics("protomask")
