@@ -119,7 +119,8 @@ class ModelInputs:
             or the (3, s, s) image (ProtoPNet).
         """
         if self.kind == "protopnet":
-            return torch.from_numpy(resize_square(rgb, self.size)).permute(2, 0, 1)
+            pixels = np.require(resize_square(rgb, self.size), requirements=["W"])  # own copy
+            return torch.from_numpy(pixels).permute(2, 0, 1)
         rles = (
             self.masks.masks(test.crop_shards[i], int(test.image_ids[i])).rles
             if test.fill != "original"

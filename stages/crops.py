@@ -15,7 +15,7 @@ from stages.common import stage_command
         "Cut the M views of every image (params crops) from the boxes of its masks in "
         f"{layout.SEGMENT_DIR}: one HDF5 crop shard per mask shard and the crops index "
         f"{layout.CROPS_INDEX} (one row per view), plus {layout.CROPS_METRICS}. Runs through "
-        "dask like segment (segment.workers, segment.scheduler); finished shards are kept on a "
+        "dask like segment (crops.workers, segment.scheduler); finished shards are kept on a "
         "rerun when they read back intact (a damaged one is named and rebuilt); an interrupted "
         "run resumes. Wall-clock facts go to logs/crops.json."
     ),

@@ -236,3 +236,20 @@ def test_the_views_are_read_as_the_crops_index_states_them_each_shard_opened_onc
             rgb = load_rgb(evaluated / params.data.root / test.paths[i])
             assert torch.equal(inputs.perturbed(rgb, test, i), inputs.raw(i))
         assert len(inputs.masks._open) == len(set(test.crop_shards)) > 1
+
+
+def test_the_baseline_input_never_wraps_a_read_only_image(evaluated: Path) -> None:
+    """At the baseline's own size the decoded (read-only, as JPEG decoding gives it) image
+    needs no resize: the input must still be its own writable copy (torch warns on, and
+    may write into, a read-only buffer)."""
+    params = eval_params()
+    _, train = load_model(evaluated, "protopnet", "best", 3, torch.device("cpu"))
+    inputs = ModelInputs("protopnet", evaluated, params, train)
+    test = load_test_set(evaluated, inputs.dataset.image_ids)
+    rgb = load_rgb(evaluated / params.data.root / test.paths[0])
+    side = inputs.size
+    image = np.ascontiguousarray(np.resize(rgb, (side, side, 3)))
+    image.setflags(write=False)
+    out = inputs.perturbed(image, test, 0)
+    assert out.shape == (3, side, side)
+    assert not np.shares_memory(out.numpy(), image)
