@@ -62,8 +62,8 @@ def finished_summary(out_dir: Path, fp: str, num_steps: int) -> Optional[dict]:
         if not ckpt.pushed:
             log.warning("train: %s holds prototypes that were never pushed; rebuilding it", path)
             return None
-    if not _holds_step(checkpoint_path(out_dir, "final"), fp, num_steps - 1):
-        return None
+        if which == "final" and int(ckpt.extra.get("next_step", -1)) != num_steps:
+            return None  # final/ is not the last step (read once, not again)
     return json.loads(summary.read_text())
 
 
