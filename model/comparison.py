@@ -1,9 +1,13 @@
-"""The compare stage's work: the models' metrics side by side, and the paper's claim.
+"""The compare stage's work: every model's metrics over the training seeds (mean +- std),
+ProtoMask's paired difference to each baseline with its 95 % interval, and the paper's
+claims decided from those intervals.
 
-The claim: ProtoMask's saliency lies less on the background and more on the object, and
-is more consistent, than the baseline's. :func:`verdict` decides it from the numbers, and
-gives none (saying why) when the evidence is too thin: too few test images, too few
-training seeds, or mostly whole-image views (no usable masks), per params evaluate.
+The claims: against each baseline, ProtoMask's saliency lies less on the background and
+more on the object, is more consistent, and its accuracy is competitive (at most
+``evaluate.verdict_accuracy_margin`` points lower). Each is ``holds``, ``does not hold``
+or ``undecided`` (the interval straddles the threshold); every claim is undecided, with
+the reason, when the evidence is too thin: too few test images, too few training seeds,
+or mostly whole-image views (no usable masks), per params evaluate.verdict_*.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from model.formatting import format_metric
+from model.seed_stats import Difference, Spread, decide, paired_difference, spread
 from pipeline import layout
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
-from pipeline.params import EvaluateParams
+from pipeline.params import EvaluateParams, Params
 
 MODELS = layout.MODELS
+REFERENCE = "protomask"  # the model whose claims are checked against every other one
 
 # (dotted key in metrics/evaluate/<model>.json, label, better direction or None)
 COMPARED = (
@@ -48,13 +54,21 @@ COMPARED = (
     ("fallback_share", "test images with only whole-image views (%)", None),
 )
 
-# The paper's claim: metric and the direction ProtoMask should have against the baseline.
-CLAIM = (("background_overlap", "lower"), ("object_overlap", "higher"), ("consistency", "higher"))
+# The paper's claims: metric and how ProtoMask should compare with each baseline.
+CLAIMS = (
+    ("background_overlap", "lower"),
+    ("object_overlap", "higher"),
+    ("consistency", "higher"),
+    ("accuracy", "competitive"),
+)
+
+Runs = dict[str, dict[int, dict]]  # model -> training seed -> its metrics/evaluate JSON
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The claim checked: ``holds`` True/False, or None with ``reason`` when no verdict."""
+    """The claims checked: ``holds`` True (all hold against every baseline), False (one
+    does not hold), or None with ``reason`` (undecided); ``sentence`` says it all."""
 
     holds: Optional[bool]
     reason: str
@@ -80,131 +94,253 @@ def number(value: Any) -> Optional[float]:
     )
 
 
-def too_thin(docs: dict[str, dict], rules: EvaluateParams) -> Optional[str]:
+def per_seed(runs: Runs, model: str, key: str) -> dict[int, float]:
+    """seed -> the metric's number (seeds where it is absent or not a number left out)."""
+    out = {}
+    for seed, doc in runs.get(model, {}).items():
+        value = number(lookup(doc, key))
+        if value is not None:
+            out[seed] = value
+    return out
+
+
+def too_thin(runs: Runs, rules: EvaluateParams) -> Optional[str]:
     """Why the evidence is too thin for a verdict, or None when it is enough."""
-    tests = [int(d.get("test_images") or 0) for d in docs.values()]
+    tests = [int(d.get("test_images") or 0) for seeds in runs.values() for d in seeds.values()]
     if min(tests) < rules.verdict_min_test_images:
         return (
             f"{min(tests)} test images, fewer than the {rules.verdict_min_test_images} a "
             f"verdict needs (evaluate.verdict_min_test_images)"
         )
-    seeds = [int(d.get("seeds") or 1) for d in docs.values()]
-    if min(seeds) < rules.verdict_min_seeds:
+    seeds = min(len(s) for s in runs.values())
+    if seeds < rules.verdict_min_seeds:
         return (
-            f"{min(seeds)} training seed(s) per model, fewer than the "
+            f"{seeds} training seed(s) per model, fewer than the "
             f"{rules.verdict_min_seeds} a verdict needs (evaluate.verdict_min_seeds): "
             f"one seed's differences are within seed noise"
         )
-    share = number(docs.get("protomask", {}).get("fallback_share"))
-    if share is not None and share > rules.verdict_max_fallback_share:
+    share = spread(list(per_seed(runs, REFERENCE, "fallback_share").values()))
+    if share is not None and share.mean > rules.verdict_max_fallback_share:
         return (
-            f"{share:.0f} % of the test images have only whole-image views (no usable "
+            f"{share.mean:.0f} % of the test images have only whole-image views (no usable "
             f"mask), more than {rules.verdict_max_fallback_share:.0f} % "
             f"(evaluate.verdict_max_fallback_share): check the segment stage"
         )
     return None
 
 
-def verdict(docs: dict[str, dict], rules: EvaluateParams) -> Verdict:
-    """Whether ProtoMask's background overlap is lower and its object overlap and
-    consistency higher than the baseline's, computed from the numbers; no verdict when the
-    evidence is too thin (the per-metric directions are still stated, as observations)."""
-    if "protomask" not in docs or "protopnet" not in docs:
+@dataclass(frozen=True)
+class Claim:
+    """One claim against one baseline: the paired difference and what it says."""
+
+    baseline: str
+    key: str
+    want: str
+    difference: Optional[Difference]
+    outcome: str  # holds | does not hold | undecided | not measured
+
+    def sentence(self) -> str:
+        label = self.key.replace("_", " ")
+        if self.difference is None:
+            return f"{label} {self.want}: not measured for both models"
+        d = self.difference
+        interval = f"95 % CI {d.low:+.2f} to {d.high:+.2f}" if d.low is not None else "no interval"
+        seeds = f"{d.n} seed" + ("s" if d.n != 1 else "")
+        return f"{label} {self.want}: {self.outcome} ({d.mean:+.2f}, {interval}, {seeds})"
+
+
+def claims(runs: Runs, rules: EvaluateParams) -> list[Claim]:
+    """Every claim against every baseline that was evaluated."""
+    out = []
+    for baseline in (m for m in MODELS if m in runs and m != REFERENCE):
+        for key, want in CLAIMS:
+            diff = paired_difference(per_seed(runs, REFERENCE, key), per_seed(runs, baseline, key))
+            outcome = (
+                "not measured"
+                if diff is None
+                else decide(diff, want, rules.verdict_accuracy_margin)
+            )
+            out.append(Claim(baseline, key, want, diff, outcome))
+    return out
+
+
+def verdict(runs: Runs, rules: EvaluateParams) -> Verdict:
+    """The claims decided from the seeds' paired intervals; undecided, with the reason,
+    when the evidence is too thin (the observed differences are still stated)."""
+    if REFERENCE not in runs or len(runs) < 2:
         return Verdict(
             None, "only one model was evaluated", "No verdict: only one model was evaluated."
         )
-    parts, checks = [], []
-    for key, want in CLAIM:
-        a, b = number(docs["protomask"].get(key)), number(docs["protopnet"].get(key))
-        label = key.replace("_", " ")
-        if a is None or b is None:
-            parts.append(f"{label} cannot be compared (not measured for both models)")
-            checks.append(None)
-            continue
-        holds = a < b if want == "lower" else a > b
-        checks.append(holds)
-        parts.append(
-            f"{label} is {want if holds else ('not ' + want)} for ProtoMask ({a:.2f} vs {b:.2f})"
-        )
-    thin = too_thin(docs, rules)
+    found = claims(runs, rules)
+    by_baseline: dict[str, list[str]] = {}
+    for c in found:
+        by_baseline.setdefault(c.baseline, []).append(c.sentence())
+    text = "; ".join(f"against {b}: " + ", ".join(v) for b, v in by_baseline.items())
+    thin = too_thin(runs, rules)
     if thin is not None:
         return Verdict(
             None,
             thin,
-            f"No verdict on the claim: {thin}. On this run (an "
-            f"observation, not a finding): {'; '.join(parts)}.",
+            f"No verdict on the claims: {thin}. Observed (not a finding): {text}.",
         )
-    if any(c is None for c in checks):
-        return Verdict(
-            None, "a claimed metric is missing", f"No verdict on the claim: {'; '.join(parts)}."
-        )
-    holds = all(checks)
-    head = "The claim holds" if holds else "The claim does not hold"
-    return Verdict(holds, "", f"{head}: {'; '.join(parts)}.")
+    outcomes = {c.outcome for c in found}
+    if "does not hold" in outcomes:
+        return Verdict(False, "", f"The claims do not all hold: {text}.")
+    if outcomes == {"holds"}:
+        return Verdict(True, "", f"The claims hold: {text}.")
+    reason = "an interval contains the threshold, or a metric is not measured"
+    return Verdict(None, reason, f"Undecided ({reason}): {text}.")
 
 
-def comparison_markdown(docs: dict[str, dict], rules: EvaluateParams) -> str:
-    """The Markdown comparison of the models' metrics JSONs, with the claim checked."""
-    names = [m for m in MODELS if m in docs]
+def summary_table(runs: Runs) -> dict[str, dict[str, Optional[Spread]]]:
+    """model -> metric key -> its spread over the seeds (None when never measured)."""
+    return {
+        m: {key: spread(list(per_seed(runs, m, key).values())) for key, _, _ in COMPARED}
+        for m in MODELS
+        if m in runs
+    }
+
+
+def cell(runs: Runs, model: str, key: str) -> str:
+    """One table cell: mean +- std over seeds, the single value for one seed, ``k of n``
+    seeds for a yes/no metric, or the absent reason / n/a."""
+    docs = runs[model]
+    raw = [lookup(d, key) for d in docs.values()]
+    if raw and all(isinstance(v, bool) for v in raw):
+        return f"{sum(raw)} of {len(raw)}"
+    s = spread(list(per_seed(runs, model, key).values()))
+    if s is None:
+        return format_metric(raw[0] if raw else None)
+    if s.std is None:
+        return format_metric(s.mean)
+    return f"{s.mean:.2f} ± {s.std:.2f}"
+
+
+def compare_document(runs: Runs, rules: EvaluateParams) -> dict[str, Any]:
+    """metrics/compare.json: seeds, every model's mean/std/n per metric, ProtoMask's paired
+    differences with their 95 % intervals, and each claim's outcome."""
+    table = summary_table(runs)
+    found = claims(runs, rules)
+    baselines = sorted({c.baseline for c in found})
+    result = verdict(runs, rules)
+    return {
+        "seeds": {m: sorted(runs[m]) for m in table},
+        "models": {
+            m: {k: v.as_dict() for k, v in keys.items() if v is not None}
+            for m, keys in table.items()
+        },
+        "differences": {
+            b: {c.key: c.difference.as_dict() for c in found if c.baseline == b and c.difference}
+            for b in baselines
+        },
+        "claims": {
+            b: {f"{c.key} {c.want}": c.outcome for c in found if c.baseline == b} for b in baselines
+        },
+        "verdict": {True: "holds", False: "does not hold", None: "undecided"}[result.holds],
+        "reason": result.reason,
+    }
+
+
+def comparison_markdown(runs: Runs, rules: EvaluateParams) -> str:
+    """The Markdown comparison: metrics over seeds, paired differences, the claims."""
+    names = [m for m in MODELS if m in runs]
+    sources = ", ".join(
+        f"`{layout.evaluate_metrics(m, s)}`" for m in names for s in sorted(runs[m])
+    )
     lines = [
-        "# ProtoMask vs ProtoPNet on the test split",
+        "# The models on the test split, over training seeds",
         "",
-        "Generated by `protomask compare` from "
-        + ", ".join(f"`{layout.evaluate_metrics(m)}`" for m in names)
-        + ".",
+        f"Generated by `protomask compare` from {sources}. Each cell: mean ± standard "
+        "deviation over the seeds (a single value for one seed).",
         "",
-    ]
-    lines += [
         "| metric | " + " | ".join(names) + " | better |",
         "|---|" + "---|" * len(names) + "---|",
     ]
     for key, label, better in COMPARED:
-        values = (format_metric(lookup(docs[m], key)) for m in names)
-        lines.append(f"| {label} | " + " | ".join(values) + f" | {better or ''} |")
-    if "protopnet" in docs and isinstance(docs["protopnet"].get("upsampled"), dict):
-        lines += [
-            "",
-            "ProtoPNet's classic upsampled similarity maps, as a second saliency "
-            "method of the baseline:",
-            "",
-            "| metric | protopnet (upsampled) |",
-            "|---|---|",
-        ]
-        for key, label, _ in COMPARED:
-            value = lookup(docs["protopnet"]["upsampled"], key)
-            if value is not None:
-                lines.append(f"| {label} | {format_metric(value)} |")
-    lines += ["", "## The paper's claim", "", verdict(docs, rules).sentence, ""]
-    method = {m: docs[m].get("saliency") for m in names}
-    seeds = {m: int(docs[m].get("seeds") or 1) for m in names}
+        row = (cell(runs, m, key) for m in names)
+        lines.append(f"| {label} | " + " | ".join(row) + f" | {better or ''} |")
+    lines += upsampled_table(runs) + differences_table(runs, rules)
+    lines += ["", "## The paper's claims", "", verdict(runs, rules).sentence, ""]
+    method = {m: next(iter(runs[m].values())).get("saliency") for m in names}
     lines += [
-        f"Saliency: {', '.join(f'{m} {v}' for m, v in method.items())}; "
-        f"test images: {', '.join(str(docs[m].get('test_images')) for m in names)}; "
-        f"training seeds: {', '.join(f'{m} {v}' for m, v in seeds.items())}.",
+        f"Saliency: {', '.join(f'{m} {v}' for m, v in method.items())}; test images: "
+        + ", ".join(str(next(iter(runs[m].values())).get("test_images")) for m in names)
+        + "; training seeds: "
+        + ", ".join(f"{m} {len(runs[m])}" for m in names)
+        + ".",
         "",
     ]
     return "\n".join(lines)
 
 
-def read_metrics(project_root: Path = Path(".")) -> dict[str, dict]:
-    """Every model's metrics/evaluate/<model>.json; ArtifactError naming a missing one."""
-    docs = {}
+def upsampled_table(runs: Runs) -> list[str]:
+    """ProtoPNet's upsampled similarity maps, the baseline's second saliency method."""
+    docs = runs.get("protopnet", {})
+    if not docs or not all(isinstance(d.get("upsampled"), dict) for d in docs.values()):
+        return []
+    inner = {"protopnet": {s: d["upsampled"] for s, d in docs.items()}}
+    lines = [
+        "",
+        "ProtoPNet's classic upsampled similarity maps, as a second saliency method of the "
+        "baseline:",
+        "",
+        "| metric | protopnet (upsampled) |",
+        "|---|---|",
+    ]
+    for key, label, _ in COMPARED:
+        if any(lookup(d, key) is not None for d in inner["protopnet"].values()):
+            lines.append(f"| {label} | {cell(inner, 'protopnet', key)} |")
+    return lines
+
+
+def differences_table(runs: Runs, rules: EvaluateParams) -> list[str]:
+    """ProtoMask minus each baseline, paired by seed: mean [95 % interval] and outcome."""
+    found = claims(runs, rules)
+    if not found:
+        return []
+    lines = [
+        "",
+        "## ProtoMask minus each baseline (paired by seed)",
+        "",
+        "| baseline | metric | claim | difference | 95 % interval | seeds | outcome |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in found:
+        d = c.difference
+        if d is None:
+            lines.append(f"| {c.baseline} | {c.key} | {c.want} | n/a | n/a | 0 | not measured |")
+            continue
+        ci = f"{d.low:+.2f} to {d.high:+.2f}" if d.low is not None else "none (one seed)"
+        lines.append(
+            f"| {c.baseline} | {c.key} | {c.want} | {d.mean:+.2f} | {ci} | {d.n} | {c.outcome} |"
+        )
+    return lines
+
+
+def read_metrics(seeds: list[int], project_root: Path = Path(".")) -> Runs:
+    """metrics/evaluate/<model>/seed-<seed>.json of every model and seed of train.seeds;
+    ArtifactError naming a missing or unreadable one."""
+    runs: Runs = {}
     for kind in MODELS:
-        path = project_root / layout.evaluate_metrics(kind)
-        if not path.is_file():
-            raise ArtifactError(f"{path}: missing; run protomask evaluate --model {kind}")
-        try:
-            docs[kind] = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ArtifactError(
-                f"{path}: not valid JSON ({exc}); rerun protomask evaluate --model {kind}"
-            ) from None
-    return docs
+        for seed in seeds:
+            path = project_root / layout.evaluate_metrics(kind, seed)
+            todo = f"run protomask evaluate --model {kind} --seed {seed}"
+            if not path.is_file():
+                raise ArtifactError(f"{path}: missing; {todo}")
+            try:
+                runs.setdefault(kind, {})[seed] = json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ArtifactError(f"{path}: not valid JSON ({exc}); {todo}") from None
+    return runs
 
 
-def run_compare(rules: EvaluateParams, project_root: Path = Path(".")) -> Verdict:
-    """Write artifacts/evaluate/comparison.md from the models' metrics; return the verdict."""
-    docs = read_metrics(project_root)
+def run_compare(params: Params, project_root: Path = Path(".")) -> Verdict:
+    """Write artifacts/evaluate/comparison.md and metrics/compare.json from every model's
+    metrics over train.seeds; return the verdict."""
+    runs = read_metrics(list(params.train.seeds), project_root)
+    rules = params.evaluate
     with atomic_file(project_root / layout.COMPARISON) as tmp:
-        tmp.write_text(comparison_markdown(docs, rules))
-    return verdict(docs, rules)
+        tmp.write_text(comparison_markdown(runs, rules))
+    with atomic_file(project_root / layout.COMPARE_METRICS) as tmp:
+        tmp.write_text(json.dumps(compare_document(runs, rules), indent=2) + "\n")
+    return verdict(runs, rules)

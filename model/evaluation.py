@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from model.explain_pass import EvalRun, PassResults, explain_test_set
 from model.loading import load_model
@@ -54,7 +54,7 @@ from model.report import ReportBuilder
 from model.saliency import PrototypeSimilarity
 from model.scalars import Scores, model_metrics, segmenter_consistency
 from model.timing import Timer
-from model.training import MODELS, resolve_device
+from model.training import MODELS, resolve_device, with_seed
 from pipeline import layout
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
@@ -96,31 +96,39 @@ class Evaluation:
     """What the report needs besides the metrics."""
 
     kind: str
+    seed: int
     metrics: dict[str, Any]
     timings: dict[str, float]
     report: ReportBuilder
 
 
 def run_evaluation(
-    params: Params, kind: str, project_root: Path = Path("."), write: bool = True
+    params: Params,
+    kind: str,
+    project_root: Path = Path("."),
+    write: bool = True,
+    seed: Optional[int] = None,
 ) -> Evaluation:
-    """Evaluate one trained model on the test split.
+    """Evaluate one trained model (a model and a training seed) on the test split.
 
     Args:
-        params: the project params (section evaluate; data.root).
+        params: the project params (section evaluate; data.root; train.seeds).
         kind: protomask or protopnet.
         project_root: the project folder.
-        write: write metrics/evaluate/<kind>.json, the report folder
-            artifacts/evaluate/<kind>/ and the run log.
+        write: write metrics/evaluate/<kind>/seed-<seed>.json, the report folder
+            artifacts/evaluate/<kind>/seed-<seed>/ and the run log.
+        seed: the training seed, one of train.seeds (None: the first of them).
 
     Returns:
         The metrics document, the timings and the report.
     """
     if kind not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {kind!r}")
+    seed = params.train.seeds[0] if seed is None else seed
+    with_seed(params, seed)  # a seed of train.seeds, or one line saying it is not
     timer = Timer()
     with timer.section("load"):
-        run = open_run(params, kind, project_root)
+        run = open_run(params, kind, seed, project_root)
     with run.inputs.masks:  # the mask shards, opened once each
         results = explain_test_set(run, timer)
         scores = results.scores()
@@ -140,23 +148,23 @@ def run_evaluation(
             )
     doc = metrics_document(run, metrics, others, sanity)
     timer.mark("total")
-    result = Evaluation(kind, doc, timer.rounded(), run.report)
+    result = Evaluation(kind, seed, doc, timer.rounded(), run.report)
     if write:
         write_outputs(result, project_root)
         timer.mark("total_with_report")
         result.timings = timer.rounded()
-        write_run_log(project_root, f"evaluate-{kind}", result.timings)
+        write_run_log(project_root, f"evaluate-{kind}-seed-{seed}", result.timings)
     return result
 
 
-def open_run(params: Params, kind: str, project_root: Path) -> EvalRun:
+def open_run(params: Params, kind: str, seed: int, project_root: Path) -> EvalRun:
     """The trained model, its test inputs (the first ``evaluate.max_images``) and the
     report builder."""
     ev = params.evaluate
     device = resolve_device(ev.device, "evaluate.device")
     images_info = read_table(project_root / layout.IMAGES_INDEX, "images")[1]
     num_classes = len(images_info["facts"]["class_names"])
-    model, train = load_model(project_root, kind, ev.checkpoint, num_classes, device)
+    model, train = load_model(project_root, kind, ev.checkpoint, num_classes, device, seed)
     explainer = PrototypeSimilarity(model.trunk, model.add_on, pooled=kind == "protomask")
     inputs = ModelInputs(kind, project_root, params, train)
     count = len(inputs.dataset)
@@ -174,7 +182,7 @@ def open_run(params: Params, kind: str, project_root: Path) -> EvalRun:
         test,
         num_classes,
         min(ev.top_k, model.head.num_prototypes),
-        ReportBuilder(kind, test, ev, inputs.size),
+        ReportBuilder(kind, seed, test, ev, inputs.size),
     )
 
 
@@ -217,11 +225,11 @@ def metrics_document(
         metrics[method] = dict(values, randomisation=sanity[method])
     return {
         "model": run.kind,
+        "seed": run.report.seed,
         "checkpoint": ev.checkpoint,
         "saliency": ev.saliency,
         "lrp_composite": ev.lrp_composite if ev.saliency == "prp" else None,
         "test_images": int(len(run.test.image_ids)),
-        "seeds": 1,
         "fallback_share": fallback_share(run.test),
         "top_k": int(run.k),
         **_json_values(metrics),
@@ -242,10 +250,12 @@ def _json_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_outputs(result: Evaluation, project_root: Path) -> None:
-    """metrics/evaluate/<kind>.json, and the report folder (index.html, PNGs, metrics.json)."""
-    out_dir = project_root / layout.evaluate_dir(result.kind)
+    """metrics/evaluate/<kind>/seed-<seed>.json, and the report folder (index.html, PNGs,
+    metrics.json)."""
+    out_dir = project_root / layout.evaluate_dir(result.kind, result.seed)
     result.report.write(out_dir, result.metrics)
-    for path in (out_dir / "metrics.json", project_root / layout.evaluate_metrics(result.kind)):
+    metrics_path = project_root / layout.evaluate_metrics(result.kind, result.seed)
+    for path in (out_dir / "metrics.json", metrics_path):
         with atomic_file(path) as tmp:
             tmp.write_text(
                 json.dumps(result.metrics, indent=2, sort_keys=False, allow_nan=False) + "\n"

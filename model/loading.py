@@ -16,9 +16,14 @@ from pipeline.params import TrainParams, build_section
 
 
 def load_model(
-    project_root: Path, kind: str, which: str, num_classes: int, device: torch.device
+    project_root: Path,
+    kind: str,
+    which: str,
+    num_classes: int,
+    device: torch.device,
+    seed: int = 0,
 ) -> tuple[nn.Module, TrainParams]:
-    """The trained network of artifacts/train/<kind>/<which>/checkpoint.pt.
+    """The trained network of artifacts/train/<kind>/seed-<seed>/<which>/checkpoint.pt.
 
     Args:
         project_root: the project folder.
@@ -26,12 +31,13 @@ def load_model(
         which: the checkpoint (params evaluate.checkpoint, e.g. ``best``).
         num_classes: classes of the dataset.
         device: where the network runs (channels-last, eval mode).
+        seed: the training seed of the run.
 
     Returns:
         The network, built with the train params stored in the checkpoint (its trunk
         weights come from the checkpoint too), and those train params.
     """
-    path = project_root / layout.TRAIN_DIR / kind / which / "checkpoint.pt"
+    path = project_root / layout.train_dir(kind, seed) / which / "checkpoint.pt"
     ckpt = load_checkpoint(path)
     if not ckpt.pushed:
         raise ArtifactError(

@@ -111,8 +111,11 @@ def save_png(path: Path, rgb: np.ndarray) -> None:
 class ReportBuilder:
     """Collects what the report shows during evaluation, then writes the folder."""
 
-    def __init__(self, kind: str, test: Any, ev: EvaluateParams, input_size: int) -> None:
+    def __init__(
+        self, kind: str, seed: int, test: Any, ev: EvaluateParams, input_size: int
+    ) -> None:
         self.kind = kind
+        self.seed = seed
         self.test = test
         self.ev = ev
         self.input_size = input_size
@@ -208,7 +211,7 @@ class ReportBuilder:
 
     def _load_push(self, project_root: Path, inputs, shown: list[int]) -> None:
         """Push source pixels of the shown prototypes and of those in the samples."""
-        path = project_root / layout.TRAIN_DIR / self.kind / "push.json"
+        path = project_root / layout.train_dir(self.kind, self.seed) / "push.json"
         if not path.is_file():
             return
         records = {int(r["prototype"]): r for r in json.loads(path.read_text())}

@@ -24,7 +24,7 @@ import shutil
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -51,7 +51,7 @@ from model.run_state import (
 )
 from pipeline import devices, layout
 from pipeline.atomic import remove_leftovers, write_json
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, ParamsError
 from pipeline.params import Params, TrainParams, as_dict, result_dict, result_fingerprint
 from pipeline.run_log import write_run_log
 from pipeline.tables import read_table
@@ -87,8 +87,27 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     return torch.device(devices.resolve_device(name, key, dist_utils.local_rank()))
 
 
+def run_seed(train: TrainParams) -> int:
+    """The seed of one run: the train params of a run list exactly one seed
+    (:func:`with_seed`)."""
+    if len(train.seeds) != 1:
+        raise ValueError(f"one run has one seed, got train.seeds {train.seeds}")
+    return train.seeds[0]
+
+
+def with_seed(params: Params, seed: int) -> Params:
+    """The params of the run with ``seed`` (one of train.seeds): train.seeds is [seed], so
+    its fingerprint and stored params do not change when other seeds are added."""
+    if seed not in params.train.seeds:
+        raise ParamsError(
+            f"seed {seed} is not in train.seeds {params.train.seeds}: add it there "
+            "(compare reads the seeds listed there)"
+        )
+    return replace(params, train=replace(params.train, seeds=[seed]))
+
+
 def build_model(kind: str, train: TrainParams, num_classes: int) -> nn.Module:
-    """The network named ``kind`` from params train.model."""
+    """The network named ``kind`` from params train.model (train: one run's params)."""
     m = train.model
     trunk = build_backbone(m.backbone, m.weights, freeze_bn=m.freeze_bn)
     common = dict(
@@ -96,7 +115,7 @@ def build_model(kind: str, train: TrainParams, num_classes: int) -> nn.Module:
         prototype_dim=m.prototype_dim,
         off_class_weight=m.off_class_weight,
         addon_init=m.addon_init,
-        seed=train.seed,
+        seed=run_seed(train),
     )
     if kind == "protomask":
         return ProtoMask(trunk, num_classes, **common)
@@ -110,7 +129,7 @@ def make_dataset(
     crops_dir = project_root / layout.CROPS_DIR
     aug = params.train.augment if augment else None
     if kind == "protomask":
-        return ViewDataset(crops_dir, split, augment=aug, seed=params.train.seed)
+        return ViewDataset(crops_dir, split, augment=aug, seed=run_seed(params.train))
     return FullImageDataset(
         crops_dir,
         split,
@@ -118,7 +137,7 @@ def make_dataset(
         data_root=project_root / params.data.root,
         images_index=project_root / layout.IMAGES_INDEX,
         augment=aug,
-        seed=params.train.seed,
+        seed=run_seed(params.train),
     )
 
 
@@ -327,7 +346,7 @@ def start_run(
 ) -> Run:
     """Seed, then build the datasets, the network, its optimisers and loss weights."""
     train = params.train
-    seed_everything(train.seed)
+    seed_everything(run_seed(train))
     datasets = {
         "train": make_dataset(kind, params, "train", project_root, augment=True),
         "push": make_dataset(kind, params, "train", project_root, augment=False),
@@ -345,7 +364,7 @@ def start_run(
     return Run(
         params,
         kind,
-        project_root / layout.TRAIN_DIR / kind,
+        project_root / layout.train_dir(kind, run_seed(train)),
         device,
         fp,
         steps,
@@ -390,7 +409,8 @@ def run_step(run: Run, ddp_model: nn.Module, index: int) -> tuple[dict, nn.Modul
         set_trainable(run.model, step.period)
         ddp_model = dist_utils.rewrap(ddp_model, run.model, run.device)
         run.datasets["train"].set_epoch(index)
-        batches = loader(run.datasets["train"], train, shuffle_seed=train.seed * 100003 + index)
+        shuffle = run_seed(train) * 100003 + index
+        batches = loader(run.datasets["train"], train, shuffle_seed=shuffle)
         stats = run_epoch(
             ddp_model,
             batches,
@@ -445,6 +465,7 @@ def summarise(run: Run, state: RunState) -> dict:
         raise ArtifactError(f"{run.out_dir}: no pushed state was reached; rerun train")
     return {
         "model": run.kind,
+        "seed": run_seed(run.train),
         "steps": len(run.steps),
         "best_step": state.best_step,
         "best_val_accuracy": state.best_val,
@@ -461,8 +482,10 @@ def run_training(
     project_root: Path = Path("."),
     resume: bool = True,
     stop_after: Optional[int] = None,
+    seed: Optional[int] = None,
 ) -> dict:
-    """Train ``kind`` (protomask | protopnet); return the stage's metrics.
+    """Train ``kind`` (protomask | protopnet) with one seed of train.seeds; return the
+    stage's metrics.
 
     Args:
         params: the whole params (train, and data for the baseline's images).
@@ -470,13 +493,16 @@ def run_training(
         project_root: the project folder (artifacts are read and written under it).
         resume: continue from ``latest/`` when its fingerprint matches (else start over).
         stop_after: stop after this many steps of this call (tests of resumption).
+        seed: the run's seed, one of train.seeds (None: the first of them).
 
     Returns:
-        The metrics of metrics/train/<kind>.json (plus the training speed when it trained),
-        or ``{"stopped_at_step": i}`` when ``stop_after`` stopped it.
+        The metrics of metrics/train/<kind>/seed-<seed>.json (plus the training speed
+        when it trained), or ``{"stopped_at_step": i}`` when ``stop_after`` stopped it.
     """
-    out_dir = project_root / layout.TRAIN_DIR / kind
-    metrics_path = project_root / layout.train_metrics(kind)
+    seed = params.train.seeds[0] if seed is None else seed
+    params = with_seed(params, seed)
+    out_dir = project_root / layout.train_dir(kind, seed)
+    metrics_path = project_root / layout.train_metrics(kind, seed)
     device = resolve_device(params.train.device)
     crops_fp = read_table(project_root / layout.CROPS_INDEX, "crops")[1]["fingerprint"]
     fp = training_fingerprint(
@@ -508,23 +534,30 @@ def run_training(
             logger.close()
             return {"stopped_at_step": index}
     logger.close()
+    return finish_run(run, state, first_step, started, project_root)
+
+
+def finish_run(
+    run: Run, state: RunState, first_step: int, started: float, project_root: Path
+) -> dict:
+    """Copy ``final/``, write the summary, the stage's metrics and the run log."""
     summary = summarise(run, state)
-    if dist_utils.is_main():
-        copy_checkpoint(out_dir, "latest", "final")
-        write_json(out_dir / "summary.json", summary)
-        write_json(metrics_path, summary)
-        trained = sum(len(run.datasets["train"]) for s in steps[first_step:] if s.period != "push")
-        elapsed = time.perf_counter() - started
-        speed = round(trained / elapsed, 2) if trained else None
-        write_run_log(
-            project_root,
-            f"train-{kind}",
-            {
-                "seconds": round(elapsed, 2),
-                "resumed_at_step": first_step,
-                "train_images_per_second": speed,
-            },
-        )
-        if speed:
-            summary = {**summary, "train_images_per_second": speed}
-    return summary
+    if not dist_utils.is_main():
+        return summary
+    metrics_path = project_root / layout.train_metrics(run.kind, run_seed(run.train))
+    copy_checkpoint(run.out_dir, "latest", "final")
+    write_json(run.out_dir / "summary.json", summary)
+    write_json(metrics_path, summary)
+    trained = sum(len(run.datasets["train"]) for s in run.steps[first_step:] if s.period != "push")
+    elapsed = time.perf_counter() - started
+    speed = round(trained / elapsed, 2) if trained else None
+    write_run_log(
+        project_root,
+        f"train-{run.kind}-seed-{run_seed(run.train)}",
+        {
+            "seconds": round(elapsed, 2),
+            "resumed_at_step": first_step,
+            "train_images_per_second": speed,
+        },
+    )
+    return {**summary, "train_images_per_second": speed} if speed else summary

@@ -27,26 +27,38 @@ CROPS_INDEX = CROPS_DIR / "crops.parquet"
 CROPS_METRICS = METRICS / "crops.json"
 
 MODELS = ("protomask", "protopnet")  # the trained networks, one folder each
-TRAIN_DIR = ARTIFACTS / "train"  # one persistent folder per model
+TRAIN_DIR = ARTIFACTS / "train"  # one folder per model, one persistent folder per seed
 
 
-def train_metrics(model: str) -> Path:
-    """metrics/train/<model>.json"""
-    return METRICS / "train" / f"{model}.json"
+def run_folder(model: str, seed: int) -> Path:
+    """<model>/seed-<seed>: the relative folder of one trained model (a model and a seed)."""
+    return Path(model) / f"seed-{seed}"
 
 
-EVALUATE_DIR = ARTIFACTS / "evaluate"  # one report folder per model, and the comparison
+def train_dir(model: str, seed: int) -> Path:
+    """artifacts/train/<model>/seed-<seed> (checkpoints latest/best/final, dvclive, push)"""
+    return TRAIN_DIR / run_folder(model, seed)
+
+
+def train_metrics(model: str, seed: int) -> Path:
+    """metrics/train/<model>/seed-<seed>.json"""
+    return METRICS / "train" / model / f"seed-{seed}.json"
+
+
+EVALUATE_DIR = ARTIFACTS / "evaluate"  # one report folder per model and seed
+EVALUATE_METRICS = METRICS / "evaluate"  # what compare reads
 COMPARISON = EVALUATE_DIR / "comparison.md"
+COMPARE_METRICS = METRICS / "compare.json"  # mean +- std and paired differences
 
 
-def evaluate_dir(model: str) -> Path:
-    """artifacts/evaluate/<model> (the report: index.html, PNGs, metrics.json, timings)"""
-    return EVALUATE_DIR / model
+def evaluate_dir(model: str, seed: int) -> Path:
+    """artifacts/evaluate/<model>/seed-<seed> (the report: index.html, PNGs, metrics.json)"""
+    return EVALUATE_DIR / run_folder(model, seed)
 
 
-def evaluate_metrics(model: str) -> Path:
-    """metrics/evaluate/<model>.json"""
-    return METRICS / "evaluate" / f"{model}.json"
+def evaluate_metrics(model: str, seed: int) -> Path:
+    """metrics/evaluate/<model>/seed-<seed>.json"""
+    return EVALUATE_METRICS / model / f"seed-{seed}.json"
 
 
 # Wall-clock facts of the last run of each stage (seconds, images/s, shards reused): not a
@@ -55,7 +67,7 @@ RUN_LOGS = Path("logs")
 
 
 def run_log(name: str) -> Path:
-    """logs/<name>.json (e.g. logs/segment.json, logs/train-protomask.json)"""
+    """logs/<name>.json (e.g. logs/segment.json, logs/train-protomask-seed-0.json)"""
     return RUN_LOGS / f"{name}.json"
 
 

@@ -79,7 +79,9 @@ def speed_only_keys(section: str = "") -> list[str]:
 def dvc_stage_params() -> dict[str, list[str]]:
     """Each DVC stage's ``params:`` list in dvc.yaml: exactly the keys that change its
     results, so a speed-only change (``dvc exp run -S train.loader_workers=4``) reruns
-    nothing. prepare reads the dataset at data.root (a dep), not the generator's settings."""
+    nothing. prepare reads the dataset at data.root (a dep), not the generator's settings.
+    train.seeds is compare's only: train and evaluate get their seed from the DVC matrix
+    (the stage command), so adding a seed reruns no finished (model, seed) stage."""
     return {
         "synthesize": ["data.source", "data.synthetic"],
         "prepare": [k for k in result_keys("data") if k != "data.synthetic"],
@@ -87,7 +89,8 @@ def dvc_stage_params() -> dict[str, list[str]]:
         "crops": result_keys("crops"),
         "train": result_keys("train"),
         "evaluate": result_keys("evaluate"),
-        "compare": result_keys("evaluate", stage="compare"),
+        "compare": result_keys("evaluate", stage="compare")
+        + result_keys("train", stage="compare"),
     }
 
 
@@ -109,7 +112,8 @@ def defaults_yaml() -> str:
             allowed = f.metadata.get("choices") or f.metadata.get("interval")
             if allowed is not None and not isinstance(allowed, Interval):
                 allowed = " | ".join(map(str, allowed))
-            comment = doc + (f" Allowed: {allowed}." if allowed is not None else "")
+            each = "distinct values, each " if isinstance(value, list) else ""
+            comment = doc + (f" Allowed: {each}{allowed}." if allowed is not None else "")
             comment += f" {SPEED_ONLY_NOTE}" if is_speed_only(f) else ""
             lines.append(f"{indent}# {comment}")
             if dataclasses.is_dataclass(value):

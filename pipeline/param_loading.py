@@ -63,6 +63,8 @@ def type_name(tp: Any) -> str:
     """The name of a schema annotation as messages and the README show it (``int or null``)."""
     if typing.get_origin(tp) is typing.Union:
         return " or ".join(type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list of {type_name(typing.get_args(tp)[0])}"
     return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -74,6 +76,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list) or not value:
+            raise ParamsError(f"{key} must be a non-empty list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
@@ -112,14 +119,23 @@ def build_section(cls: type, raw: Any, prefix: str) -> Any:
             values[name] = build_section(tp, raw[name], key + ".")
             continue
         value = _coerce(raw[name], tp, key)
-        choices, interval = f.metadata.get("choices"), f.metadata.get("interval")
-        if value is not None and choices is not None and value not in choices:
-            allowed = " | ".join(str(c) for c in choices)
-            raise ParamsError(f"{key} must be one of {allowed}, got {value!r}")
-        if value is not None and interval is not None and value not in interval:
-            raise ParamsError(f"{key} must be in {interval}, got {value!r}")
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            _check_allowed(f, f"{key}[{index}]" if isinstance(value, list) else key, item)
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ParamsError(f"{key} lists a value twice: {value!r}")
         values[name] = value
     return cls(**values)
+
+
+def _check_allowed(f: dataclasses.Field, key: str, value: Any) -> None:
+    """ParamsError when ``value`` is outside the field's choices or interval."""
+    choices, interval = f.metadata.get("choices"), f.metadata.get("interval")
+    if value is not None and choices is not None and value not in choices:
+        allowed = " | ".join(str(c) for c in choices)
+        raise ParamsError(f"{key} must be one of {allowed}, got {value!r}")
+    if value is not None and interval is not None and value not in interval:
+        raise ParamsError(f"{key} must be in {interval}, got {value!r}")
 
 
 # ------------------------------------------------------------------- reading

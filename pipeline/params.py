@@ -448,8 +448,13 @@ class OptimParams:
 class TrainParams:
     """train: both models, same data, same schedule."""
 
-    seed: int = param(
-        0, "Seed of initialisation, shuffling and augmentation.", interval=Interval(0, 2**31 - 1)
+    seeds: list[int] = param(
+        [0],
+        "Training seeds: each model is trained and evaluated once per seed (the DVC matrix "
+        "model x seed), and compare reports every metric as mean +- std over them; a seed "
+        "sets initialisation, shuffling and augmentation. The paper's comparison: [0, 1, 2].",
+        interval=Interval(0, 2**31 - 1),
+        stage="compare",
     )
     device: str = param("auto", "auto | cpu | cuda | cuda:N.", speed_only=True)
     bf16: bool = param(True, "bf16 autocast on CUDA (ignored on CPU).")
@@ -588,6 +593,13 @@ class EvaluateParams:
         "compare: no verdict when more than this "
         "share (%) of test images has only whole-image "
         "views (no usable mask).",
+        interval=Interval(0, 100),
+        stage="compare",
+    )
+    verdict_accuracy_margin: float = param(
+        2.0,
+        "compare: ProtoMask's accuracy is competitive with a baseline's when the 95 % "
+        "interval of their paired difference lies above minus this many percentage points.",
         interval=Interval(0, 100),
         stage="compare",
     )

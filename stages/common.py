@@ -31,6 +31,24 @@ def model_option(help: str) -> Callable:
     )
 
 
+def seed_option() -> Callable:
+    """``--seed N`` (one of params train.seeds; default: each of them in turn), shared by
+    train and evaluate; DVC's matrix passes one seed per stage."""
+    return click.option(
+        "--seed",
+        "seed",
+        type=int,
+        default=None,
+        help="The training seed (one of params train.seeds). Default: every seed listed there.",
+    )
+
+
+def chosen_seeds(params: Params, seed: int | None) -> list[int]:
+    """The seeds a train/evaluate command works on: ``seed`` (checked against train.seeds
+    where it is used), or all of train.seeds."""
+    return list(params.train.seeds) if seed is None else [seed]
+
+
 def one_line(exc: ProtomaskError) -> str:
     """The error's message; for one re-raised by a DataLoader worker (torch wraps the
     worker's traceback into the message), the original message from its last line."""
@@ -146,6 +164,7 @@ def stage_command(
                 command_line = " ".join(
                     ["protomask", name]
                     + [f"--model {v}" for k, v in options.items() if k == "kind"]
+                    + [f"--seed {v}" for k, v in options.items() if k == "seed" and v is not None]
                 )
                 if locked:
                     with output_lock(lock_name(name, options), command_line):

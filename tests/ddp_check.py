@@ -23,7 +23,7 @@ def main(project: Path, out: Path) -> None:
     dataset = make_dataset("protomask", params, "train", project, augment=False)
     model = build_model("protomask", params.train, int(dataset.labels.max()) + 1)
     restore(
-        load_checkpoint(project / layout.TRAIN_DIR / "protomask" / "final" / "checkpoint.pt"),
+        load_checkpoint(project / layout.train_dir("protomask", 0) / "final" / "checkpoint.pt"),
         model=model,
         rng=False,
     )

@@ -40,12 +40,12 @@ def evaluated(trained_project: Path, tmp_path_factory) -> Path:
     project = copy_project(trained_project, tmp_path_factory.mktemp("evaluate") / "p")
     for kind in ("protomask", "protopnet"):
         run_evaluation(eval_params(), kind, project)
-    run_compare(FAST, project)
+    run_compare(eval_params(), project)
     return project
 
 
 def metrics_of(project: Path, kind: str) -> dict:
-    return json.loads((project / layout.evaluate_metrics(kind)).read_text())
+    return json.loads((project / layout.evaluate_metrics(kind, 0)).read_text())
 
 
 def is_number(value: object) -> bool:
@@ -81,16 +81,16 @@ def test_metrics_json_has_every_metric_as_a_number(evaluated: Path, kind: str) -
     assert (kind == "protopnet") == ("upsampled" in doc)
     if kind == "protopnet":
         assert all(is_number(doc["upsampled"][k]) for k in SALIENCY_KEYS)
-    report = evaluated / layout.evaluate_dir(kind)
+    report = evaluated / layout.evaluate_dir(kind, 0)
     assert json.loads((report / "metrics.json").read_text()) == doc
     assert not (report / "timings.json").exists()  # wall-clock values stay out of DVC
-    timings = json.loads((evaluated / layout.run_log(f"evaluate-{kind}")).read_text())
+    timings = json.loads((evaluated / layout.run_log(f"evaluate-{kind}-seed-0")).read_text())
     assert set(timings) >= {"saliency", "total"}
 
 
 @pytest.mark.parametrize("kind", ["protomask", "protopnet"])
 def test_report_references_existing_pngs(evaluated: Path, kind: str) -> None:
-    folder = evaluated / layout.evaluate_dir(kind)
+    folder = evaluated / layout.evaluate_dir(kind, 0)
     page = (folder / "index.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
     # 3 prototypes x (push + 5 top views) and 2 test images x (1 + 5 + push thumbnails)
@@ -108,10 +108,11 @@ def test_comparison_markdown_gives_no_verdict_on_a_tiny_one_seed_run(evaluated: 
     assert "| metric | protomask | protopnet | better |" in text
     assert "background overlap" in text and "upsampled" in text
     a, b = metrics_of(evaluated, "protomask"), metrics_of(evaluated, "protopnet")
-    assert a["seeds"] == 1 and 0 <= a["fallback_share"] <= 100
-    assert "No verdict on the claim" in text and "The claim holds" not in text
+    assert a["seed"] == 0 and 0 <= a["fallback_share"] <= 100
+    assert "No verdict on the claims" in text and "The claims hold" not in text
     assert "evaluate.verdict_min_test_images" in text  # the tiny test split is too small
-    assert f"{a['background_overlap']:.2f} vs {b['background_overlap']:.2f}" in text
+    diff = a["background_overlap"] - b["background_overlap"]
+    assert f"background overlap lower: undecided ({diff:+.2f}, no interval, 1 seed)" in text
 
 
 def test_absent_ground_truth_is_reported_with_its_reason(evaluated: Path, tmp_path: Path) -> None:
@@ -190,14 +191,13 @@ def test_dvc_stages_name_the_layout_paths() -> None:
     ]
     ev = stages["evaluate"]
     assert set(ev["matrix"]["model"]) == {"protomask", "protopnet"}
-    assert ev["cmd"] == "protomask evaluate --model ${item.model}"
-    assert ev["outs"] == [str(layout.evaluate_dir("${item.model}"))]
-    assert ev["metrics"] == [str(layout.evaluate_metrics("${item.model}"))]
-    assert "artifacts/train/${item.model}" in ev["deps"]  # params: tests/test_params_dvc.py
+    assert ev["cmd"] == "protomask evaluate --model ${item.model} --seed ${item.seed}"
+    item = ("${item.model}", "${item.seed}")
+    assert ev["outs"] == [str(layout.evaluate_dir(*item))]
+    assert ev["metrics"] == [str(layout.evaluate_metrics(*item))]
+    assert str(layout.train_dir(*item)) in ev["deps"]  # params: tests/test_params_dvc.py
     compare = stages["compare"]
-    assert compare["deps"][:2] == [
-        str(layout.evaluate_metrics(m)) for m in ("protomask", "protopnet")
-    ]
+    assert compare["deps"][0] == str(layout.EVALUATE_METRICS)
     assert compare["outs"] == [str(layout.COMPARISON)]
 
 

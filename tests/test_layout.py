@@ -8,6 +8,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline import layout
+from pipeline.params import Params
 from stages.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,8 +27,14 @@ def test_dvc_outputs_are_the_layout_paths() -> None:
     assert stages["segment"]["metrics"] == [str(layout.SEGMENT_METRICS)]
     assert out_paths(stages["crops"]) == [str(layout.CROPS_DIR)]
     assert stages["crops"]["metrics"] == [str(layout.CROPS_METRICS)]
-    assert out_paths(stages["train"]) == [str(layout.TRAIN_DIR / "${item.model}")]
-    assert stages["train"]["metrics"] == [str(layout.train_metrics("${item.model}"))]
+    item = ("${item.model}", "${item.seed}")
+    assert out_paths(stages["train"]) == [str(layout.train_dir(*item))]
+    assert stages["train"]["metrics"] == [str(layout.train_metrics(*item))]
+    assert out_paths(stages["evaluate"]) == [str(layout.evaluate_dir(*item))]
+    assert stages["evaluate"]["metrics"] == [str(layout.evaluate_metrics(*item))]
+    assert str(layout.EVALUATE_METRICS) in stages["compare"]["deps"]
+    assert out_paths(stages["compare"]) == [str(layout.COMPARISON)]
+    assert stages["compare"]["metrics"] == [str(layout.COMPARE_METRICS)]
     assert layout.IMAGES_INDEX.parent == layout.PREPARE_DIR
 
 
@@ -38,7 +45,8 @@ def test_every_dvc_stage_is_a_cli_subcommand_with_help() -> None:
     for name, stage in dvc_stages().items():
         assert stage["cmd"].split()[:2] == ["protomask", name]
         if "matrix" in stage:
-            assert set(stage["matrix"]["model"]) == {"protomask", "protopnet"}
+            assert set(stage["matrix"]["model"]) == set(layout.MODELS)
+            assert stage["matrix"]["seed"] == "${train.seeds}"
         assert name in top.output
         sub = runner.invoke(main, [name, "--help"])
         assert sub.exit_code == 0 and "--params" in sub.output
@@ -49,9 +57,16 @@ def out_paths(stage: dict) -> list[str]:
 
 
 def expanded(stage: dict, paths: list[str]) -> list[str]:
-    """Paths with a matrix stage's ${item.model} replaced by each model."""
+    """Paths with a matrix stage's ${item.model} replaced by each model (and ${item.seed}
+    by the default seeds)."""
     models = stage.get("matrix", {}).get("model", [None])
-    return [p.replace("${item.model}", m) if m else p for p in paths for m in models]
+    seeds = Params().train.seeds
+    return [
+        p.replace("${item.model}", m).replace("${item.seed}", str(s)) if m else p
+        for p in paths
+        for m in models
+        for s in seeds
+    ]
 
 
 def test_code_deps_exist_and_data_deps_are_outputs_of_earlier_stages() -> None:
@@ -60,7 +75,8 @@ def test_code_deps_exist_and_data_deps_are_outputs_of_earlier_stages() -> None:
         for dep in stage.get("deps", []):
             if "${" in dep:
                 continue
-            assert dep in produced or (REPO / dep).exists(), dep
+            below = any(Path(p).is_relative_to(dep) for p in produced)  # a folder of outputs
+            assert dep in produced or below or (REPO / dep).exists(), dep
         produced.update(expanded(stage, out_paths(stage) + stage.get("metrics", [])))
 
 

@@ -45,13 +45,12 @@ def test_the_comparison_and_the_report_use_it() -> None:
 
     doc = {
         "test_images": 6,
-        "seeds": 1,
         "fallback_share": 0.0,
         "accuracy": 66.666,
         "consistency": ABSENT,
     }
     md = comparison_markdown(
-        {"protomask": doc, "protopnet": dict(doc, accuracy=50.0)}, EvaluateParams()
+        {"protomask": {0: doc}, "protopnet": {0: dict(doc, accuracy=50.0)}}, EvaluateParams()
     )
     assert "| balanced accuracy (%) | 66.67 | 50 | higher |" in md
     assert "| consistency (%) | absent (no ground-truth part keypoints) |" in md

@@ -14,14 +14,14 @@ import yaml
 from model.checkpoint import load_checkpoint
 from model.training import run_training, schedule
 from pipeline import layout
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, ParamsError
 from pipeline.params import as_dict
 from tests.e2e import kill_when, stage_env
 from tests.tiny_project import copy_project, tiny_train_params
 
 
 def weights(project: Path, kind: str, which: str = "final") -> dict[str, torch.Tensor]:
-    return load_checkpoint(project / layout.TRAIN_DIR / kind / which / "checkpoint.pt").model
+    return load_checkpoint(project / layout.train_dir(kind, 0) / which / "checkpoint.pt").model
 
 
 def same_weights(a: dict, b: dict) -> bool:
@@ -36,25 +36,28 @@ def trained(schedule_project: Path) -> Path:
 
 def test_both_models_write_checkpoints_logs_push_and_metrics(trained: Path) -> None:
     for kind in ("protomask", "protopnet"):
-        out = trained / layout.TRAIN_DIR / kind
+        out = trained / layout.train_dir(kind, 0)
         for which in ("latest", "best", "final"):
             assert (out / which / "checkpoint.pt").exists()
         push = json.loads((out / "push.json").read_text())
         assert len(push) == 3 * 2 and all(r["image_id"] > 0 for r in push)
-        metrics = json.loads((trained / layout.train_metrics(kind)).read_text())
+        metrics = json.loads((trained / layout.train_metrics(kind, 0)).read_text())
         assert metrics["model"] == kind and 0 <= metrics["best_val_accuracy"] <= 100
         assert metrics["best_step"] >= 3  # the push (step 3) or after it
         assert "train_images_per_second" not in metrics  # wall-clock: logs/, not DVC
-        assert json.loads((trained / layout.run_log(f"train-{kind}")).read_text())["seconds"] > 0
+        assert (
+            json.loads((trained / layout.run_log(f"train-{kind}-seed-0")).read_text())["seconds"]
+            > 0
+        )
         tsv = (out / "dvclive" / "plots" / "metrics" / "val_accuracy.tsv").read_text()
         assert len(tsv.strip().splitlines()) == 1 + 6  # header + every step
         assert tsv.splitlines()[0] == "step\tval_accuracy"  # no wall-clock timestamps
 
 
 def test_push_puts_prototypes_on_training_embeddings(trained: Path) -> None:
-    ckpt = load_checkpoint(trained / layout.TRAIN_DIR / "protomask" / "latest" / "checkpoint.pt")
+    ckpt = load_checkpoint(trained / layout.train_dir("protomask", 0) / "latest" / "checkpoint.pt")
     assert ckpt.period == "last_layer"
-    pushed = json.loads((trained / layout.TRAIN_DIR / "protomask" / "push.json").read_text())
+    pushed = json.loads((trained / layout.train_dir("protomask", 0) / "push.json").read_text())
     assert all(r["distance"] < 1e-3 or r["distance"] >= 0 for r in pushed)
 
 
@@ -66,14 +69,31 @@ def test_rerun_with_same_params_does_nothing_and_new_params_start_over(
     assert same_weights(weights(trained, "protomask"), before)
     assert summary["steps"] == 6
     project = copy_project(trained, tmp_path / "p")
-    run_training(tiny_train_params(seed=1), "protomask", project)
+    run_training(tiny_train_params(batch_size=3), "protomask", project)
     assert not same_weights(weights(project, "protomask"), before)
+
+
+def test_each_seed_trains_into_its_own_folder(trained: Path, tmp_path: Path) -> None:
+    project = copy_project(trained, tmp_path / "p")
+    before = weights(project, "protomask")
+    two = tiny_train_params(seeds=[0, 1])
+    summary = run_training(two, "protomask", project, seed=1)
+    assert summary["seed"] == 1 and json.loads(
+        (project / layout.train_metrics("protomask", 1)).read_text()
+    ) == {k: v for k, v in summary.items() if k != "train_images_per_second"}
+    seed1 = load_checkpoint(project / layout.train_dir("protomask", 1) / "final" / "checkpoint.pt")
+    assert not same_weights(seed1.model, before)
+    assert same_weights(weights(project, "protomask"), before)  # seed 0 untouched, and
+    assert run_training(two, "protomask", project, seed=0)["steps"] == 6  # still finished
+    assert same_weights(weights(project, "protomask"), before)
+    with pytest.raises(ParamsError, match=r"seed 5 is not in train.seeds \[0, 1\]"):
+        run_training(two, "protomask", project, seed=5)
 
 
 def test_stop_then_resume_equals_uninterrupted(trained: Path, tmp_path: Path) -> None:
     project = copy_project(trained, tmp_path / "p")
     params = tiny_train_params()
-    out = project / layout.TRAIN_DIR / "protomask"
+    out = project / layout.train_dir("protomask", 0)
     import shutil
 
     shutil.rmtree(out)
@@ -85,12 +105,12 @@ def test_stop_then_resume_equals_uninterrupted(trained: Path, tmp_path: Path) ->
 def test_sigkill_then_rerun_equals_uninterrupted(trained: Path, tmp_path: Path) -> None:
     project = copy_project(trained, tmp_path / "p")
     shutil_rm = __import__("shutil").rmtree
-    shutil_rm(project / layout.TRAIN_DIR / "protomask")
+    shutil_rm(project / layout.train_dir("protomask", 0))
     params = tiny_train_params()
     (project / "params.yaml").write_text(yaml.safe_dump(as_dict(params)))
     env = stage_env()
     cmd = [sys.executable, "-m", "stages.cli", "train", "--model", "protomask"]
-    latest = project / layout.TRAIN_DIR / "protomask" / "latest" / "checkpoint.pt"
+    latest = project / layout.train_dir("protomask", 0) / "latest" / "checkpoint.pt"
 
     def two_steps_saved() -> bool:
         try:
@@ -105,7 +125,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(trained: Path, tmp_path: Path) 
     # The reference runs the same command uninterrupted (same process settings: thread
     # counts change float reductions, so an in-process run is no reference).
     reference = copy_project(project, tmp_path / "reference")
-    shutil_rm(reference / layout.TRAIN_DIR / "protomask")
+    shutil_rm(reference / layout.train_dir("protomask", 0))
     subprocess.run(cmd, cwd=reference, env=env, capture_output=True, text=True, check=True)
     assert same_weights(weights(project, "protomask"), weights(reference, "protomask"))
 
@@ -126,7 +146,7 @@ def test_best_is_a_pushed_state_even_without_last_layer_epochs(
     params = tiny_train_params(last_layer_epochs=0)  # steps: warm-up, joint x2, push
     summary = run_training(params, "protomask", project)
     assert summary["best_step"] == 3
-    out = project / layout.TRAIN_DIR / "protomask"
+    out = project / layout.train_dir("protomask", 0)
     best = load_checkpoint(out / "best" / "checkpoint.pt")
     assert best.pushed and best.period == "push"
     # a pre-push state is never evaluated, whatever file it sits in
@@ -151,16 +171,16 @@ def test_two_clean_runs_give_byte_identical_outputs_whatever_the_speed_settings(
     import random
 
     project = copy_project(trained, tmp_path / "p")
-    out = project / layout.TRAIN_DIR / "protomask"
+    out = project / layout.train_dir("protomask", 0)
     import shutil
 
     shutil.rmtree(out)
     random.seed(12345)  # whatever state Python's generator is in before the stage
     # speed-only settings differ from the reference run's: the bytes must not
     run_training(tiny_train_params(loader_workers=1, channels_last=False), "protomask", project)
-    assert tree(out) == tree(trained / layout.TRAIN_DIR / "protomask")
-    assert (project / layout.train_metrics("protomask")).read_bytes() == (
-        trained / layout.train_metrics("protomask")
+    assert tree(out) == tree(trained / layout.train_dir("protomask", 0))
+    assert (project / layout.train_metrics("protomask", 0)).read_bytes() == (
+        trained / layout.train_metrics("protomask", 0)
     ).read_bytes()
 
 
@@ -170,7 +190,7 @@ def test_damaged_best_and_truncated_final_are_rebuilt_never_loaded(
     from tests.faults import flip, prototypes_record, record_offset
 
     project = copy_project(trained, tmp_path / "p")
-    out = project / layout.TRAIN_DIR / "protomask"
+    out = project / layout.train_dir("protomask", 0)
     good = tree(out)
     best, final = out / "best" / "checkpoint.pt", out / "final" / "checkpoint.pt"
     flip(best, record_offset(best, "/" + prototypes_record(best)) + 4)
@@ -183,7 +203,7 @@ def test_damaged_best_and_truncated_final_are_rebuilt_never_loaded(
 
 def test_damaged_latest_means_training_again(trained: Path, tmp_path: Path) -> None:
     project = copy_project(trained, tmp_path / "p")
-    out = project / layout.TRAIN_DIR / "protomask"
+    out = project / layout.train_dir("protomask", 0)
     good = tree(out)
     latest, best = out / "latest" / "checkpoint.pt", out / "best" / "checkpoint.pt"
     latest.write_bytes(latest.read_bytes()[:-100])
@@ -198,7 +218,7 @@ def test_resume_gives_the_same_logs_and_folder_as_an_uninterrupted_run(
     import shutil
 
     project = copy_project(trained, tmp_path / "p")
-    out = project / layout.TRAIN_DIR / "protomask"
+    out = project / layout.train_dir("protomask", 0)
     shutil.rmtree(out)
     run_training(tiny_train_params(), "protomask", project, stop_after=4)
     # a kill between saving latest/ and logging the step: the last row never reached dvclive
@@ -207,12 +227,12 @@ def test_resume_gives_the_same_logs_and_folder_as_an_uninterrupted_run(
     # a kill during a checkpoint save leaves its temporary file
     (out / "latest" / ".checkpoint.pt.tmp-99999").write_bytes(b"half")
     run_training(tiny_train_params(), "protomask", project)
-    assert tree(out) == tree(trained / layout.TRAIN_DIR / "protomask")
+    assert tree(out) == tree(trained / layout.train_dir("protomask", 0))
 
 
 def test_speed_only_settings_do_not_retrain(trained: Path, tmp_path: Path) -> None:
     project = copy_project(trained, tmp_path / "p")
-    out = project / layout.TRAIN_DIR / "protomask"
+    out = project / layout.train_dir("protomask", 0)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
     summary = run_training(
         tiny_train_params(loader_workers=1, channels_last=False, device="auto"),

@@ -41,11 +41,11 @@ def test_two_ranks_train_and_gather_like_one_process(
     schedule_project: Path, tmp_path: Path
 ) -> None:
     project = copy_project(schedule_project, tmp_path / "p")
-    shutil.rmtree(project / layout.TRAIN_DIR / "protomask")
+    shutil.rmtree(project / layout.train_dir("protomask", 0))
     (project / "params.yaml").write_text(yaml.safe_dump(as_dict(tiny_train_params())))
     run = torchrun(["-m", "stages.cli", "train", "--model", "protomask"], project)
     assert run.stdout.count("train protomask: best validation accuracy") == 1  # rank 0 only
-    final = load_checkpoint(project / layout.TRAIN_DIR / "protomask" / "final" / "checkpoint.pt")
+    final = load_checkpoint(project / layout.train_dir("protomask", 0) / "final" / "checkpoint.pt")
     assert final.period == "last_layer"
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
