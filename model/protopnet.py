@@ -17,7 +17,7 @@ class ProtoPNet(PrototypeNetwork):
     ``matched`` is the flat location index h * w_size + w; ``distances`` the (B, P, h, w)
     maps for the upsampled-similarity explanation. Add-on default: ProtoPNet's
     conv-ReLU-conv-sigmoid; ``addon_init`` "kaiming" gives ProtoPNet's kaiming normal
-    (fan_out) init, "default" PyTorch's (see params train.model.addon_init).
+    (fan_out) init, "default" PyTorch's (see params train.protopnet.addon_init).
     """
 
     pool = False

@@ -1,8 +1,9 @@
 """Where a training run stands on disk: its checkpoints, what a rerun may reuse, its logs.
 
 A run's folder holds ``latest/`` (after every step), ``best/`` (the best pushed state on
-the validation split) and ``final/`` (the last step), each one ``checkpoint.pt``, plus the
-dvclive logs. :func:`finished_summary` says when a rerun has nothing to do,
+the validation split) and ``final/`` (the last step), each one ``checkpoint.pt`` and the
+``push.json`` of its last push (a run may push several times), plus the dvclive logs.
+:func:`finished_summary` says when a rerun has nothing to do,
 :func:`resume_point` where an interrupted run continues; both verify every checkpoint
 (CRC) and never hand out a damaged or un-pushed one.
 """
@@ -29,8 +30,16 @@ def checkpoint_path(out_dir: Path, which: str) -> Path:
     return out_dir / which / "checkpoint.pt"
 
 
+PUSH_RECORDS = "push.json"  # beside a checkpoint: where its prototypes were pushed from
+
+
 def copy_checkpoint(out_dir: Path, source: str, target: str) -> None:
-    """Copy ``source``'s checkpoint over ``target``'s, atomically."""
+    """Copy ``source``'s checkpoint (and the records of its last push) over ``target``'s,
+    atomically each."""
+    records = out_dir / source / PUSH_RECORDS
+    if records.is_file():
+        with atomic_file(out_dir / target / PUSH_RECORDS) as tmp:
+            shutil.copyfile(records, tmp)
     with atomic_file(checkpoint_path(out_dir, target)) as tmp:
         shutil.copyfile(checkpoint_path(out_dir, source), tmp)
 

@@ -18,6 +18,7 @@ training again, never loaded.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -42,6 +43,7 @@ from model.protomask import ProtoMask
 from model.protopnet import ProtoPNet
 from model.push import push_prototypes
 from model.run_state import (
+    PUSH_RECORDS,
     Logger,
     RunState,
     checkpoint_path,
@@ -52,7 +54,14 @@ from model.run_state import (
 from pipeline import devices, layout
 from pipeline.atomic import remove_leftovers, write_json
 from pipeline.errors import ArtifactError, ParamsError
-from pipeline.params import Params, TrainParams, as_dict, result_dict, result_fingerprint
+from pipeline.params import (
+    Params,
+    PrototypeModelParams,
+    TrainParams,
+    as_dict,
+    result_dict,
+    text_fingerprint,
+)
 from pipeline.run_log import write_run_log
 from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset
@@ -73,13 +82,29 @@ class Step:
     epoch: int
 
 
-def schedule(train: TrainParams) -> list[Step]:
-    """Every step of a run, in order."""
-    steps = [Step("warmup", e) for e in range(train.warmup_epochs)]
-    steps += [Step("joint", e) for e in range(train.joint_epochs)]
-    steps.append(Step("push", 0))
-    steps += [Step("last_layer", e) for e in range(train.last_layer_epochs)]
-    return steps
+def schedule(section: PrototypeModelParams) -> list[Step]:
+    """Every step of a run, in order: warm-up epochs, joint epochs with a push (then the
+    last-layer epochs) after every ``push_every`` of them and after the last one.
+    Epochs are numbered within their period across the whole run."""
+    steps = [Step("warmup", e) for e in range(section.warmup_epochs)]
+    every = section.push_every or max(section.joint_epochs, 1)
+    pushes = last_layer = 0
+    for e in range(section.joint_epochs):
+        steps.append(Step("joint", e))
+        if (e + 1) % every == 0 and e + 1 < section.joint_epochs:
+            steps += _push_cycle(pushes, last_layer, section.last_layer_epochs)
+            pushes, last_layer = pushes + 1, last_layer + section.last_layer_epochs
+    return steps + _push_cycle(pushes, last_layer, section.last_layer_epochs)
+
+
+def _push_cycle(push: int, first_epoch: int, epochs: int) -> list[Step]:
+    """One push and the last-layer epochs after it."""
+    return [Step("push", push)] + [Step("last_layer", first_epoch + e) for e in range(epochs)]
+
+
+def model_section(train: TrainParams, kind: str) -> PrototypeModelParams:
+    """train.<kind>: the model's own network, schedule, loss and optimiser settings."""
+    return getattr(train, kind)
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
@@ -107,14 +132,15 @@ def with_seed(params: Params, seed: int) -> Params:
 
 
 def build_model(kind: str, train: TrainParams, num_classes: int) -> nn.Module:
-    """The network named ``kind`` from params train.model (train: one run's params)."""
-    m = train.model
+    """The network named ``kind`` from params train.model and train.<kind> (train: one
+    run's params)."""
+    m, own = train.model, model_section(train, kind)
     trunk = build_backbone(m.backbone, m.weights, freeze_bn=m.freeze_bn)
     common = dict(
-        prototypes_per_class=m.prototypes_per_class,
-        prototype_dim=m.prototype_dim,
-        off_class_weight=m.off_class_weight,
-        addon_init=m.addon_init,
+        prototypes_per_class=own.prototypes_per_class,
+        prototype_dim=own.prototype_dim,
+        off_class_weight=own.off_class_weight,
+        addon_init=own.addon_init,
         seed=run_seed(train),
     )
     if kind == "protomask":
@@ -167,10 +193,10 @@ def loader_workers(train: TrainParams) -> int:
     return devices.worker_count(train.loader_workers, ranks, cap=8)
 
 
-def make_optimizers(model: nn.Module, train: TrainParams) -> tuple[dict, dict]:
+def make_optimizers(model: nn.Module, section: PrototypeModelParams) -> tuple[dict, dict]:
     """One Adam per period over its parameter groups, and the joint period's StepLR."""
     groups = unwrap_model(model).parameter_groups()
-    o = train.optim
+    o = section.optim
     lr = {
         "trunk": o.trunk_lr,
         "add_on": o.add_on_lr,
@@ -280,10 +306,12 @@ def training_fingerprint(
 ) -> str:
     """What decides the trained weights: the train params that change results (not the
     speed-only ones: device, loader workers, channels_last), the model kind, the crops,
-    the arithmetic actually used (bf16 autocast or fp32) and the number of DDP ranks."""
+    the arithmetic actually used (bf16 autocast or fp32) and the number of DDP ranks.
+    The other models' sections of train are left out: tuning one model retrains no other."""
+    own = {k: v for k, v in result_dict(params.train).items() if k not in MODELS or k == kind}
     return (
-        result_fingerprint(params.train)[:8]
-        + kind[:4]
+        text_fingerprint(json.dumps(own, sort_keys=True))[:8]
+        + kind
         + crops_fp[:8]
         + precision
         + (f"x{world_size}" if world_size > 1 else "")
@@ -332,7 +360,7 @@ class Run:
     optimizers: dict
     schedulers: dict
     weights: LossWeights
-    class_weight: torch.Tensor
+    class_weight: Optional[torch.Tensor]  # None: unweighted cross-entropy
     datasets: dict[str, Dataset]
     pushed: list[bool] = field(default_factory=list)
 
@@ -359,8 +387,10 @@ def start_run(
     if device.type == "cuda" and train.channels_last:
         model = model.to(memory_format=torch.channels_last)
         unwrap_model(model).channels_last = True
-    optimizers, schedulers = make_optimizers(model, train)
+    own = model_section(train, kind)
+    optimizers, schedulers = make_optimizers(model, own)
     labels = torch.tensor(datasets["train"].labels)
+    weighting = class_weights(labels, num_classes) if own.loss.class_weighted else None
     return Run(
         params,
         kind,
@@ -371,8 +401,8 @@ def start_run(
         model,
         optimizers,
         schedulers,
-        LossWeights(**as_dict(train.loss)),
-        class_weights(labels, num_classes).to(device),
+        LossWeights(**{k: v for k, v in as_dict(own.loss).items() if k != "class_weighted"}),
+        None if weighting is None else weighting.to(device),
         datasets,
         pushed_after(steps),
     )
@@ -403,7 +433,7 @@ def run_step(run: Run, ddp_model: nn.Module, index: int) -> tuple[dict, nn.Modul
             run.model, loader(run.datasets["push"], train, shuffle_seed=None), run.device
         )
         if dist_utils.is_main():
-            write_json(run.out_dir / "push.json", result.records())
+            write_json(run.out_dir / "latest" / PUSH_RECORDS, result.records())
         record: dict = {"step": index, "period": "push"}
     else:
         set_trainable(run.model, step.period)
@@ -508,7 +538,7 @@ def run_training(
     fp = training_fingerprint(
         params, kind, crops_fp, precision_of(device, params.train), dist_utils.world_size()
     )
-    steps = schedule(params.train)
+    steps = schedule(model_section(params.train, kind))
     if dist_utils.is_main():
         remove_leftovers(out_dir)
     done = finished_summary(out_dir, fp, len(steps)) if resume else None

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.layout import MODELS
 from pipeline.param_fields import Interval, is_speed_only
 from pipeline.param_loading import type_name
 from pipeline.params import Params
@@ -76,6 +77,18 @@ def speed_only_keys(section: str = "") -> list[str]:
     return keys
 
 
+MODEL_ITEM = "train.${item.model}"  # the train stage's own model section (DVC matrix)
+
+
+def train_keys() -> list[str]:
+    """train's result keys with the models' sections (train.<model>) replaced by the one
+    of the stage's matrix item: tuning one model reruns only that model's stages."""
+    models = set(MODELS)
+    keys = [k for k in result_keys("train") if k.split(".")[1] not in models]
+    at = next(i for i, k in enumerate(result_keys("train")) if k.split(".")[1] in models)
+    return keys[:at] + [MODEL_ITEM] + keys[at:]
+
+
 def dvc_stage_params() -> dict[str, list[str]]:
     """Each DVC stage's ``params:`` list in dvc.yaml: exactly the keys that change its
     results, so a speed-only change (``dvc exp run -S train.loader_workers=4``) reruns
@@ -87,10 +100,9 @@ def dvc_stage_params() -> dict[str, list[str]]:
         "prepare": [k for k in result_keys("data") if k != "data.synthetic"],
         "segment": result_keys("segment"),
         "crops": result_keys("crops"),
-        "train": result_keys("train"),
+        "train": train_keys(),
         "evaluate": result_keys("evaluate"),
-        "compare": result_keys("evaluate", stage="compare")
-        + result_keys("train", stage="compare"),
+        "compare": result_keys("evaluate", stage="compare") + result_keys("train", stage="compare"),
     }
 
 
@@ -127,14 +139,16 @@ def defaults_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str, str]]:
+def _rows(defaults: Any, prefix: str) -> list[tuple[str, str, str, str, str]]:
+    """The reference rows of a section's default instance (a section may override the
+    defaults of its class, e.g. each model's loss)."""
     rows = []
+    cls = type(defaults)
     hints = typing.get_type_hints(cls)
-    defaults = cls()
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            rows.extend(_rows(tp, f"{prefix}{f.name}."))
+            rows.extend(_rows(getattr(defaults, f.name), f"{prefix}{f.name}."))
             continue
         choices, interval = f.metadata.get("choices"), f.metadata.get("interval")
         allowed = " \\| ".join(map(str, choices)) if choices else str(interval) if interval else ""
@@ -156,7 +170,7 @@ def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str, str]]:
 def params_reference_markdown() -> str:
     """The params reference table, generated from the schema (kept in README.md)."""
     lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-    for row in _rows(Params, ""):
+    for row in _rows(Params(), ""):
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -66,10 +66,11 @@ def param(
     return field(default=default, metadata=meta)
 
 
-def section(cls: type, doc: str) -> Any:
-    """A nested section (a dataclass) with its defaults."""
+def section(cls: type, doc: str, **overrides: Any) -> Any:
+    """A nested section (a dataclass) with its defaults; ``overrides`` replace some of
+    them (two sections of one class with other defaults, e.g. each model's loss)."""
     return field(
-        default_factory=cls,
+        default_factory=(lambda: dataclasses.replace(cls(), **overrides)) if overrides else cls,
         metadata={
             "doc": doc,
             "choices": None,

@@ -97,8 +97,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def build_section(cls: type, raw: Any, prefix: str) -> Any:
-    """Validate the mapping ``raw`` against dataclass ``cls``; missing keys take defaults."""
+def build_section(cls: type, raw: Any, prefix: str, default: Any = None) -> Any:
+    """Validate the mapping ``raw`` against dataclass ``cls``; missing keys take their
+    values from ``default`` (the section's default instance; None: ``cls()``)."""
+    base = cls() if default is None else default
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -116,7 +118,7 @@ def build_section(cls: type, raw: Any, prefix: str) -> Any:
         key = f"{prefix}{name}"
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            values[name] = build_section(tp, raw[name], key + ".")
+            values[name] = build_section(tp, raw[name], key + ".", getattr(base, name))
             continue
         value = _coerce(raw[name], tp, key)
         items = value if isinstance(value, list) else [value]
@@ -125,7 +127,7 @@ def build_section(cls: type, raw: Any, prefix: str) -> Any:
         if isinstance(value, list) and len(set(value)) != len(value):
             raise ParamsError(f"{key} lists a value twice: {value!r}")
         values[name] = value
-    return cls(**values)
+    return dataclasses.replace(base, **values)
 
 
 def _check_allowed(f: dataclasses.Field, key: str, value: Any) -> None:

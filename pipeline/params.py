@@ -18,6 +18,13 @@ from typing import Optional
 
 from pipeline.errors import ParamsError
 from pipeline.layout import SYNTHETIC_ROOT
+from pipeline.model_params import (
+    PROTOPNET_RECIPE,
+    LossParams,
+    ModelParams,
+    OptimParams,
+    PrototypeModelParams,
+)
 from pipeline.param_fields import (
     Interval,
     as_dict,
@@ -51,6 +58,7 @@ __all__ = [
     "Params",
     "ParamsLoader",
     "PerturbParams",
+    "PrototypeModelParams",
     "SamParams",
     "SegmentParams",
     "SyntheticParams",
@@ -342,111 +350,8 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
-class ModelParams:
-    """The networks: ProtoMask on views and the ProtoPNet baseline on full images."""
-
-    backbone: str = param(
-        "efficientnet_lite0",
-        "Shared CNN trunk (efficientnet_lite0 ships "
-        "its ImageNet weights; tiny_cnn is for tests and smoke runs).",
-        choices=(
-            "efficientnet_lite0",
-            "resnet18",
-            "resnet34",
-            "resnet50",
-            "resnet101",
-            "resnet152",
-            "vgg16",
-            "vgg19",
-            "densenet121",
-            "densenet161",
-            "tiny_cnn",
-        ),
-    )
-    weights: str = param(
-        "imagenet",
-        "Trunk weights: imagenet (shipped for efficientnet_lite0, "
-        "torchvision's cache otherwise), none, or a local file path.",
-    )
-    prototypes_per_class: int = param(10, "Prototypes per class.", interval=Interval(1, 100))
-    prototype_dim: int = param(
-        32,
-        "Length of the view embedding and of each prototype (the reference: 1280).",
-        interval=Interval(1, 8192),
-    )
-    off_class_weight: float = param(
-        -0.5,
-        "Initial last-layer weight between a prototype and "
-        "the other classes (ProtoPNet: -0.5; the reference: 0).",
-        interval=Interval(-10, 10),
-    )
-    freeze_bn: bool = param(
-        True,
-        "Keep the trunk's BatchNorm in eval mode (ImageNet running "
-        "statistics, affine weights still trained). EfficientNet-Lite0's "
-        "BatchNorm momentum is 0.01: in a short run its running statistics "
-        "lag the batch statistics it trains with, so evaluation and push "
-        "see other features than training did.",
-    )
-    baseline_image_size: int = param(
-        160,
-        "Side of the full image fed to the ProtoPNet "
-        "baseline (the synthetic images' own size: nothing is "
-        "lost to resizing).",
-        interval=Interval(16, 1024),
-    )
-    addon_init: str = param(
-        "default",
-        "Initialisation of the add-on's 1x1 convs of both "
-        "models: PyTorch's default, or ProtoPNet's kaiming normal (fan_out). "
-        "With a 1280-channel trunk kaiming puts two thirds of the sigmoid "
-        "outputs in saturation at the start and the baseline does not learn "
-        "in a short schedule.",
-        choices=("default", "kaiming"),
-    )
-
-
-@dataclass(frozen=True)
-class LossParams:
-    """Loss coefficients."""
-
-    cross_entropy: float = param(1.0, "Class-weighted cross-entropy.", interval=Interval(0, 100))
-    cluster: float = param(0.8, "Cluster cost.", interval=Interval(0, 100))
-    separation: float = param(0.2, "Separation cost (subtracted).", interval=Interval(0, 100))
-    diversity: float = param(
-        0.2, "Diversity among a class's prototypes.", interval=Interval(0, 100)
-    )
-    l1: float = param(
-        1e-3, "L1 on wrong-class last-layer weights (last-layer period).", interval=Interval(0, 100)
-    )
-
-
-@dataclass(frozen=True)
-class OptimParams:
-    """Learning rates per parameter group and the joint period's StepLR."""
-
-    trunk_lr: float = param(1e-4, "Adam learning rate of the trunk.", interval=Interval(0, 1))
-    add_on_lr: float = param(
-        3e-3, "Adam learning rate of the add-on layers.", interval=Interval(0, 1)
-    )
-    prototypes_lr: float = param(
-        3e-3, "Adam learning rate of the prototypes.", interval=Interval(0, 1)
-    )
-    last_layer_lr: float = param(
-        3e-4, "Adam learning rate of the last layer.", interval=Interval(0, 1)
-    )
-    weight_decay: float = param(1e-3, "Weight decay of trunk and add-on.", interval=Interval(0, 1))
-    step_size: int = param(
-        5,
-        "Joint period: halve the learning rates every this many epochs.",
-        interval=Interval(1, 10000),
-    )
-    gamma: float = param(0.5, "Joint period: the StepLR factor.", interval=Interval(0, 1))
-
-
-@dataclass(frozen=True)
 class TrainParams:
-    """train: both models, same data, same schedule."""
+    """train: every model on the same data and trunk, each with its own section."""
 
     seeds: list[int] = param(
         [0],
@@ -473,16 +378,15 @@ class TrainParams:
         interval=Interval(0, 64),
         speed_only=True,
     )
-    warmup_epochs: int = param(
-        2, "Warm-up: trunk frozen, add-on and prototypes trained.", interval=Interval(0, 10000)
+    model: ModelParams = section(ModelParams, "The trunk every model shares.")
+    protomask: PrototypeModelParams = section(
+        PrototypeModelParams, "ProtoMask: prototypes compared with segment-crop views."
     )
-    joint_epochs: int = param(8, "Joint: everything trained.", interval=Interval(0, 10000))
-    last_layer_epochs: int = param(
-        3, "After the push: only the last layer trained.", interval=Interval(0, 10000)
+    protopnet: PrototypeModelParams = section(
+        PrototypeModelParams,
+        "The ProtoPNet baseline on full images, at its own recipe (scaled to this budget).",
+        **PROTOPNET_RECIPE,
     )
-    model: ModelParams = section(ModelParams, "The networks.")
-    loss: LossParams = section(LossParams, "Loss coefficients.")
-    optim: OptimParams = section(OptimParams, "Optimisers and schedule.")
     augment: AugmentParams = section(AugmentParams, "Training augmentation.")
 
 

@@ -81,18 +81,20 @@ TINY = {
     "segment": {"workers": 1, "shard_size": 8},
     "crops": {"num_views": 4, "size": 16, "workers": 1},
     "train": {
-        "warmup_epochs": 1,
-        "joint_epochs": 1,
-        "last_layer_epochs": 1,
         "batch_size": 4,
         "loader_workers": 0,
         "device": "cpu",
-        "model": {
-            "backbone": "tiny_cnn",
-            "weights": "none",
-            "prototypes_per_class": 2,
-            "prototype_dim": 8,
-            "baseline_image_size": 32,
+        "model": {"backbone": "tiny_cnn", "weights": "none", "baseline_image_size": 32},
+        **{
+            model: {
+                "warmup_epochs": 1,
+                "joint_epochs": 1,
+                "push_every": 0,
+                "last_layer_epochs": 1,
+                "prototypes_per_class": 2,
+                "prototype_dim": 8,
+            }
+            for model in ("protomask", "protopnet")
         },
     },
 }

@@ -295,22 +295,26 @@ def test_build_model_freezes_batchnorm_by_default_param() -> None:
     def bn_training(model: nn.Module) -> set[bool]:
         return {m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
 
-    tiny = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2, prototype_dim=4)
+    tiny = ModelParams(backbone="tiny_cnn", weights="none")
+    small = replace(TrainParams().protomask, prototypes_per_class=2, prototype_dim=4)
     assert tiny.freeze_bn
-    frozen = build_model("protomask", replace(TrainParams(), model=tiny), 3).train()
+    frozen = build_model("protomask", replace(TrainParams(), model=tiny, protomask=small), 3)
+    frozen = frozen.train()
     assert bn_training(frozen) == {False} and frozen.add_on.training
     assert all(p.requires_grad for p in frozen.trunk.parameters())
     stats = frozen.trunk.bn1.running_mean.clone()
     frozen(torch.randn(2, 3, 3, 16, 16))
     assert torch.equal(frozen.trunk.bn1.running_mean, stats)
     trains = build_model(
-        "protomask", replace(TrainParams(), model=replace(tiny, freeze_bn=False)), 3
+        "protomask",
+        replace(TrainParams(), model=replace(tiny, freeze_bn=False), protomask=small),
+        3,
     ).train()
     assert bn_training(trains) == {True}
 
 
 def test_addon_init_param_reaches_both_models_and_default_avoids_saturation() -> None:
-    """train.model.addon_init: with a wide trunk (1280 channels, activations up to 6 like
+    """train.<model>.addon_init: with a wide trunk (1280 channels, activations up to 6 like
     EfficientNet-Lite0's) ProtoPNet's kaiming fan_out init saturates most sigmoid outputs
     at the start (the baseline then stayed at chance); PyTorch's default init does not."""
     from dataclasses import replace
@@ -329,14 +333,17 @@ def test_addon_init_param_reaches_both_models_and_default_avoids_saturation() ->
 
     assert saturated(kaiming=True) > 0.5
     assert saturated(kaiming=False) < 0.05
-    tiny = ModelParams(backbone="tiny_cnn", weights="none", prototypes_per_class=2, prototype_dim=4)
-    assert tiny.addon_init == "default"
-    for kind in ("protomask", "protopnet"):
+    tiny = ModelParams(backbone="tiny_cnn", weights="none")
+
+    def built(kind: str, init: str) -> nn.Module:
         torch.manual_seed(0)
-        default = build_model(kind, replace(TrainParams(), model=tiny), 3).add_on[0]
-        kaiming = build_model(
-            kind, replace(TrainParams(), model=replace(tiny, addon_init="kaiming")), 3
-        ).add_on[0]
+        own = replace(getattr(TrainParams(), kind), prototypes_per_class=2, prototype_dim=4)
+        section = {kind: replace(own, addon_init=init)}
+        return build_model(kind, replace(TrainParams(), model=tiny, **section), 3).add_on[0]
+
+    for kind in ("protomask", "protopnet"):
+        assert getattr(TrainParams(), kind).addon_init == "default"
+        default, kaiming = built(kind, "default"), built(kind, "kaiming")
         assert torch.count_nonzero(kaiming.bias) == 0 and torch.count_nonzero(default.bias) > 0
 
 

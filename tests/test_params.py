@@ -117,9 +117,9 @@ def test_a_utf8_byte_order_mark_is_fine(tmp_path: Path) -> None:
         ("data:\n  seed: 1\ntrain:\n  seed: 2\ndata:\n  seed: 3\n", "data", (1, 5)),
         ("data:\n  seed: 1\n  root: data/synthetic\n  seed: 2\n", "data.seed", (2, 4)),
         (
-            "train:\n  optim:\n    trunk_lr: 0.1\n    gamma: 0.5\n    trunk_lr: 0.2\n",
-            "train.optim.trunk_lr",
-            (3, 5),
+            "train:\n  protomask:\n    optim:\n      trunk_lr: 0.1\n      trunk_lr: 0.2\n",
+            "train.protomask.optim.trunk_lr",
+            (4, 5),
         ),
         ("data: {seed: 1, seed: 2}\n", "data.seed", (1, 1)),
     ],
@@ -174,8 +174,10 @@ def test_an_explicit_empty_mapping_takes_every_default(tmp_path: Path) -> None:
     ],
 )
 def test_scientific_notation_is_a_float(tmp_path: Path, written: str, value: float) -> None:
-    params = load_params(write(tmp_path, f"train:\n  optim:\n    trunk_lr: {written}\n"))
-    assert params.train.optim.trunk_lr == value
+    text = f"train:\n  protopnet:\n    optim:\n      trunk_lr: {written}\n"
+    params = load_params(write(tmp_path, text))
+    assert params.train.protopnet.optim.trunk_lr == value
+    assert params.train.protopnet.optim.gamma == 0.1  # the section's own default, kept
 
 
 @pytest.mark.parametrize(
@@ -212,7 +214,7 @@ def test_numbers_read_as_dvc_reads_them(written: str) -> None:
 
 
 def test_a_quoted_number_stays_a_string(tmp_path: Path) -> None:
-    path = write(tmp_path, "train:\n  optim:\n    trunk_lr: '1e-4'\n")
+    path = write(tmp_path, "train:\n  protomask:\n    optim:\n      trunk_lr: '1e-4'\n")
     with pytest.raises(ParamsError, match="trunk_lr must be of type float, got '1e-4'"):
         load_params(path)
 
@@ -350,7 +352,7 @@ def test_result_keys_list_the_dotted_result_keys() -> None:
         "crops"
     )
     assert result_keys("segment.classical") == ["segment.classical"]
-    assert "train.optim" in result_keys("train") and "train.bf16" in result_keys("train")
+    assert "train.protomask" in result_keys("train") and "train.bf16" in result_keys("train")
 
 
 def test_speed_only_keys_are_marked_in_the_yaml_and_the_readme() -> None:

@@ -39,8 +39,11 @@ def test_both_models_write_checkpoints_logs_push_and_metrics(trained: Path) -> N
         out = trained / layout.train_dir(kind, 0)
         for which in ("latest", "best", "final"):
             assert (out / which / "checkpoint.pt").exists()
-        push = json.loads((out / "push.json").read_text())
+        push = json.loads((out / "final" / "push.json").read_text())
         assert len(push) == 3 * 2 and all(r["image_id"] > 0 for r in push)
+        assert (out / "best" / "push.json").read_bytes() == (
+            out / "final" / "push.json"
+        ).read_bytes()
         metrics = json.loads((trained / layout.train_metrics(kind, 0)).read_text())
         assert metrics["model"] == kind and 0 <= metrics["best_val_accuracy"] <= 100
         assert metrics["best_step"] >= 3  # the push (step 3) or after it
@@ -57,8 +60,48 @@ def test_both_models_write_checkpoints_logs_push_and_metrics(trained: Path) -> N
 def test_push_puts_prototypes_on_training_embeddings(trained: Path) -> None:
     ckpt = load_checkpoint(trained / layout.train_dir("protomask", 0) / "latest" / "checkpoint.pt")
     assert ckpt.period == "last_layer"
-    pushed = json.loads((trained / layout.train_dir("protomask", 0) / "push.json").read_text())
+    out = trained / layout.train_dir("protomask", 0)
+    pushed = json.loads((out / "latest" / "push.json").read_text())
     assert all(r["distance"] < 1e-3 or r["distance"] >= 0 for r in pushed)
+
+
+def test_schedule_pushes_every_n_joint_epochs_each_push_followed_by_last_layer_epochs() -> None:
+    own = tiny_train_params(warmup_epochs=1, joint_epochs=5, push_every=2, last_layer_epochs=1)
+    steps = [(s.period, s.epoch) for s in schedule(own.train.protopnet)]
+    assert steps == [
+        ("warmup", 0),
+        ("joint", 0),
+        ("joint", 1),
+        ("push", 0),
+        ("last_layer", 0),
+        ("joint", 2),
+        ("joint", 3),
+        ("push", 1),
+        ("last_layer", 1),
+        ("joint", 4),
+        ("push", 2),
+        ("last_layer", 2),
+    ]
+    once = tiny_train_params(joint_epochs=4, push_every=0, last_layer_epochs=0).train.protomask
+    assert [s.period for s in schedule(once)][-2:] == ["joint", "push"]
+    exact = tiny_train_params(joint_epochs=4, push_every=2, last_layer_epochs=0).train.protomask
+    assert [s.period for s in schedule(exact)].count("push") == 2  # no push twice at the end
+
+
+def test_best_keeps_the_records_of_its_own_push(trained: Path, tmp_path: Path) -> None:
+    project = copy_project(trained, tmp_path / "p")
+    params = tiny_train_params(joint_epochs=2, push_every=1, last_layer_epochs=1)
+    run_training(params, "protopnet", project)
+    out = project / layout.train_dir("protopnet", 0)
+    best = load_checkpoint(out / "best" / "checkpoint.pt")
+    history = json.loads((out / "summary.json").read_text())
+    assert best.pushed and history["steps"] == 1 + 2 + 2 * 2
+    prototypes = best.model["head.prototypes"]
+    for record in json.loads((out / "best" / "push.json").read_text()):  # its own vectors
+        assert record["image_id"] > 0 and prototypes[record["prototype"]].isfinite().all()
+    pushes = [json.loads((out / w / "push.json").read_text()) for w in ("best", "final")]
+    if best.extra["next_step"] <= 5:  # best came after the first push: records differ
+        assert pushes[0] != pushes[1]
 
 
 def test_rerun_with_same_params_does_nothing_and_new_params_start_over(
@@ -119,7 +162,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(trained: Path, tmp_path: Path) 
             return False
 
     kill_when(cmd, project, two_steps_saved)
-    assert load_checkpoint(latest).extra["next_step"] < len(schedule(params.train))
+    assert load_checkpoint(latest).extra["next_step"] < len(schedule(params.train.protomask))
     rerun = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     # The reference runs the same command uninterrupted (same process settings: thread

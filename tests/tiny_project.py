@@ -4,7 +4,7 @@ tests, built in-process."""
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from pipeline import layout
@@ -13,6 +13,7 @@ from pipeline.params import (
     DataParams,
     ModelParams,
     Params,
+    PrototypeModelParams,
     SegmentParams,
     SyntheticParams,
     TrainParams,
@@ -74,28 +75,34 @@ def copy_project(source: Path, target: Path) -> Path:
 
 
 # ---------------------------------------------------------------- trained helpers
-TINY_MODEL = ModelParams(
-    backbone="tiny_cnn",
-    weights="none",
-    prototypes_per_class=2,
-    prototype_dim=8,
-    baseline_image_size=32,
-)
+TINY_MODEL = ModelParams(backbone="tiny_cnn", weights="none", baseline_image_size=32)
+MODEL_KEYS = {f.name for f in fields(PrototypeModelParams)}
 
 
 def tiny_train_params(**train: object) -> Params:
-    """Tiny crops and a tiny network: 1 warm-up, 2 joint, push, 2 last-layer epochs."""
+    """Tiny crops and a tiny network: 1 warm-up, 2 joint, push, 2 last-layer epochs, two
+    8-d prototypes per class. Keys of a model section (epochs, prototypes, loss, optim)
+    apply to every model's section; the others to train."""
+    own = {
+        "prototypes_per_class": 2,
+        "prototype_dim": 8,
+        "warmup_epochs": 1,
+        "joint_epochs": 2,
+        "push_every": 0,
+        "last_layer_epochs": 2,
+        **{k: v for k, v in train.items() if k in MODEL_KEYS},
+    }
     base = replace(
         TrainParams(),
-        warmup_epochs=1,
-        joint_epochs=2,
-        last_layer_epochs=2,
         batch_size=4,
         loader_workers=0,
         device="cpu",
         model=TINY_MODEL,
+        protomask=replace(TrainParams().protomask, **own),
+        protopnet=replace(TrainParams().protopnet, **own),
     )
-    return replace(tiny_crops_params(), train=replace(base, **train))
+    rest = {k: v for k, v in train.items() if k not in MODEL_KEYS}
+    return replace(tiny_crops_params(), train=replace(base, **rest))
 
 
 def tiny_trained_params() -> Params:
