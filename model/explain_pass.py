@@ -1,15 +1,20 @@
 """One pass over the test images, in batches of ``evaluate.batch_size``.
 
-1. :func:`forward_batch`: the clean input (ProtoMask: the stored views; ProtoPNet: the
-   image at ``baseline_image_size``) and a perturbed copy (:func:`perturb_image` on the
-   decoded image, then cut into the same views / resized the same way) go through the
-   model; per image the top-k prototypes by similarity.
+What differs per model kind comes from :data:`pipeline.model_inputs.KINDS` (through
+:mod:`model.model_kinds`):
+
+1. :func:`forward_batch`: the clean input (views: the stored views; full image: the image
+   at ``baseline_image_size``) and a perturbed copy (:func:`perturb_image` on the decoded
+   image, then cut into the same views / resized the same way) go through the model; per
+   image the top-k prototypes by their score (:func:`model.model_kinds.similarities`: the
+   similarity of the best match, PIP-Net's pooled presence).
 2. :func:`batch_saliency`: their saliency (PRP or input x gradient) on the clean and the
    perturbed input, in one batched call.
-3. :func:`score_batch`: the maps put on the image canvas (ProtoMask: the matched view's map
-   pasted into its box; ProtoPNet: the map resized to the image, plus the upsampled
-   similarity map as a second method) and reduced to per-item metrics (:class:`MapStats`)
-   against the ground truth; the report's samples and the sanity check's pairs kept.
+3. :func:`score_batch`: the maps put on the image canvas (views: the matched view's map
+   pasted into its box; full image: the map resized to the image, plus, with a native
+   map, the upsampled similarity / presence map as a second method ``upsampled``) and
+   reduced to per-item metrics (:class:`MapStats`) against the ground truth; the
+   report's samples and the sanity check's pairs kept.
 """
 
 from __future__ import annotations
@@ -23,19 +28,14 @@ from torch import Tensor, nn
 
 from model.map_stats import MapStats
 from model.metrics import top_k_indices
+from model.model_kinds import native_maps, similarities, upsampled_native
 from model.randomisation import SanityRow, finite
 from model.report import ReportBuilder
-from model.saliency import (
-    PrototypeSimilarity,
-    paste_back,
-    prototype_saliency,
-    resize_maps,
-    upsampled_similarity,
-)
+from model.saliency import paste_back, prototype_saliency, resize_maps
 from model.scalars import Scores
 from model.timing import Timer
 from pipeline.evaluation_set import TestSet, load_image, load_segmentation
-from pipeline.model_inputs import ModelInputs
+from pipeline.model_inputs import ModelInputs, ModelKind, model_kind
 from pipeline.params import EvaluateParams
 from pipeline.perturbation import perturb_image, perturbation_seed
 from pipeline.view_datasets import normalise
@@ -48,8 +48,8 @@ class EvalRun:
     kind: str
     ev: EvaluateParams
     device: torch.device
-    model: nn.Module
-    explainer: PrototypeSimilarity
+    model: nn.Module  # model.model_kinds.explained_model's interface
+    explainer: nn.Module  # model.model_kinds.make_explainer
     inputs: ModelInputs
     test: TestSet
     num_classes: int
@@ -57,9 +57,14 @@ class EvalRun:
     report: ReportBuilder
 
     @property
+    def spec(self) -> ModelKind:
+        """The kind's entry of :data:`pipeline.model_inputs.KINDS`."""
+        return model_kind(self.kind)
+
+    @property
     def methods(self) -> list[str]:
-        """The saliency methods scored: evaluate.saliency, and ProtoPNet's upsampled maps."""
-        return [self.ev.saliency] + (["upsampled"] if self.kind == "protopnet" else [])
+        """The saliency methods scored: evaluate.saliency, and ``upsampled`` (native maps)."""
+        return self.spec.methods(self.ev.saliency)
 
 
 @dataclass
@@ -72,7 +77,7 @@ class Batch:
     xp: Tensor  # normalised perturbed input
     out: Any  # the model's outputs on x
     out_p: Any  # ... on xp
-    sim: Tensor  # (B, P) similarities
+    sim: Tensor  # (B, P) similarities (PIP-Net: pooled presence)
     sim_p: Tensor
     ids: Tensor  # (B, K) top-k prototypes
 
@@ -82,7 +87,7 @@ class BatchMaps:
     """Input-level saliency of every (image, top-k prototype) pair of a batch."""
 
     rows_in: Tensor  # (2 B K, ...) the inputs explained, clean then perturbed
-    protos: Tensor  # (B K, D) their prototypes
+    protos: Tensor  # (B K, D) their prototypes (PIP-Net: one-hot rows)
     maps: Tensor  # (2, B, K, h, w) clean, perturbed
     m_clean: Optional[Tensor]  # ProtoMask: (B, K) the view each prototype matched
     m_pert: Optional[Tensor]
@@ -161,9 +166,9 @@ def forward_batch(run: EvalRun, rows: list[int]) -> Batch:
     with torch.no_grad():
         out, out_p = run.model(x), run.model(xp)
     head = run.model.head
-    sim, sim_p = head.similarity(out.min_distances), head.similarity(out_p.min_distances)
-    if run.kind == "protopnet":
-        run.report.grid = tuple(out.distances.shape[-2:])
+    sim, sim_p = similarities(run.kind, head, out), similarities(run.kind, head, out_p)
+    if run.spec.native:
+        run.report.grid = tuple(native_maps(run.kind, out).shape[-2:])
     return Batch(rows, rgbs, x, xp, out, out_p, sim, sim_p, top_k_indices(sim, run.k))
 
 
@@ -171,7 +176,7 @@ def batch_saliency(run: EvalRun, batch: Batch) -> BatchMaps:
     """Saliency of every (image, top-k prototype) pair, clean and perturbed, in one call."""
     b, k, ids = len(batch.rows), run.k, batch.ids
     protos = run.model.head.prototypes.detach()[ids].reshape(b * k, -1)
-    if run.kind == "protomask":
+    if not run.spec.full_image:
         m_clean = batch.out.matched.gather(1, ids)  # (B, K) view index
         m_pert = batch.out_p.matched.gather(1, ids)
         bi = torch.arange(b, device=run.device)[:, None].expand(b, k)
@@ -199,7 +204,7 @@ def canvases(
     """Method -> (clean, perturbed) (K, H, W) maps of batch image ``j`` on its canvas."""
     i = batch.rows[j]
     h, w = (int(v) for v in run.test.sizes[i])
-    if run.kind == "protomask":
+    if not run.spec.full_image:
         boxes = torch.as_tensor(run.test.boxes[i])
         return {
             run.ev.saliency: (
@@ -208,13 +213,15 @@ def canvases(
             )
         }
     ids = batch.ids[j]
-    return {
-        run.ev.saliency: (resize_maps(maps.maps[0, j], h, w), resize_maps(maps.maps[1, j], h, w)),
-        "upsampled": (
-            upsampled_similarity(batch.out.distances[j, ids], h, w),
-            upsampled_similarity(batch.out_p.distances[j, ids], h, w),
-        ),
+    out = {
+        run.ev.saliency: (resize_maps(maps.maps[0, j], h, w), resize_maps(maps.maps[1, j], h, w))
     }
+    if run.spec.native:
+        out["upsampled"] = tuple(
+            upsampled_native(run.kind, native_maps(run.kind, o)[j, ids], h, w)
+            for o in (batch.out, batch.out_p)
+        )
+    return out
 
 
 def score_batch(
@@ -249,9 +256,14 @@ def keep_sanity_pairs(run: EvalRun, batch: Batch, maps: BatchMaps, sanity: list[
     for j in range(len(batch.rows)):
         if len(sanity) >= run.ev.sanity_images:
             return
-        dist = None if run.kind == "protomask" else batch.out.distances[j, batch.ids[j, 0]].cpu()
+        native = None
+        if run.spec.native:
+            native = native_maps(run.kind, batch.out)[j, batch.ids[j, 0]].cpu()
         sanity.append(
             SanityRow(
-                maps.rows_in[j * k].cpu(), maps.protos[j * k].cpu(), maps.maps[0, j, 0].cpu(), dist
+                maps.rows_in[j * k].cpu(),
+                maps.protos[j * k].cpu(),
+                maps.maps[0, j, 0].cpu(),
+                native,
             )
         )

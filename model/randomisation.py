@@ -3,8 +3,11 @@
 The saliency of the first ``evaluate.sanity_images`` test images' top-1 prototype, from the
 trained model and from the same model with a re-initialised trunk (seeded by
 ``evaluate.seed``): a faithful saliency method must change, so the check passes when the
-mean Spearman correlation of the two input-level maps is below 0.5. For ProtoPNet the
-upsampled similarity maps are checked the same way.
+mean Spearman correlation of the two input-level maps is below 0.5. A model with a native
+map (:data:`pipeline.model_inputs.KINDS`: ProtoPNet's and ProtoPool's upsampled similarity
+maps, PIP-Net's upsampled presence maps) has it checked the same way as ``upsampled``. The
+randomised copy is the explained model (:func:`model.model_kinds.explained_model`) with
+its trunk shuffled; for PIP-Net the one-hot "prototype" picks the presence channel.
 """
 
 from __future__ import annotations
@@ -15,12 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from model.metrics import Absent, mean_of, randomisation_verdict, spearman, top_mask_iou
-from model.saliency import (
-    PrototypeSimilarity,
-    prototype_saliency,
-    randomised_copy,
-    upsampled_similarity,
-)
+from model.model_kinds import make_explainer, model_kind, recompute_native, upsampled_native
+from model.saliency import prototype_saliency, randomised_copy
 from pipeline.params import EvaluateParams
 
 RANDOMISATION_THRESHOLD = 0.5
@@ -30,9 +29,9 @@ class SanityRow(NamedTuple):
     """One (input, prototype) pair of the check, with the trained model's map."""
 
     input: Tensor  # the normalised model input (a view or the image)
-    prototype: Tensor  # the prototype vector
+    prototype: Tensor  # the prototype vector (PIP-Net: its one-hot row)
     trained_map: Tensor  # (h, w) input-level saliency of the trained model
-    distances: Optional[Tensor]  # ProtoPNet: (gh, gw) distances to the prototype
+    native: Optional[Tensor]  # (gh, gw) native map: distances to the prototype, presence
 
 
 def finite(maps: Tensor) -> Tensor:
@@ -46,17 +45,17 @@ def randomisation_check(
     """Trained vs trunk-randomised saliency of the same (input, prototype) pairs.
 
     Args:
-        model: the trained network (left unchanged).
-        kind: protomask or protopnet.
+        model: the trained network as explained (left unchanged).
+        kind: a model kind of :data:`pipeline.model_inputs.KINDS`.
         rows: the pairs, with the trained model's maps.
         ev: params evaluate (saliency method, composite, seed).
         device: where the randomised copy runs.
 
     Returns:
-        saliency method (and ``upsampled`` for ProtoPNet) -> :func:`similarity_report`, or
-        an absent Spearman when there is no pair.
+        saliency method (and ``upsampled`` with a native map) -> :func:`similarity_report`,
+        or an absent Spearman when there is no pair.
     """
-    methods = [ev.saliency] + (["upsampled"] if kind == "protopnet" else [])
+    methods = model_kind(kind).methods(ev.saliency)
     if not rows:
         absent = Absent("evaluate.sanity_images is 0")
         return {m: {"spearman": absent, "passed": None} for m in methods}
@@ -64,9 +63,7 @@ def randomisation_check(
     protos = torch.stack([r.prototype for r in rows]).to(device)
     trained = torch.stack([r.trained_map for r in rows])
     random_model = randomised_copy(model, ev.seed).eval()
-    explainer = PrototypeSimilarity(
-        random_model.trunk, random_model.add_on, pooled=kind == "protomask"
-    )
+    explainer = make_explainer(kind, random_model.trunk, random_model.add_on)
     rand, _ = prototype_saliency(
         explainer,
         inputs,
@@ -76,14 +73,11 @@ def randomisation_check(
         batch_size=len(rows),
     )
     out = {ev.saliency: similarity_report(trained, finite(rand).cpu())}
-    if kind == "protopnet":
+    if "upsampled" in methods:
         h, w = inputs.shape[-2:]
-        trained_up = upsampled_similarity(torch.stack([r.distances for r in rows]), h, w)
-        with torch.no_grad():
-            f = random_model.features(inputs)
-            pv = protos.reshape(len(rows), -1, 1, 1)
-            d = ((f - pv) ** 2).sum(1)
-        out["upsampled"] = similarity_report(trained_up, upsampled_similarity(d.cpu(), h, w))
+        trained_up = upsampled_native(kind, torch.stack([r.native for r in rows]), h, w)
+        rand_native = recompute_native(kind, random_model, inputs, protos).cpu()
+        out["upsampled"] = similarity_report(trained_up, upsampled_native(kind, rand_native, h, w))
     return out
 
 

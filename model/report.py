@@ -2,16 +2,21 @@
 (plain HTML, no script, no external resource: it opens offline).
 
 * **Prototypes** (``evaluate.report_prototypes`` of them, round-robin over the classes: the
-  first prototype of each class, then the second, ...): where the prototype was pushed
-  (push.json: the training view for ProtoMask, with the training image and that view's
-  box; the training image with the feature-map cell for ProtoPNet), then its top-k test
-  inputs by similarity with the saliency overlay (ProtoMask: the matched view; ProtoPNet:
-  the image as the model sees it).
+  first prototype of each class, then the second, ...; prototypes of no class, e.g. a
+  pool prototype no ProtoPool slot uses or a PIP-Net prototype without a weight > 1e-3,
+  are not shown): where the prototype was pushed (push.json: the training view for
+  ProtoMask, with the training image and that view's box; the training image with the
+  feature-map cell for the full-image models, ProtoPool's push.json having ProtoPNet's
+  format), then its top-k test inputs by similarity (PIP-Net: pooled presence) with the
+  saliency overlay (ProtoMask: the matched view; otherwise the image as the model sees
+  it). PIP-Net is never pushed (its prototypes are softmax channels, not vectors to
+  project), so its rows start with the top test inputs and a sentence says why.
 * **Test images** (``evaluate.report_images``, spread over the sorted test split): the
   image with its view boxes (ProtoMask) and, for each of its top-k prototypes, the
   saliency on the image canvas (pasted back for ProtoMask), the matched view's box, the
-  prototype's push source, its class and similarity; for ProtoPNet a second row with the
-  upsampled similarity maps.
+  prototype's push source, its class and similarity; with a native map
+  (:data:`pipeline.model_inputs.KINDS`) a second row with the upsampled similarity /
+  presence maps.
 
 Overlays: the positive part of a map scaled to its 99.5th percentile, drawn with the jet
 colour map whose opacity grows with the value; the white outline is S (the top
@@ -41,6 +46,7 @@ from pipeline.crop_shards import CropShard
 from pipeline.drawing import draw_boxes
 from pipeline.evaluation_set import id_array
 from pipeline.imageio import load_rgb, resolve_inside
+from pipeline.model_inputs import model_kind
 from pipeline.params import EvaluateParams
 from pipeline.tables import read_table
 from pipeline.view_datasets import normalise
@@ -115,6 +121,8 @@ class ReportBuilder:
         self, kind: str, seed: int, test: Any, ev: EvaluateParams, input_size: int
     ) -> None:
         self.kind = kind
+        self.spec = model_kind(kind)
+        self.score = "presence" if self.spec.presence else "sim"
         self.seed = seed
         self.test = test
         self.ev = ev
@@ -123,7 +131,7 @@ class ReportBuilder:
         self.prototypes: list[dict] = []
         self.push: dict[int, dict] = {}
         self.images: dict[str, np.ndarray] = {}  # file name -> pixels, written by write()
-        self.grid: tuple[int, int] = (1, 1)  # ProtoPNet's feature-map grid (h, w)
+        self.grid: tuple[int, int] = (1, 1)  # a full-image model's feature-map grid (h, w)
         self._classes: Optional[list[int]] = None  # class of each prototype
 
     # ---- test images
@@ -182,11 +190,9 @@ class ReportBuilder:
             for rank in range(k):
                 i = int(top[rank, col])
                 raw = inputs.raw(i)
-                if self.kind == "protomask":
-                    m = int(matched[i, p])
+                m = None if self.spec.full_image else int(matched[i, p])
+                if m is not None:
                     raw = raw[m]
-                else:
-                    m = None
                 raws.append(raw)
                 protos.append(head.prototypes.detach()[p])
                 metas.append({"prototype": p, "row": i, "view": m, "sim": float(sim[i, p])})
@@ -212,7 +218,7 @@ class ReportBuilder:
     def _load_push(self, project_root: Path, inputs, shown: list[int]) -> None:
         """Push source pixels of the shown prototypes and of those in the samples."""
         path = project_root / layout.train_dir(self.kind, self.seed) / "push.json"
-        if not path.is_file():
+        if not self.spec.pushed or not path.is_file():
             return
         records = {int(r["prototype"]): r for r in json.loads(path.read_text())}
         wanted = set(shown) | {p for s in self.samples for p in s["ids"]}
@@ -248,7 +254,7 @@ class ReportBuilder:
                 cache[image_id] = load_rgb(resolve_inside(inputs.data_root, paths[image_id]))
             rgb = cache[image_id]
             entry = {"image_id": image_id, "distance": float(rec["distance"])}
-            if self.kind == "protomask":
+            if not self.spec.full_image:
                 shard, row, box = table[(image_id, int(rec["view"]))]
                 with CropShard(inputs.crops_dir / shard) as cs:
                     entry["view_rgb"] = cs.rows(np.array([row]))[0]
@@ -297,7 +303,7 @@ class ReportBuilder:
         return f"<span title='{html.escape(name)}'>{shown}</span>"
 
     def _header(self, metrics: dict) -> str:
-        model = "ProtoMask" if self.kind == "protomask" else "ProtoPNet (baseline)"
+        model = self.spec.title
         method = metrics.get("saliency")
         if method == "prp":
             method = f"PRP ({metrics.get('lrp_composite')})"
@@ -325,6 +331,8 @@ class ReportBuilder:
 
     def _push_tiles(self, p: int) -> str:
         push = self.push.get(p)
+        if not self.spec.pushed:
+            return ""  # the section's text says why
         if push is None:
             return "<figure><figcaption>no push record</figcaption></figure>"
         tiles = []
@@ -351,11 +359,13 @@ class ReportBuilder:
     def _prototype_section(self) -> str:
         if not self.prototypes:
             return "<h2>Prototypes</h2><p>none shown (evaluate.report_prototypes is 0).</p>"
-        what = "matched view" if self.kind == "protomask" else "test image (model input)"
+        what = "test image (model input)" if self.spec.full_image else "matched view"
+        by = "pooled presence" if self.spec.presence else "similarity"
         parts = [
-            f"<h2>Prototypes</h2><p>Each row: where the prototype was pushed, then its "
-            f"top-{self.ev.top_k} test inputs by similarity ({what}) with the saliency "
-            f"of that prototype.</p>"
+            f"<h2>Prototypes</h2><p>Each row: "
+            f"{'where the prototype was pushed, then ' if self.spec.pushed else ''}its "
+            f"top-{self.ev.top_k} test inputs by {by} ({what}) with the saliency "
+            f"of that prototype.{_push_note(self.spec.pushed)}</p>"
         ]
         for entry in self.prototypes:
             p = entry["prototype"]
@@ -369,7 +379,7 @@ class ReportBuilder:
                     self._img(
                         f"proto_{p}_top{rank}",
                         overlay(meta["rgb"], meta["map"], self.ev.top_fraction),
-                        f"#{rank + 1} image {image_id}{view}<br>sim {meta['sim']:.3f}<br>"
+                        f"#{rank + 1} image {image_id}{view}<br>{self.score} {meta['sim']:.3f}<br>"
                         f"{self._class(label)}",
                     )
                 )
@@ -388,7 +398,7 @@ class ReportBuilder:
             "image canvas"
             + (
                 " pasted back into the matched view's box (outlined)"
-                if self.kind == "protomask"
+                if not self.spec.full_image
                 else ""
             )
             + ", and the prototype's push source.</p>"
@@ -399,7 +409,7 @@ class ReportBuilder:
             image_id = int(self.test.image_ids[row])
             label = int(self.test.labels[row])
             boxes = self.test.boxes[row]
-            first = with_boxes(s["rgb"], boxes) if self.kind == "protomask" else upscale(s["rgb"])
+            first = upscale(s["rgb"]) if self.spec.full_image else with_boxes(s["rgb"], boxes)
             verdict = "correct" if s["pred"] == label else "wrong"
             tiles = [
                 self._img(
@@ -411,7 +421,8 @@ class ReportBuilder:
             ]
             for method, maps in s["maps"].items():
                 if len(s["maps"]) > 1:
-                    tiles.append(f"<div class='label'>{html.escape(_method_name(method))}</div>")
+                    name = _method_name(method, self.spec.native)
+                    tiles.append(f"<div class='label'>{html.escape(name)}</div>")
                 for rank, p in enumerate(s["ids"]):
                     img = overlay(s["rgb"], maps[rank], self.ev.top_fraction, s["g"])
                     view = ""
@@ -430,7 +441,8 @@ class ReportBuilder:
                         self._img(
                             f"test_{image_id}_{method}_{rank}",
                             img,
-                            f"prototype {p} ({self._class(pc_)})<br>sim {s['sims'][rank]:.3f}{view}",
+                            f"prototype {p} ({self._class(pc_)})<br>{self.score} "
+                            f"{s['sims'][rank]:.3f}{view}",
                         )
                     )
                     if method == self.ev.saliency and p in self.push:
@@ -454,7 +466,8 @@ def shown_prototypes(classes: list[int], limit: Optional[int]) -> list[int]:
     the classes (the first prototype of every class, then the second, ...), in index order."""
     by_class: dict[int, list[int]] = {}
     for p, c in enumerate(classes):
-        by_class.setdefault(c, []).append(p)
+        if c >= 0:  # -1: a prototype of no class (unused by ProtoPool, irrelevant in PIP-Net)
+            by_class.setdefault(c, []).append(p)
     order = [
         ps[j]
         for j in range(max((len(v) for v in by_class.values()), default=0))
@@ -464,12 +477,22 @@ def shown_prototypes(classes: list[int], limit: Optional[int]) -> list[int]:
     return sorted(order if limit is None else order[:limit])
 
 
-def _method_name(method: str) -> str:
+def _method_name(method: str, native: Optional[str]) -> str:
     return {
         "prp": "PRP",
         "gradient": "input x gradient",
-        "upsampled": "upsampled similarity (ProtoPNet's own)",
+        "upsampled": f"upsampled {native} map (the model's own)",
     }.get(method, method)
+
+
+def _push_note(pushed: bool) -> str:
+    if pushed:
+        return ""
+    return (
+        " This model is never pushed: its prototypes are channels of a softmax presence "
+        "map, not vectors that could be projected onto a training patch, so there is no "
+        "push source to show."
+    )
 
 
 def _flatten(doc: dict, prefix: str = "") -> list[tuple[str, Any]]:

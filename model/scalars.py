@@ -1,6 +1,18 @@
 """The evaluate stage's scalar metrics of the whole test split (README: Metrics): class-
 balanced accuracy, top-3, macro F1, the head's compactness, prototype distances, the
-perturbation ranks, and the segmenter's mask consistency."""
+perturbation ranks, and the segmenter's mask consistency.
+
+The compactness metrics read a (K classes, P prototypes) weight matrix,
+:func:`class_prototype_weights`: the last layer's weight (ProtoMask, ProtoPNet); ProtoPool's
+effective weights under the hard slot assignment, ``head.prototype_weights()``,
+W_eff[k, p] = sum_{slots (c, s) filled by p} W[k, c S + s]; PIP-Net's relu(W). A ProtoPool
+prototype that fills slots of several classes counts once in the global size (a column of
+W_eff with some weight > 1e-3), and once per class it is connected to in sparsity and NPR
+(an entry W_eff[k, p] per class k; two slots of one class filled by the same prototype sum
+into one entry); a pool prototype no slot uses has a zero column (counted as sparse, not
+in the global size). PIP-Net's prototypes are softmax channels, not vectors in a latent
+space: its intra/inter PD are absent.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +42,7 @@ from model.metrics import (
     top_k_accuracy,
 )
 from model.metrics.prototypes import NO_PARTS
+from model.presence_saliency import PresenceHead
 from pipeline.evaluation_set import TestSet
 from pipeline.model_inputs import ViewMasks
 
@@ -54,7 +67,8 @@ def model_metrics(
     Args:
         scores: the model's outputs on the test split.
         labels: (N,) true classes.
-        head: the prototype head (last layer, prototype vectors).
+        head: the prototype head (class-prototype weights, prototype vectors; a PIP-Net
+            :class:`model.presence_saliency.PresenceHead` has no PD).
         num_classes: classes of the dataset.
 
     Returns:
@@ -63,10 +77,10 @@ def model_metrics(
     """
     y = torch.as_tensor(labels)
     pred = scores.logits.argmax(1)
-    weight = head.last_layer.weight.detach().cpu()
+    weight = class_prototype_weights(head)
     vectors = head.prototypes.detach().cpu()[scores.top_ids]
     ids = scores.top_ids
-    return {
+    metrics = {
         "accuracy": balanced_accuracy(y, pred, num_classes),
         "top3_accuracy": top_k_accuracy(y, scores.logits, min(3, num_classes)),
         "macro_f1": macro_f1(y, pred, num_classes),
@@ -79,6 +93,19 @@ def model_metrics(
         "prc": mean_of(prc(scores.sim, scores.sim_p, ids)),
         "crc": mean_of(crc(scores.logits, scores.logits_p)),
     }
+    if isinstance(head, PresenceHead):
+        absent = Absent("PIP-Net's prototypes are softmax channels, not latent vectors")
+        metrics.update(intra_pd=absent, inter_pd=absent)
+    return metrics
+
+
+def class_prototype_weights(head: torch.nn.Module) -> Tensor:
+    """(K, P) weight from each prototype to each class, on the CPU (module doc):
+    ``head.prototype_weights()`` where the head has it (ProtoPool, PIP-Net), else the
+    last layer's weight."""
+    weights = getattr(head, "prototype_weights", None)
+    w = weights() if callable(weights) else head.last_layer.weight
+    return w.detach().float().cpu()
 
 
 def segmenter_consistency(test: TestSet, masks: ViewMasks) -> MetricValue:

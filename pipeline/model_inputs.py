@@ -4,12 +4,27 @@ same input cut again from a perturbed copy of the image.
 ProtoMask sees an image's M views: the clean ones are read from the crop shards, the
 perturbed ones cut from the perturbed pixels with the same boxes, masks and fill as the
 crops stage (:func:`pipeline.views.cut_planned_views`, the function crops itself uses).
-ProtoPNet sees the whole image resized to ``baseline_image_size``.
+Every other model (ProtoPNet, ProtoPool, PIP-Net) sees the whole image resized to
+``baseline_image_size``.
+
+:data:`KINDS` is the one place that says what each model kind is to the evaluate stage
+(adding a model is one entry):
+
+============ ========== ============ ====== ===============================================
+kind         full_image native       pushed ``upsampled`` (the native second method)
+============ ========== ============ ====== ===============================================
+protomask    no (views) none         yes    none (a view's embedding has no map)
+protopnet    yes        similarity   yes    the patch-similarity map, upsampled
+protopool    yes        similarity   yes    the patch-similarity map, upsampled
+pipnet       yes        presence     no     the softmax presence map, upsampled
+============ ========== ============ ====== ===============================================
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,6 +38,51 @@ from pipeline.params import Params, TrainParams
 from pipeline.segmenters.base import MaskSet
 from pipeline.view_datasets import FullImageDataset, ViewDataset
 from pipeline.views import cut_planned_views, decode_masks, resize_square, view_owners
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What the evaluate stage needs to know of a model kind.
+
+    ``full_image``: the input is the whole image at ``baseline_image_size`` (else the M
+    stored views). ``native``: the model's own local explanation, scored as the second
+    method ``upsampled``: ``similarity`` (log similarity of the distance map over patches),
+    ``presence`` (PIP-Net's softmax presence map) or None. ``pushed``: the prototypes
+    were projected onto training patches or views (train's push.json).
+    """
+
+    name: str
+    title: str
+    full_image: bool
+    native: Optional[str]
+    pushed: bool
+
+    @property
+    def presence(self) -> bool:
+        """Prototypes are channels of a presence map, not vectors compared by distance."""
+        return self.native == "presence"
+
+    def methods(self, saliency: str) -> list[str]:
+        """The saliency methods scored: ``saliency`` and, with a native map, ``upsampled``."""
+        return [saliency] + (["upsampled"] if self.native else [])
+
+
+KINDS: dict[str, ModelKind] = {
+    k.name: k
+    for k in (
+        ModelKind("protomask", "ProtoMask", full_image=False, native=None, pushed=True),
+        ModelKind("protopnet", "ProtoPNet (baseline)", True, "similarity", pushed=True),
+        ModelKind("protopool", "ProtoPool (baseline)", True, "similarity", pushed=True),
+        ModelKind("pipnet", "PIP-Net (baseline)", True, "presence", pushed=False),
+    )
+}
+
+
+def model_kind(kind: str) -> ModelKind:
+    """The :data:`KINDS` entry of ``kind`` (ValueError for an unknown one)."""
+    if kind not in KINDS:
+        raise ValueError(f"model must be one of {', '.join(KINDS)}, got {kind!r}")
+    return KINDS[kind]
 
 
 class ViewMasks:
@@ -84,9 +144,10 @@ class ModelInputs:
 
     def __init__(self, kind: str, project_root: Path, params: Params, train: TrainParams) -> None:
         self.kind = kind
+        self.full_image = model_kind(kind).full_image
         self.data_root = project_root / params.data.root
         self.crops_dir = project_root / layout.CROPS_DIR
-        if kind == "protomask":
+        if not self.full_image:
             self.dataset = ViewDataset(self.crops_dir, "test")
             self.size = self.dataset.size
         else:
@@ -102,7 +163,7 @@ class ModelInputs:
 
     def raw(self, index: int) -> Tensor:
         """uint8 (M, 3, S, S) views or (3, s, s) image as the model sees it (index in dataset)."""
-        if self.kind == "protomask":
+        if not self.full_image:
             return self.dataset.raw_views(index)
         return self.dataset.raw_image(index)
 
@@ -116,9 +177,9 @@ class ModelInputs:
 
         Returns:
             (M, 3, S, S) views (ProtoMask; a repeated view repeats its original's pixels)
-            or the (3, s, s) image (ProtoPNet).
+            or the (3, s, s) image (the full-image models).
         """
-        if self.kind == "protopnet":
+        if self.full_image:
             pixels = np.require(resize_square(rgb, self.size), requirements=["W"])  # own copy
             return torch.from_numpy(pixels).permute(2, 0, 1)
         rles = (

@@ -1,0 +1,201 @@
+"""The evaluate stage on ProtoPool and PIP-Net: metrics JSON with ProtoPNet's keys, the
+native ``upsampled`` method, the report, finite saliency; PIP-Net's presence explainer
+and both models' compactness scalars by hand.
+
+evaluation.py / loading.py do not route these kinds yet: the tests route them as
+evaluation.py must (model.model_kinds.explained_model on the loaded network,
+make_explainer instead of PrototypeSimilarity, the kinds allowed), with randomly
+initialised networks on the tiny_cnn trunk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import model.evaluation as evaluation
+from model.backbones import build_backbone
+from model.evaluation import METRIC_KEYS, SALIENCY_KEYS, run_evaluation
+from model.metrics import Absent
+from model.model_kinds import KINDS, explained_model, make_explainer
+from model.pipnet import PIPNet
+from model.presence_saliency import PassSoftmax, PresenceHead, PresenceNetwork
+from model.protopool import ProtoPool, ProtoPoolHead
+from model.saliency import prototype_saliency
+from model.scalars import Scores, class_prototype_weights, model_metrics
+from pipeline import layout
+from pipeline.params import EvaluateParams, Params
+from tests.tiny_project import copy_project, tiny_trained_params
+
+FAST = EvaluateParams(
+    device="cpu", batch_size=6, sanity_images=3, report_prototypes=2, report_images=1
+)
+NEW = ("protopool", "pipnet")
+
+
+def eval_params() -> Params:
+    return replace(tiny_trained_params(), evaluate=FAST)
+
+
+def new_network(kind: str) -> torch.nn.Module:
+    """A randomly initialised network of ``kind`` on tiny_cnn for 3 classes, eval mode."""
+    torch.manual_seed(3)
+    trunk = build_backbone("tiny_cnn", "none", freeze_bn=True)
+    if kind == "protopool":
+        return ProtoPool(trunk, 3, num_prototypes=6, num_slots=2, prototype_dim=8).eval()
+    return PIPNet(trunk, 3, num_prototypes=8).eval()
+
+
+def route(monkeypatch: pytest.MonkeyPatch, kind: str, params: Params) -> None:
+    """What evaluation.py / loading.py must do for the new kinds (see the module doc)."""
+    net = new_network(kind)
+    monkeypatch.setattr(evaluation, "MODELS", tuple(KINDS))
+    monkeypatch.setattr(
+        evaluation,
+        "load_model",
+        lambda root, k, which, n, device, seed=0: (explained_model(net, k), params.train),
+    )
+    monkeypatch.setattr(
+        evaluation,
+        "PrototypeSimilarity",
+        lambda trunk, add_on, pooled: make_explainer(kind, trunk, add_on),
+    )
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_project: Path, tmp_path_factory) -> tuple[Path, dict]:
+    project = copy_project(trained_project, tmp_path_factory.mktemp("new_models") / "p")
+    # ProtoPool's push.json has ProtoPNet's format (6 prototypes each)
+    source = project / layout.train_dir("protopnet", 0)
+    for push in source.rglob("push.json"):
+        target = project / layout.train_dir("protopool", 0) / push.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(push, target)
+    params = eval_params()
+    runs = {"protopnet": run_evaluation(params, "protopnet", project, write=False)}
+    with pytest.MonkeyPatch.context() as mp:
+        for kind in NEW:
+            route(mp, kind, params)
+            runs[kind] = run_evaluation(params, kind, project, write=True)
+    return project, runs
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def number_or_absent(value: object) -> bool:
+    return is_number(value) or (isinstance(value, dict) and set(value) == {"absent"})
+
+
+@pytest.mark.parametrize("kind", NEW)
+def test_metrics_have_protopnets_keys_and_the_upsampled_method(evaluated, kind: str) -> None:
+    project, runs = evaluated
+    doc = json.loads((project / layout.evaluate_metrics(kind, 0)).read_text())
+    reference = runs["protopnet"].metrics
+    assert doc["model"] == kind and list(doc) == list(reference)
+    assert set(doc["upsampled"]) == set(reference["upsampled"])
+    for key in METRIC_KEYS:
+        if key != "randomisation":
+            assert number_or_absent(doc[key]), (key, doc[key])
+    for key in SALIENCY_KEYS:
+        assert number_or_absent(doc["upsampled"][key]), key
+    for section in (doc, doc["upsampled"]):
+        sanity = section["randomisation"]
+        assert sanity["pairs"] == 3 and is_number(sanity["spearman"])
+    assert is_number(doc["global_size"]) and 0 <= doc["global_size"] <= 8
+    pd_absent = kind == "pipnet"
+    assert (not is_number(doc["intra_pd"])) == pd_absent
+    assert (not is_number(doc["inter_pd"])) == pd_absent
+
+
+@pytest.mark.parametrize("kind", NEW)
+def test_report_is_written_with_finite_nonzero_saliency(evaluated, kind: str) -> None:
+    project, runs = evaluated
+    page = (project / layout.evaluate_dir(kind, 0) / "index.html").read_text()
+    assert KINDS[kind].title in page and "<h2>Test images</h2>" in page
+    if kind == "pipnet":
+        assert "never pushed" in page and "presence 0." in page and "as pushed" not in page
+    else:
+        assert "pushed patch" in page
+    report = runs[kind].report
+    maps = [m for s in report.samples for m in s["maps"].values()]
+    maps += [meta["map"] for p in report.prototypes for meta in p["top"]]
+    assert maps and all(np.isfinite(m).all() for m in maps)
+    assert any(np.abs(m).max() > 0 for m in maps)
+    assert set(report.samples[0]["maps"]) == {"prp", "upsampled"}
+
+
+def test_pass_softmax_rule_by_hand() -> None:
+    logits = torch.tensor([[[[1.0, 0.0]], [[2.0, 0.0]], [[0.0, 0.0]]]], requires_grad=True)
+    target = torch.tensor([[0.0, 1.0, 0.0]])
+    presence = PassSoftmax.apply(logits, target)  # (1, 1, 2)
+    e = math.e
+    assert presence[0, 0].tolist() == pytest.approx([e**2 / (e**2 + e + 1), 1 / 3])
+    (r,) = torch.autograd.grad(presence, logits, grad_outputs=presence.detach())
+    assert torch.equal(r[0, [0, 2]], torch.zeros(2, 1, 2))  # all to the target's logit
+    assert torch.allclose(r[0, 1], presence.detach()[0])
+
+
+def test_presence_explainer_scores_pooled_presence_and_its_saliency_adds_up() -> None:
+    net = PresenceNetwork(new_network("pipnet"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        pooled = net(x).pooled  # (2, P)
+    ids = torch.tensor([1, 6])
+    explainer = make_explainer("pipnet", net.trunk, net.add_on)
+    targets = net.head.prototypes[ids]
+    maps, scores = prototype_saliency(explainer, x, targets, method="prp")
+    assert torch.allclose(scores, pooled[[0, 1], ids], rtol=1e-5)
+    assert torch.isfinite(maps).all() and (maps.abs().flatten(1).amax(1) > 0).all()
+    # PRP: relevance starts as the score and is conserved down to the pixels
+    assert torch.allclose(maps.sum((1, 2)), pooled[[0, 1], ids], rtol=1e-2)
+    grads, _ = prototype_saliency(explainer, x, targets, method="gradient")
+    # input x gradient sums to the derivative of s((1 + h) x) at h = 0
+    h = 1e-3
+    explainer.targets, explainer.prp = targets, False
+    with torch.no_grad():
+        slope = (explainer((1 + h) * x) - explainer((1 - h) * x)) / (2 * h)
+    assert torch.allclose(grads.sum((1, 2)), slope, rtol=1e-2, atol=1e-5)
+
+
+def test_protopool_scalars_count_a_shared_prototype_once_per_class() -> None:
+    head = ProtoPoolHead(2, 2, 4, 3)
+    with torch.no_grad():  # class 0 slots -> prototypes 0, 1; class 1 slots -> 1, 1
+        head.slots.fill_(0.0)
+        for k, s, p in ((0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 1)):
+            head.slots[k, s, p] = 5.0
+    assert torch.equal(class_prototype_weights(head), torch.tensor([[1.0, 1, 0, 0], [0, 2, 0, 0]]))
+    assert head.prototype_classes.tolist() == [0, 0, -1, -1]
+    metrics = model_metrics(fake_scores(4), np.array([0, 1, 0]), head, 2)
+    assert metrics["global_size"] == 2 and metrics["sparsity"] == pytest.approx(62.5)
+    assert metrics["npr"] == 0 and is_number(metrics["intra_pd"])
+
+
+def test_pipnet_scalars_count_relevant_prototypes() -> None:
+    net = PIPNet(build_backbone("tiny_cnn", "none"), 2, num_prototypes=3)
+    with torch.no_grad():
+        net.classifier.weight.copy_(torch.tensor([[2.0, 0.0, 0.0005], [-1.0, 0.0, 1.0]]))
+    head = PresenceNetwork(net).head
+    assert isinstance(head, PresenceHead) and head.num_prototypes == 3
+    assert head.prototype_classes.tolist() == [0, -1, 1]
+    metrics = model_metrics(fake_scores(3), np.array([0, 1, 0]), head, 2)
+    # relu(W) = [[2, 0, 5e-4], [0, 0, 1]]: 4 of 6 weights <= 1e-3
+    assert metrics["global_size"] == 2 and metrics["sparsity"] == pytest.approx(400 / 6)
+    assert metrics["npr"] == 0  # relu(W): no negative reasoning
+    assert isinstance(metrics["intra_pd"], Absent) and isinstance(metrics["inter_pd"], Absent)
+
+
+def fake_scores(p: int) -> Scores:
+    """Model outputs of 3 images on ``p`` prototypes (top-2 by similarity)."""
+    sim = torch.arange(3 * p, dtype=torch.float32).reshape(3, p) % 5
+    logits = torch.tensor([[2.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    top = sim.topk(2, dim=1).indices
+    return Scores(sim, sim + 0.1, logits, logits, top, torch.zeros(3, p, dtype=torch.long))
