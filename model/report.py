@@ -217,7 +217,9 @@ class ReportBuilder:
 
     def _load_push(self, project_root: Path, inputs, shown: list[int]) -> None:
         """Push source pixels of the shown prototypes and of those in the samples."""
-        path = project_root / layout.train_dir(self.kind, self.seed) / "push.json"
+        path = (
+            project_root / layout.train_dir(self.kind, self.seed) / self.ev.checkpoint / "push.json"
+        )
         if not self.spec.pushed or not path.is_file():
             return
         records = {int(r["prototype"]): r for r in json.loads(path.read_text())}
