@@ -100,9 +100,19 @@ def test_existing_cluster_gives_the_local_bytes(cluster: str, tmp_path: Path, mo
         ).read_bytes(), name
 
 
-def test_an_unreachable_scheduler_is_named(tmp_path: Path) -> None:
+def test_an_unreachable_scheduler_is_named(tmp_path: Path, monkeypatch) -> None:
+    import dask.distributed
+
     from pipeline.errors import ProtomaskError
 
+    # the stage gives a scheduler 10 s to answer; nothing listens on port 9: a 1 s wait
+    # ends in the same error
+    real_client = dask.distributed.Client
+
+    def impatient(address, timeout=None, **kwargs):
+        return real_client(address, timeout="1s", **kwargs)
+
+    monkeypatch.setattr(dask.distributed, "Client", impatient)
     params = tiny_crops_params(segment={"scheduler": "tcp://127.0.0.1:9"})
     project = make_tiny_project(tmp_path / "p", params)
     with pytest.raises(
