@@ -274,22 +274,27 @@ def comparison_markdown(runs: Runs, rules: EvaluateParams) -> str:
 
 
 def upsampled_table(runs: Runs) -> list[str]:
-    """ProtoPNet's upsampled similarity maps, the baseline's second saliency method."""
-    docs = runs.get("protopnet", {})
-    if not docs or not all(isinstance(d.get("upsampled"), dict) for d in docs.values()):
+    """Each model's native maps (upsampled similarity or presence), as its second
+    saliency method; models without them (ProtoMask) are left out."""
+    native = {
+        m: {s: d["upsampled"] for s, d in runs[m].items()}
+        for m in runs
+        if all(isinstance(d.get("upsampled"), dict) for d in runs[m].values())
+    }
+    if not native:
         return []
-    inner = {"protopnet": {s: d["upsampled"] for s, d in docs.items()}}
+    names = list(native)
     lines = [
         "",
-        "ProtoPNet's classic upsampled similarity maps, as a second saliency method of the "
-        "baseline:",
+        "Each baseline's native explanation (ProtoPNet's and ProtoPool's upsampled "
+        "similarity maps, PIP-Net's upsampled presence maps), as a second saliency method:",
         "",
-        "| metric | protopnet (upsampled) |",
-        "|---|---|",
+        "| metric | " + " | ".join(f"{m} (upsampled)" for m in names) + " |",
+        "|---|" + "---|" * len(names),
     ]
     for key, label, _ in COMPARED:
-        if any(lookup(d, key) is not None for d in inner["protopnet"].values()):
-            lines.append(f"| {label} | {cell(inner, 'protopnet', key)} |")
+        if any(lookup(d, key) is not None for m in names for d in native[m].values()):
+            lines.append(f"| {label} | " + " | ".join(cell(native, m, key) for m in names) + " |")
     return lines
 
 
@@ -317,11 +322,13 @@ def differences_table(runs: Runs, rules: EvaluateParams) -> list[str]:
     return lines
 
 
-def read_metrics(seeds: list[int], project_root: Path = Path(".")) -> Runs:
+def read_metrics(
+    seeds: list[int], project_root: Path = Path("."), models: tuple[str, ...] = MODELS
+) -> Runs:
     """metrics/evaluate/<model>/seed-<seed>.json of every model and seed of train.seeds;
     ArtifactError naming a missing or unreadable one."""
     runs: Runs = {}
-    for kind in MODELS:
+    for kind in models:
         for seed in seeds:
             path = project_root / layout.evaluate_metrics(kind, seed)
             todo = f"run protomask evaluate --model {kind} --seed {seed}"
@@ -334,10 +341,12 @@ def read_metrics(seeds: list[int], project_root: Path = Path(".")) -> Runs:
     return runs
 
 
-def run_compare(params: Params, project_root: Path = Path(".")) -> Verdict:
-    """Write artifacts/evaluate/comparison.md and metrics/compare.json from every model's
-    metrics over train.seeds; return the verdict."""
-    runs = read_metrics(list(params.train.seeds), project_root)
+def run_compare(
+    params: Params, project_root: Path = Path("."), models: tuple[str, ...] = MODELS
+) -> Verdict:
+    """Write artifacts/evaluate/comparison.md and metrics/compare.json from the metrics of
+    ``models`` (default: all, as the compare stage) over train.seeds; return the verdict."""
+    runs = read_metrics(list(params.train.seeds), project_root, models)
     rules = params.evaluate
     with atomic_file(project_root / layout.COMPARISON) as tmp:
         tmp.write_text(comparison_markdown(runs, rules))

@@ -19,7 +19,7 @@ for one model. :func:`run_evaluation` is the list of steps:
 5. the report (:mod:`model.report`) and the outputs; the wall-clock seconds of each step go
    to the run log only.
 
-Keys of metrics/evaluate/<model>.json (means over test images; x100 for percentages):
+Keys of metrics/evaluate/<model>/seed-<seed>.json (means over test images; x100 for percentages):
 ``accuracy``, ``top3_accuracy``, ``macro_f1`` (class-balanced, %), ``global_size``,
 ``sparsity`` (%), ``npr``, ``intra_pd``, ``inter_pd`` (1 - cosine), ``psc`` (%), ``prc``
 (ranks), ``crc`` (rank of the original top-1 class), ``mask_consistency`` (%), and per
@@ -28,10 +28,11 @@ saliency method ``vlc`` (%), ``object_overlap``, ``background_overlap`` (%), ``i
 of maps whose maximum lies in G), ``consistency``, ``stability`` (%), ``empty_saliency``
 (% of maps without any positive pixel, left out of the S-based means) and
 ``randomisation`` {``spearman`` (trained vs randomised trunk, mean over pairs),
-``spearman_abs``, ``top_mask_iou``, ``pairs``, ``passed`` (spearman < 0.5)}. ProtoPNet's
-upsampled similarity maps repeat the per-method keys under ``upsampled``. Also
-``model``, ``checkpoint``, ``saliency``, ``lrp_composite``, ``test_images``, ``seeds``,
-``fallback_share``, ``top_k``.
+``spearman_abs``, ``top_mask_iou``, ``pairs``, ``passed`` (spearman < 0.5)}. A model's
+native maps (ProtoPNet's and ProtoPool's upsampled similarity, PIP-Net's upsampled
+presence) repeat the per-method keys under ``upsampled``. Also ``model``, ``seed``,
+``checkpoint``, ``saliency``, ``lrp_composite``, ``test_images``, ``fallback_share``,
+``top_k``.
 
 Ground truth: a metric whose ground truth the dataset lacks entirely is
 ``{"absent": reason}``; an image without it is left out of that metric's mean. Stability
@@ -49,9 +50,9 @@ from model.explain_pass import EvalRun, PassResults, explain_test_set
 from model.loading import load_model
 from model.map_stats import SALIENCY_KEYS
 from model.metrics import to_jsonable
+from model.model_kinds import explained_model, make_explainer
 from model.randomisation import randomisation_check
 from model.report import ReportBuilder
-from model.saliency import PrototypeSimilarity
 from model.scalars import Scores, model_metrics, segmenter_consistency
 from model.timing import Timer
 from model.training import MODELS, resolve_device, with_seed
@@ -165,7 +166,8 @@ def open_run(params: Params, kind: str, seed: int, project_root: Path) -> EvalRu
     images_info = read_table(project_root / layout.IMAGES_INDEX, "images")[1]
     num_classes = len(images_info["facts"]["class_names"])
     model, train = load_model(project_root, kind, ev.checkpoint, num_classes, device, seed)
-    explainer = PrototypeSimilarity(model.trunk, model.add_on, pooled=kind == "protomask")
+    model = explained_model(model, kind)
+    explainer = make_explainer(kind, model.trunk, model.add_on)
     inputs = ModelInputs(kind, project_root, params, train)
     count = len(inputs.dataset)
     n = count if ev.max_images is None else min(ev.max_images, count)

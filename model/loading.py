@@ -12,6 +12,7 @@ from model.checkpoint import load_checkpoint, restore
 from model.training import build_model
 from pipeline import layout
 from pipeline.errors import ArtifactError, ParamsError
+from pipeline.model_inputs import model_kind
 from pipeline.params import TrainParams, build_section
 
 
@@ -27,7 +28,7 @@ def load_model(
 
     Args:
         project_root: the project folder.
-        kind: protomask or protopnet.
+        kind: the model (protomask, protopnet, protopool, pipnet).
         which: the checkpoint (params evaluate.checkpoint, e.g. ``best``).
         num_classes: classes of the dataset.
         device: where the network runs (channels-last, eval mode).
@@ -39,12 +40,15 @@ def load_model(
     """
     path = project_root / layout.train_dir(kind, seed) / which / "checkpoint.pt"
     ckpt = load_checkpoint(path)
-    if not ckpt.pushed:
-        raise ArtifactError(
-            f"{path}: its prototypes were never pushed onto training "
-            f"{'views' if kind == 'protomask' else 'patches'}, so its "
-            f"explanations would not show real regions; rerun train"
+    if not ckpt.pushed:  # the checkpoint's flag: a valid model (see Recipe.valid_after)
+        why = (
+            f"its prototypes were never pushed onto training "
+            f"{'patches' if model_kind(kind).full_image else 'views'}, so its explanations "
+            f"would not show real regions"
+            if model_kind(kind).pushed
+            else "it holds a pretraining state (its classifier was never trained)"
         )
+        raise ArtifactError(f"{path}: {why}; rerun train")
     try:
         train = build_section(TrainParams, ckpt.params.get("train", {}), "train.")
     except ParamsError as exc:

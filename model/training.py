@@ -1,19 +1,18 @@
-"""The train stage's work: periods (warm-up, joint, push, last layer), checkpoints, logs.
+"""The train stage's work for every model: its recipe's schedule of steps, checkpoints, logs.
 
-A run is a fixed list of steps: ``warmup`` epochs (trunk frozen), ``joint`` epochs
-(everything but the last layer; StepLR), one ``push``, ``last_layer`` epochs (only the
-classifier, CE + L1). After every step the whole state (weights, optimisers, schedulers,
-RNG states, step index) is saved atomically to ``latest/``; a rerun with the same
-fingerprint continues after the last finished step, so an interrupted run ends with
-the same weights as an uninterrupted one (on CPU). Each epoch's shuffling and
-augmentation depend only on (seed, step), never on what ran before.
+A run is a fixed list of steps (model/recipes.py: ProtoMask and ProtoPNet warm-up, joint,
+push, last layer; ProtoPool the same with its slot assignment; PIP-Net pretraining, then
+training). After every step the whole state (weights, optimisers, schedulers, RNG states,
+step index) is saved atomically to ``latest/``; a rerun with the same fingerprint
+continues after the last finished step, so an interrupted run ends with the same weights
+as an uninterrupted one (on CPU). Each epoch's shuffling and augmentation depend only on
+(seed, step), never on what ran before.
 
-Model selection reads only the validation split and chooses only among states whose
-prototypes are pushed (after the push, and after periods that leave the prototypes, the
-add-on and the trunk alone): the best of these is kept in ``best/``; ``final/`` holds
-the last step. The test split is never read here. Every checkpoint is CRC-checked
-before use; a damaged ``best/`` or ``final/`` is rebuilt from ``latest/`` or by
-training again, never loaded.
+Model selection reads only the validation split and chooses only among valid states
+(prototypes pushed onto training embeddings; for PIP-Net, a trained classifier): the best
+of these is kept in ``best/``; ``final/`` holds the last step. The test split is never
+read here. Every checkpoint is CRC-checked before use; a damaged ``best/`` or ``final/``
+is rebuilt from ``latest/`` or by training again, never loaded.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -38,10 +37,9 @@ from model import distributed as dist_utils
 from model.backbones import build_backbone
 from model.checkpoint import restore, save_checkpoint
 from model.head import unwrap_model
-from model.losses import LossWeights, class_weights, prototype_loss
-from model.protomask import ProtoMask
-from model.protopnet import ProtoPNet
+from model.losses import class_weights
 from model.push import push_prototypes
+from model.recipes import Recipe, Step, recipe
 from model.run_state import (
     PUSH_RECORDS,
     Logger,
@@ -56,53 +54,24 @@ from pipeline.atomic import remove_leftovers, write_json
 from pipeline.errors import ArtifactError, ParamsError
 from pipeline.params import (
     Params,
-    PrototypeModelParams,
     TrainParams,
-    as_dict,
     result_dict,
     text_fingerprint,
 )
+from pipeline.pipnet_views import TwoViewDataset
 from pipeline.run_log import write_run_log
 from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset
 
 MODELS = layout.MODELS
-TRAINED_GROUPS = {
-    "warmup": ("add_on", "prototypes"),
-    "joint": ("trunk", "add_on", "prototypes"),
-    "last_layer": ("last_layer",),
-}
 
 
-@dataclass(frozen=True)
-class Step:
-    """One unit of the schedule: an epoch of a period, or the push."""
-
-    period: str
-    epoch: int
+def schedule(train: TrainParams, kind: str) -> list[Step]:
+    """Every step of a run of model ``kind``, in order (its recipe's schedule)."""
+    return recipe(kind).schedule(model_section(train, kind))
 
 
-def schedule(section: PrototypeModelParams) -> list[Step]:
-    """Every step of a run, in order: warm-up epochs, joint epochs with a push (then the
-    last-layer epochs) after every ``push_every`` of them and after the last one.
-    Epochs are numbered within their period across the whole run."""
-    steps = [Step("warmup", e) for e in range(section.warmup_epochs)]
-    every = section.push_every or max(section.joint_epochs, 1)
-    pushes = last_layer = 0
-    for e in range(section.joint_epochs):
-        steps.append(Step("joint", e))
-        if (e + 1) % every == 0 and e + 1 < section.joint_epochs:
-            steps += _push_cycle(pushes, last_layer, section.last_layer_epochs)
-            pushes, last_layer = pushes + 1, last_layer + section.last_layer_epochs
-    return steps + _push_cycle(pushes, last_layer, section.last_layer_epochs)
-
-
-def _push_cycle(push: int, first_epoch: int, epochs: int) -> list[Step]:
-    """One push and the last-layer epochs after it."""
-    return [Step("push", push)] + [Step("last_layer", first_epoch + e) for e in range(epochs)]
-
-
-def model_section(train: TrainParams, kind: str) -> PrototypeModelParams:
+def model_section(train: TrainParams, kind: str) -> Any:
     """train.<kind>: the model's own network, schedule, loss and optimiser settings."""
     return getattr(train, kind)
 
@@ -132,39 +101,34 @@ def with_seed(params: Params, seed: int) -> Params:
 
 
 def build_model(kind: str, train: TrainParams, num_classes: int) -> nn.Module:
-    """The network named ``kind`` from params train.model and train.<kind> (train: one
-    run's params)."""
-    m, own = train.model, model_section(train, kind)
+    """The network named ``kind`` from params train.model (its trunk) and train.<kind>
+    (train: one run's params)."""
+    m = train.model
     trunk = build_backbone(m.backbone, m.weights, freeze_bn=m.freeze_bn)
-    common = dict(
-        prototypes_per_class=own.prototypes_per_class,
-        prototype_dim=own.prototype_dim,
-        off_class_weight=own.off_class_weight,
-        addon_init=own.addon_init,
-        seed=run_seed(train),
-    )
-    if kind == "protomask":
-        return ProtoMask(trunk, num_classes, **common)
-    return ProtoPNet(trunk, num_classes, **common)
+    return recipe(kind).build(trunk, num_classes, model_section(train, kind), run_seed(train))
 
 
 def make_dataset(
     kind: str, params: Params, split: str, project_root: Path, augment: bool
 ) -> Dataset:
-    """Views (ProtoMask) or full images (ProtoPNet) of one split."""
+    """One split as the model reads it: views (ProtoMask) or full images (the others);
+    for a model trained on pairs, two augmented views of each image when ``augment``."""
     crops_dir = project_root / layout.CROPS_DIR
+    seed = run_seed(params.train)
     aug = params.train.augment if augment else None
-    if kind == "protomask":
-        return ViewDataset(crops_dir, split, augment=aug, seed=run_seed(params.train))
-    return FullImageDataset(
+    how = recipe(kind)
+    if not how.full_image:
+        return ViewDataset(crops_dir, split, augment=aug, seed=seed)
+    images = FullImageDataset(
         crops_dir,
         split,
         size=params.train.model.baseline_image_size,
         data_root=project_root / params.data.root,
         images_index=project_root / layout.IMAGES_INDEX,
-        augment=aug,
-        seed=run_seed(params.train),
+        augment=None if how.pairs else aug,
+        seed=seed,
     )
+    return TwoViewDataset(images, seed=seed) if how.pairs and augment else images
 
 
 def loader(dataset: Dataset, train: TrainParams, *, shuffle_seed: Optional[int]) -> DataLoader:
@@ -193,41 +157,6 @@ def loader_workers(train: TrainParams) -> int:
     return devices.worker_count(train.loader_workers, ranks, cap=8)
 
 
-def make_optimizers(model: nn.Module, section: PrototypeModelParams) -> tuple[dict, dict]:
-    """One Adam per period over its parameter groups, and the joint period's StepLR."""
-    groups = unwrap_model(model).parameter_groups()
-    o = section.optim
-    lr = {
-        "trunk": o.trunk_lr,
-        "add_on": o.add_on_lr,
-        "prototypes": o.prototypes_lr,
-        "last_layer": o.last_layer_lr,
-    }
-    decay = {"trunk": o.weight_decay, "add_on": o.weight_decay}
-    optimizers = {
-        period: torch.optim.Adam(
-            [{"params": groups[g], "lr": lr[g], "weight_decay": decay.get(g, 0.0)} for g in names]
-        )
-        for period, names in TRAINED_GROUPS.items()
-    }
-    schedulers = {
-        "joint": torch.optim.lr_scheduler.StepLR(
-            optimizers["joint"], step_size=o.step_size, gamma=o.gamma
-        )
-    }
-    return optimizers, schedulers
-
-
-def set_trainable(model: nn.Module, period: str) -> None:
-    """requires_grad for the groups the period trains; frozen trunk keeps its BN statistics."""
-    inner = unwrap_model(model)
-    trained = TRAINED_GROUPS[period]
-    for name, params in inner.parameter_groups().items():
-        for p in params:
-            p.requires_grad_(name in trained)
-    inner.trunk.set_trainable("trunk" in trained)
-
-
 def autocast(device: torch.device, train: TrainParams):
     """bf16 autocast on CUDA when asked; nothing on the CPU."""
     if device.type == "cuda" and train.bf16:
@@ -235,38 +164,35 @@ def autocast(device: torch.device, train: TrainParams):
     return nullcontext()
 
 
-def run_epoch(
-    model: nn.Module,
-    batches: Iterable,
-    optimizer: torch.optim.Optimizer,
-    weights: LossWeights,
-    class_weight: torch.Tensor,
-    device: torch.device,
-    train: TrainParams,
-) -> dict[str, float]:
-    """One training epoch with gradient accumulation; mean losses and accuracy."""
+def run_epoch(run: Run, model: nn.Module, batches: Iterable, step: Step) -> dict[str, float]:
+    """One training epoch of ``step``'s period with gradient accumulation; mean losses
+    and accuracy. ``model``: the (DDP-wrapped) network of ``run``."""
     model.train()
-    head = unwrap_model(model).head
+    train, how, device = run.train, run.recipe, run.device
+    optimizer = run.optimizers[step.period]
     totals: dict[str, float] = {}
     correct = seen = pending = 0
     optimizer.zero_grad(set_to_none=True)
-    for inputs, labels, _ in batches:
-        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device)
+    for batch in batches:
+        inputs = torch.cat(batch[:2]) if how.pairs else batch[0]
+        inputs, labels = inputs.to(device, non_blocking=True), batch[-2].to(device)
         with autocast(device, train):
             out = model(inputs)
-        loss, parts = prototype_loss(out, labels, head, weights, class_weight)
+        loss, parts, logits = how.loss(model, out, labels, step, run.section, run.class_weight)
         (loss / train.accumulate).backward()
         pending += 1
         if pending == train.accumulate:
             optimizer.step()
+            how.after_update(model, step)
             optimizer.zero_grad(set_to_none=True)
             pending = 0
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v * len(labels)
-        correct += int((out.logits.argmax(1) == labels).sum())
+        correct += int((logits.argmax(1) == labels).sum())
         seen += len(labels)
     if pending:
         optimizer.step()
+        how.after_update(model, step)
         optimizer.zero_grad(set_to_none=True)
     stats = dist_utils.sum_dict({**totals, "correct": correct, "seen": seen})
     n = max(stats.pop("seen"), 1)
@@ -323,22 +249,6 @@ def precision_of(device: torch.device, train: TrainParams) -> str:
     return "bf16" if device.type == "cuda" and train.bf16 else "fp32"
 
 
-def keeps_push(period: str) -> bool:
-    """Whether a period leaves pushed prototypes pushed: it trains none of the trunk, the
-    add-on or the prototypes, so every prototype is still a real training embedding."""
-    return not set(TRAINED_GROUPS[period]) & {"trunk", "add_on", "prototypes"}
-
-
-def pushed_after(steps: list[Step]) -> list[bool]:
-    """For each step, whether the state after it has pushed prototypes (only these states
-    are valid models: selection chooses among them, evaluate loads only them)."""
-    flags, pushed = [], False
-    for step in steps:
-        pushed = True if step.period == "push" else pushed and keeps_push(step.period)
-        flags.append(pushed)
-    return flags
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (all saved in checkpoints)."""
     random.seed(seed)
@@ -359,20 +269,28 @@ class Run:
     model: nn.Module
     optimizers: dict
     schedulers: dict
-    weights: LossWeights
     class_weight: Optional[torch.Tensor]  # None: unweighted cross-entropy
     datasets: dict[str, Dataset]
-    pushed: list[bool] = field(default_factory=list)
+    pushed: list[bool] = field(default_factory=list)  # valid (pushed) state after each step
 
     @property
     def train(self) -> TrainParams:
         return self.params.train
 
+    @property
+    def recipe(self) -> Recipe:
+        return recipe(self.kind)
+
+    @property
+    def section(self) -> Any:
+        """train.<kind>: this model's own settings."""
+        return model_section(self.params.train, self.kind)
+
 
 def start_run(
     params: Params, kind: str, project_root: Path, device: torch.device, fp: str, steps: list[Step]
 ) -> Run:
-    """Seed, then build the datasets, the network, its optimisers and loss weights."""
+    """Seed, then build the datasets, the network, its optimisers and class weights."""
     train = params.train
     seed_everything(run_seed(train))
     datasets = {
@@ -387,9 +305,9 @@ def start_run(
     if device.type == "cuda" and train.channels_last:
         model = model.to(memory_format=torch.channels_last)
         unwrap_model(model).channels_last = True
-    own = model_section(train, kind)
-    optimizers, schedulers = make_optimizers(model, own)
-    labels = torch.tensor(datasets["train"].labels)
+    own, how = model_section(train, kind), recipe(kind)
+    optimizers, schedulers = how.optimizers(model, own)
+    labels = torch.tensor(datasets["push"].labels)  # the training split, as it is
     weighting = class_weights(labels, num_classes) if own.loss.class_weighted else None
     return Run(
         params,
@@ -401,10 +319,9 @@ def start_run(
         model,
         optimizers,
         schedulers,
-        LossWeights(**{k: v for k, v in as_dict(own.loss).items() if k != "class_weighted"}),
         None if weighting is None else weighting.to(device),
         datasets,
-        pushed_after(steps),
+        how.valid_after(steps),
     )
 
 
@@ -436,22 +353,15 @@ def run_step(run: Run, ddp_model: nn.Module, index: int) -> tuple[dict, nn.Modul
             write_json(run.out_dir / "latest" / PUSH_RECORDS, result.records())
         record: dict = {"step": index, "period": "push"}
     else:
-        set_trainable(run.model, step.period)
+        run.recipe.set_trainable(run.model, step.period)
+        run.recipe.start_epoch(run.model, step, run.section)
         ddp_model = dist_utils.rewrap(ddp_model, run.model, run.device)
         run.datasets["train"].set_epoch(index)
         shuffle = run_seed(train) * 100003 + index
         batches = loader(run.datasets["train"], train, shuffle_seed=shuffle)
-        stats = run_epoch(
-            ddp_model,
-            batches,
-            run.optimizers[step.period],
-            run.weights.for_period(step.period),
-            run.class_weight,
-            run.device,
-            train,
-        )
-        if step.period == "joint":
-            run.schedulers["joint"].step()
+        stats = run_epoch(run, ddp_model, batches, step)
+        if step.period in run.schedulers:
+            run.schedulers[step.period].step()
         record = {"step": index, "period": step.period, "epoch": step.epoch, **stats}
     _, val_y, val_logits = predict(
         run.model, loader(run.datasets["val"], train, shuffle_seed=None), run.device, train
@@ -538,7 +448,7 @@ def run_training(
     fp = training_fingerprint(
         params, kind, crops_fp, precision_of(device, params.train), dist_utils.world_size()
     )
-    steps = schedule(model_section(params.train, kind))
+    steps = schedule(params.train, kind)
     if dist_utils.is_main():
         remove_leftovers(out_dir)
     done = finished_summary(out_dir, fp, len(steps)) if resume else None

@@ -26,7 +26,7 @@ CROPS_DIR = ARTIFACTS / "crops"  # crop shards + crops index (persistent output)
 CROPS_INDEX = CROPS_DIR / "crops.parquet"
 CROPS_METRICS = METRICS / "crops.json"
 
-MODELS = ("protomask", "protopnet")  # the trained networks, one folder each
+MODELS = ("protomask", "protopnet", "protopool", "pipnet")  # the trained networks
 TRAIN_DIR = ARTIFACTS / "train"  # one folder per model, one persistent folder per seed
 
 

@@ -23,6 +23,8 @@ from pipeline.model_params import (
     LossParams,
     ModelParams,
     OptimParams,
+    PIPNetParams,
+    ProtoPoolParams,
     PrototypeModelParams,
 )
 from pipeline.param_fields import (
@@ -57,7 +59,9 @@ __all__ = [
     "OptimParams",
     "Params",
     "ParamsLoader",
+    "PIPNetParams",
     "PerturbParams",
+    "ProtoPoolParams",
     "PrototypeModelParams",
     "SamParams",
     "SegmentParams",
@@ -386,6 +390,12 @@ class TrainParams:
         PrototypeModelParams,
         "The ProtoPNet baseline on full images, at its own recipe (scaled to this budget).",
         **PROTOPNET_RECIPE,
+    )
+    protopool: ProtoPoolParams = section(
+        ProtoPoolParams, "The ProtoPool baseline on full images (the reference's settings, scaled)."
+    )
+    pipnet: PIPNetParams = section(
+        PIPNetParams, "The PIP-Net baseline on full images (the reference's settings, scaled)."
     )
     augment: AugmentParams = section(AugmentParams, "Training augmentation.")
 

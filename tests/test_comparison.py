@@ -150,7 +150,10 @@ def test_the_document_has_every_model_difference_and_claim() -> None:
 
 def test_run_compare_reads_every_seed_and_names_a_missing_one(tmp_path: Path) -> None:
     params = replace(Params(), train=replace(TrainParams(), seeds=[0, 1, 2]))
-    for model, seeds in good_vs_bad().items():
+    runs = good_vs_bad()
+    runs.update({"protopool": runs["protopnet"], "pipnet": runs["protopnet"]})
+    assert set(runs) == set(layout.MODELS)
+    for model, seeds in runs.items():
         for seed, values in seeds.items():
             if (model, seed) == ("protopnet", 2):
                 continue
@@ -162,8 +165,14 @@ def test_run_compare_reads_every_seed_and_names_a_missing_one(tmp_path: Path) ->
     path = tmp_path / layout.evaluate_metrics("protopnet", 2)
     path.write_text(json.dumps(good_vs_bad()["protopnet"][2]))
     assert run_compare(params, tmp_path).holds is True
-    assert "The claims hold" in (tmp_path / layout.COMPARISON).read_text()
-    assert json.loads((tmp_path / layout.COMPARE_METRICS).read_text())["verdict"] == "holds"
+    text = (tmp_path / layout.COMPARISON).read_text()
+    assert (
+        "The claims hold" in text
+        and "| metric | protomask | protopnet | protopool | pipnet |" in text
+    )
+    document = json.loads((tmp_path / layout.COMPARE_METRICS).read_text())
+    assert document["verdict"] == "holds"
+    assert set(document["claims"]) == {"protopnet", "protopool", "pipnet"}
 
 
 def test_train_seeds_must_be_distinct_in_range_and_listed() -> None:

@@ -2,17 +2,14 @@
 native ``upsampled`` method, the report, finite saliency; PIP-Net's presence explainer
 and both models' compactness scalars by hand.
 
-evaluation.py / loading.py do not route these kinds yet: the tests route them as
-evaluation.py must (model.model_kinds.explained_model on the loaded network,
-make_explainer instead of PrototypeSimilarity, the kinds allowed), with randomly
-initialised networks on the tiny_cnn trunk.
+Both models are trained for real on the tiny project (tiny_cnn trunk, a few epochs) and
+go through the stage as it runs: load_model, the explainer of their kind, the report.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,16 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-import model.evaluation as evaluation
 from model.backbones import build_backbone
 from model.evaluation import METRIC_KEYS, SALIENCY_KEYS, run_evaluation
 from model.metrics import Absent
-from model.model_kinds import KINDS, explained_model, make_explainer
+from model.model_kinds import KINDS, make_explainer
 from model.pipnet import PIPNet
 from model.presence_saliency import PassSoftmax, PresenceHead, PresenceNetwork
 from model.protopool import ProtoPool, ProtoPoolHead
 from model.saliency import prototype_saliency
 from model.scalars import Scores, class_prototype_weights, model_metrics
+from model.training import run_training
 from pipeline import layout
 from pipeline.params import EvaluateParams, Params
 from tests.tiny_project import copy_project, tiny_trained_params
@@ -53,37 +50,14 @@ def new_network(kind: str) -> torch.nn.Module:
     return PIPNet(trunk, 3, num_prototypes=8).eval()
 
 
-def route(monkeypatch: pytest.MonkeyPatch, kind: str, params: Params) -> None:
-    """What evaluation.py / loading.py must do for the new kinds (see the module doc)."""
-    net = new_network(kind)
-    monkeypatch.setattr(evaluation, "MODELS", tuple(KINDS))
-    monkeypatch.setattr(
-        evaluation,
-        "load_model",
-        lambda root, k, which, n, device, seed=0: (explained_model(net, k), params.train),
-    )
-    monkeypatch.setattr(
-        evaluation,
-        "PrototypeSimilarity",
-        lambda trunk, add_on, pooled: make_explainer(kind, trunk, add_on),
-    )
-
-
 @pytest.fixture(scope="module")
 def evaluated(trained_project: Path, tmp_path_factory) -> tuple[Path, dict]:
     project = copy_project(trained_project, tmp_path_factory.mktemp("new_models") / "p")
-    # ProtoPool's push.json has ProtoPNet's format (6 prototypes each)
-    source = project / layout.train_dir("protopnet", 0)
-    for push in source.rglob("push.json"):
-        target = project / layout.train_dir("protopool", 0) / push.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(push, target)
     params = eval_params()
     runs = {"protopnet": run_evaluation(params, "protopnet", project, write=False)}
-    with pytest.MonkeyPatch.context() as mp:
-        for kind in NEW:
-            route(mp, kind, params)
-            runs[kind] = run_evaluation(params, kind, project, write=True)
+    for kind in NEW:
+        run_training(params, kind, project)
+        runs[kind] = run_evaluation(params, kind, project, write=True)
     return project, runs
 
 
@@ -110,7 +84,10 @@ def test_metrics_have_protopnets_keys_and_the_upsampled_method(evaluated, kind: 
     for section in (doc, doc["upsampled"]):
         sanity = section["randomisation"]
         assert sanity["pairs"] == 3 and is_number(sanity["spearman"])
-    assert is_number(doc["global_size"]) and 0 <= doc["global_size"] <= 8
+    pool = eval_params().train.protopool.num_prototypes
+    channels = build_backbone("tiny_cnn", "none", freeze_bn=True).out_channels
+    most = pool if kind == "protopool" else channels  # PIP-Net: a prototype per channel
+    assert is_number(doc["global_size"]) and 0 < doc["global_size"] <= most
     pd_absent = kind == "pipnet"
     assert (not is_number(doc["intra_pd"])) == pd_absent
     assert (not is_number(doc["inter_pd"])) == pd_absent

@@ -67,7 +67,7 @@ def test_push_puts_prototypes_on_training_embeddings(trained: Path) -> None:
 
 def test_schedule_pushes_every_n_joint_epochs_each_push_followed_by_last_layer_epochs() -> None:
     own = tiny_train_params(warmup_epochs=1, joint_epochs=5, push_every=2, last_layer_epochs=1)
-    steps = [(s.period, s.epoch) for s in schedule(own.train.protopnet)]
+    steps = [(s.period, s.epoch) for s in schedule(own.train, "protopnet")]
     assert steps == [
         ("warmup", 0),
         ("joint", 0),
@@ -82,10 +82,12 @@ def test_schedule_pushes_every_n_joint_epochs_each_push_followed_by_last_layer_e
         ("push", 2),
         ("last_layer", 2),
     ]
-    once = tiny_train_params(joint_epochs=4, push_every=0, last_layer_epochs=0).train.protomask
-    assert [s.period for s in schedule(once)][-2:] == ["joint", "push"]
-    exact = tiny_train_params(joint_epochs=4, push_every=2, last_layer_epochs=0).train.protomask
-    assert [s.period for s in schedule(exact)].count("push") == 2  # no push twice at the end
+    once = tiny_train_params(joint_epochs=4, push_every=0, last_layer_epochs=0).train
+    assert [s.period for s in schedule(once, "protomask")][-2:] == ["joint", "push"]
+    exact = tiny_train_params(joint_epochs=4, push_every=2, last_layer_epochs=0).train
+    assert [s.period for s in schedule(exact, "protomask")].count(
+        "push"
+    ) == 2  # no push twice at the end
 
 
 def test_best_keeps_the_records_of_its_own_push(trained: Path, tmp_path: Path) -> None:
@@ -102,6 +104,36 @@ def test_best_keeps_the_records_of_its_own_push(trained: Path, tmp_path: Path) -
     pushes = [json.loads((out / w / "push.json").read_text()) for w in ("best", "final")]
     if best.extra["next_step"] <= 5:  # best came after the first push: records differ
         assert pushes[0] != pushes[1]
+
+
+@pytest.mark.parametrize("kind", ["protopool", "pipnet"])
+def test_each_baseline_selects_valid_states_and_resumes_exactly(
+    kind: str, trained: Path, tmp_path: Path
+) -> None:
+    """ProtoPool: only states after its projection are selectable, the projection puts
+    every used pool prototype on a training patch of a class that uses it; PIP-Net: only
+    states after pretraining (its classifier trained). Both: a run stopped and resumed
+    ends with the same weights as one run through."""
+    whole = copy_project(trained, tmp_path / "whole")
+    params = tiny_train_params()
+    summary = run_training(params, kind, whole)
+    steps = schedule(params.train, kind)
+    assert summary["steps"] == len(steps)
+    best = load_checkpoint(whole / layout.train_dir(kind, 0) / "best" / "checkpoint.pt")
+    assert best.pushed
+    selected = steps[summary["best_step"]].period
+    if kind == "protopool":
+        assert selected in ("push", "last_layer")
+        records = json.loads((whole / layout.train_dir(kind, 0) / "best" / "push.json").read_text())
+        placed = [r for r in records if r["image_id"] >= 0]  # -1: no class uses it
+        assert placed and all(r["image_id"] > 0 and r["distance"] < 1e9 for r in placed)
+    else:
+        assert selected != "pretrain" and not any(s.period == "push" for s in steps)
+        assert (best.model["classifier.weight"] >= 0).all()  # clamped after each update
+    stopped = copy_project(trained, tmp_path / "stopped")
+    assert run_training(params, kind, stopped, stop_after=2)["stopped_at_step"] == 1
+    run_training(params, kind, stopped)
+    assert same_weights(weights(stopped, kind), weights(whole, kind))
 
 
 def test_rerun_with_same_params_does_nothing_and_new_params_start_over(
@@ -162,7 +194,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(trained: Path, tmp_path: Path) 
             return False
 
     kill_when(cmd, project, two_steps_saved)
-    assert load_checkpoint(latest).extra["next_step"] < len(schedule(params.train.protomask))
+    assert load_checkpoint(latest).extra["next_step"] < len(schedule(params.train, "protomask"))
     rerun = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     # The reference runs the same command uninterrupted (same process settings: thread

@@ -77,12 +77,16 @@ def copy_project(source: Path, target: Path) -> Path:
 # ---------------------------------------------------------------- trained helpers
 TINY_MODEL = ModelParams(backbone="tiny_cnn", weights="none", baseline_image_size=32)
 MODEL_KEYS = {f.name for f in fields(PrototypeModelParams)}
+TINY_PROTOPOOL = dict(num_prototypes=4, num_slots=2, prototype_dim=8, gumbel_epochs=3)
+TINY_PIPNET = dict(pretrain_epochs=1, train_epochs=3, finetune_epochs=1, freeze_epochs=2)
 
 
 def tiny_train_params(**train: object) -> Params:
-    """Tiny crops and a tiny network: 1 warm-up, 2 joint, push, 2 last-layer epochs, two
-    8-d prototypes per class. Keys of a model section (epochs, prototypes, loss, optim)
-    apply to every model's section; the others to train."""
+    """Tiny crops and tiny networks: ProtoMask and ProtoPNet 1 warm-up, 2 joint, push,
+    2 last-layer epochs, two 8-d prototypes per class; ProtoPool the same schedule with a
+    pool of 4 prototypes, 2 slots; PIP-Net 1 pretraining and 3 training epochs. Keys of a
+    ProtoPNet-style section (epochs, prototypes, loss, optim) apply to ProtoMask's and
+    ProtoPNet's sections (the epochs to ProtoPool's too); the others to train."""
     own = {
         "prototypes_per_class": 2,
         "prototype_dim": 8,
@@ -92,14 +96,18 @@ def tiny_train_params(**train: object) -> Params:
         "last_layer_epochs": 2,
         **{k: v for k, v in train.items() if k in MODEL_KEYS},
     }
+    epochs = {k: own[k] for k in ("warmup_epochs", "joint_epochs", "last_layer_epochs")}
+    defaults = TrainParams()
     base = replace(
-        TrainParams(),
+        defaults,
         batch_size=4,
         loader_workers=0,
         device="cpu",
         model=TINY_MODEL,
-        protomask=replace(TrainParams().protomask, **own),
-        protopnet=replace(TrainParams().protopnet, **own),
+        protomask=replace(defaults.protomask, **own),
+        protopnet=replace(defaults.protopnet, **own),
+        protopool=replace(defaults.protopool, **TINY_PROTOPOOL, **epochs),
+        pipnet=replace(defaults.pipnet, **TINY_PIPNET),
     )
     rest = {k: v for k, v in train.items() if k not in MODEL_KEYS}
     return replace(tiny_crops_params(), train=replace(base, **rest))
