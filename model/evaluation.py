@@ -48,7 +48,7 @@ from typing import Any, Optional
 
 from model.explain_pass import EvalRun, PassResults, explain_test_set
 from model.loading import load_model
-from model.map_stats import SALIENCY_KEYS
+from model.map_stats import ACTIVATION_KEYS, SALIENCY_KEYS
 from model.metrics import to_jsonable
 from model.model_kinds import explained_model, make_explainer
 from model.randomisation import randomisation_check
@@ -87,6 +87,10 @@ MODEL_KEYS = (
     "psc",
     "prc",
     "crc",
+    "cac",
+    "local_size",
+    "entropy",
+    *ACTIVATION_KEYS,
     "mask_consistency",
 )
 METRIC_KEYS = MODEL_KEYS + SALIENCY_KEYS + ("randomisation",)

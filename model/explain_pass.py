@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.map_stats import MapStats
-from model.metrics import top_k_indices
+from model.map_stats import ActivationStats, MapStats
+from model.metrics import box_mask, top_k_indices
 from model.model_kinds import native_maps, similarities, upsampled_native
 from model.randomisation import SanityRow, finite
 from model.report import ReportBuilder
@@ -104,6 +104,7 @@ class PassResults:
         }
     )
     sanity: list[SanityRow] = field(default_factory=list)
+    activation: ActivationStats = field(default_factory=ActivationStats)
 
     def add(self, batch: Batch) -> None:
         """Keep a batch's similarities, logits, top-k ids and matched views (CPU)."""
@@ -119,7 +120,8 @@ class PassResults:
 
     def scores(self) -> Scores:
         """The kept outputs of every batch, concatenated."""
-        return Scores(**{name: torch.cat(values) for name, values in self.parts.items()})
+        joined = {name: torch.cat(values) for name, values in self.parts.items()}
+        return Scores(**joined, activation=self.activation.results())
 
 
 def explain_test_set(run: EvalRun, timer: Timer) -> PassResults:
@@ -140,6 +142,7 @@ def explain_test_set(run: EvalRun, timer: Timer) -> PassResults:
         with timer.section("forward"):
             batch = forward_batch(run, rows)
             results.add(batch)
+            results.activation.add(*activation_maps(run, batch))
         with timer.section("saliency"):
             maps = batch_saliency(run, batch)
         with timer.section("metrics"):
@@ -170,6 +173,22 @@ def forward_batch(run: EvalRun, rows: list[int]) -> Batch:
     if run.spec.native:
         run.report.grid = tuple(native_maps(run.kind, out).shape[-2:])
     return Batch(rows, rgbs, x, xp, out, out_p, sim, sim_p, top_k_indices(sim, run.k))
+
+
+def activation_maps(run: EvalRun, batch: Batch) -> tuple[Tensor, Tensor]:
+    """(B, K, h, w) the top-k prototypes' own activation maps, clean and perturbed: the
+    similarity per location (ProtoPNet, ProtoPool) or per view as an (M, 1) map
+    (ProtoMask), PIP-Net's presence maps (the reference's ``similarity_maps``)."""
+    pair = []
+    for out in (batch.out, batch.out_p):
+        if run.spec.presence:
+            maps = out.maps
+        else:
+            maps = run.model.head.similarity(out.distances.float())
+        idx = batch.ids.reshape(*batch.ids.shape, *([1] * (maps.dim() - 2)))
+        maps = maps.float().gather(1, idx.expand(-1, -1, *maps.shape[2:]))
+        pair.append(maps[..., None] if maps.dim() == 3 else maps)
+    return pair[0], pair[1]
 
 
 def batch_saliency(run: EvalRun, batch: Batch) -> BatchMaps:
@@ -234,8 +253,9 @@ def score_batch(
         h, w = (int(v) for v in test.sizes[i])
         g = load_segmentation(run.inputs.data_root, test.segmentation[i], h, w)
         xy, vis = test.parts_of(i)
+        box = box_mask(test.object_box(i), h, w)
         for method, (mc, mp) in canvas.items():
-            results.stats[method].add(mc, mp, batch.ids[j].cpu().numpy(), g, xy, vis)
+            results.stats[method].add(mc, mp, batch.ids[j].cpu().numpy(), g, xy, vis, box)
         if i in samples:
             run.report.add_sample(
                 i,

@@ -16,11 +16,20 @@ from torch import Tensor
 
 from model.metrics import (
     Absent,
+    activation_change,
     background_overlap,
+    bounding_box_fill,
     consistency,
+    intra_activation_change,
+    intra_location_change,
     ior,
+    location_change,
+    mask_change,
+    mask_iou,
     mean_of,
+    min_max_mask,
     object_overlap,
+    oirr,
     parts_in_masks,
     pointing_energy,
     pointing_hit,
@@ -29,6 +38,7 @@ from model.metrics import (
     vlc,
 )
 from model.metrics.prototypes import NO_PARTS
+from model.metrics.reference import NO_BOX
 from model.metrics.saliency import NO_SEGMENTATION
 
 # the scalars of one saliency method, in the order of the metrics JSON
@@ -42,6 +52,17 @@ SALIENCY_KEYS = (
     "consistency",
     "stability",
     "empty_saliency",
+    "iou",
+    "oirr",
+    "object_overlap_box",
+    "background_overlap_box",
+    "iou_box",
+    "vac",
+    "vlc_perturbed",
+    "vac_perturbed",
+    "vlc_sbox",
+    "consistency_sbox",
+    "stability_sbox",
 )
 _OBJECT_KEYS = (
     ("object_overlap", "obj"),
@@ -49,6 +70,19 @@ _OBJECT_KEYS = (
     ("ior", "ior"),
     ("pointing_game", "energy"),
     ("pointing_hit", "hit"),
+    ("iou", "iou"),
+    ("oirr", "oirr"),
+)
+_BOX_KEYS = (
+    ("object_overlap_box", "obj_box"),
+    ("background_overlap_box", "bg_box"),
+    ("iou_box", "iou_box"),
+)
+_FREE_KEYS = (  # no ground truth needed
+    ("vac", "vac"),
+    ("vlc_perturbed", "vlc_p"),
+    ("vac_perturbed", "vac_p"),
+    ("vlc_sbox", "vlc_sbox"),
 )
 
 
@@ -67,7 +101,19 @@ class MapStats:
     hits_p: list = field(default_factory=list)
     hit_ids: list = field(default_factory=list)  # (K,) ids of those images
     empty: list = field(default_factory=list)
+    iou: list = field(default_factory=list)
+    oirr: list = field(default_factory=list)
+    obj_box: list = field(default_factory=list)
+    bg_box: list = field(default_factory=list)
+    iou_box: list = field(default_factory=list)
+    vac: list = field(default_factory=list)
+    vlc_p: list = field(default_factory=list)
+    vac_p: list = field(default_factory=list)
+    vlc_sbox: list = field(default_factory=list)
+    box_hits: list = field(default_factory=list)  # (K, Q): parts in S's bounding box
+    box_hits_p: list = field(default_factory=list)
     any_g: bool = False
+    any_box: bool = False
 
     def add(
         self,
@@ -77,6 +123,7 @@ class MapStats:
         g: Optional[np.ndarray],
         xy: Optional[np.ndarray],
         vis: Optional[np.ndarray],
+        box: Optional[np.ndarray] = None,
     ) -> None:
         """Add one image.
 
@@ -87,11 +134,13 @@ class MapStats:
             g: (H, W) bool ground-truth object, or None.
             xy: (Q, 2) part keypoints, or None (then ``vis`` is None too).
             vis: (Q,) bool part visibility.
+            box: (H, W) bool object box mask (:func:`model.metrics.box_mask`), or None.
         """
         s = top_fraction_mask(maps, self.top_fraction)
         s_p = top_fraction_mask(maps_p, self.top_fraction)
         self.vlc.append(vlc(s[None]))
         self.empty.append(100.0 * (s.flatten(1).sum(1) == 0).double().cpu().numpy())
+        self._add_free(maps, maps_p, s, s_p)
         if g is not None:
             self.any_g = True
             gt = torch.from_numpy(g).to(maps.device)[None]
@@ -100,13 +149,33 @@ class MapStats:
             self.ior.append(ior(maps[None], gt, s[None]).ravel())
             self.energy.append(pointing_energy(maps[None], gt).ravel())
             self.hit.append(pointing_hit(maps[None], gt).ravel())
-        else:
-            for _, name in _OBJECT_KEYS:
-                getattr(self, name).append(np.full(maps.shape[0], np.nan))
+            self.iou.append(mask_iou(s[None], gt).ravel())
+            self.oirr.append(oirr(maps[None], gt, s[None]).ravel())
+        if box is not None:
+            self.any_box = True
+            b = torch.from_numpy(box).to(maps.device)[None]
+            self.obj_box.append(object_overlap(s[None], b).ravel())
+            self.bg_box.append(background_overlap(s[None], b).ravel())
+            self.iou_box.append(mask_iou(s[None], b).ravel())
         if xy is not None:
-            self.hits.append(parts_in_masks(s[None], xy[None], vis[None])[0].cpu())
-            self.hits_p.append(parts_in_masks(s_p[None], xy[None], vis[None])[0].cpu())
+            sb, sb_p = bounding_box_fill(s), bounding_box_fill(s_p)
+            for out, m in (
+                (self.hits, s),
+                (self.hits_p, s_p),
+                (self.box_hits, sb),
+                (self.box_hits_p, sb_p),
+            ):
+                out.append(parts_in_masks(m[None], xy[None], vis[None])[0].cpu())
             self.hit_ids.append(np.asarray(ids))
+
+    def _add_free(self, maps: Tensor, maps_p: Tensor, s: Tensor, s_p: Tensor) -> None:
+        """The metrics without ground truth: VAC among the top-k R, VLC / VAC between the
+        clean and the perturbed copy, VLC of S's bounding boxes."""
+        r, r_p = maps * s, maps_p * s_p
+        self.vac.append(intra_activation_change(r[None]))
+        self.vlc_p.append(mask_change(s, s_p))
+        self.vac_p.append(activation_change(r, r_p))
+        self.vlc_sbox.append(vlc(bounding_box_fill(s)[None]))
 
     def results(self, num_prototypes: int, parts_known: bool) -> dict[str, Any]:
         """The method's scalars (SALIENCY_KEYS, in that order).
@@ -119,18 +188,56 @@ class MapStats:
             key -> float or Absent.
         """
         out: dict[str, Any] = {"vlc": mean_of(self.vlc, "no image with two or more maps")}
-        seg = None if self.any_g else Absent(NO_SEGMENTATION)
-        for key, name in _OBJECT_KEYS:
-            out[key] = seg if seg is not None else mean_of(getattr(self, name))
-        if not parts_known or not self.hits:
-            out["consistency"] = Absent(NO_PARTS)
-            out["stability"] = Absent(NO_PARTS)
-        else:
-            ids = np.stack(self.hit_ids)
-            hits, hits_p = torch.stack(self.hits), torch.stack(self.hits_p)
-            out["consistency"] = consistency(ids, hits, num_prototypes)
-            out["stability"] = mean_of(
+        for keys, known, reason in (
+            (_OBJECT_KEYS, self.any_g, NO_SEGMENTATION),
+            (_BOX_KEYS, self.any_box, NO_BOX),
+        ):
+            for key, name in keys:
+                out[key] = mean_of(getattr(self, name)) if known else Absent(reason)
+        known = parts_known and bool(self.hits)
+        ids = np.stack(self.hit_ids) if known else None
+        for suffix, a, b in (
+            ("", self.hits, self.hits_p),
+            ("_sbox", self.box_hits, self.box_hits_p),
+        ):
+            if not known:
+                out["consistency" + suffix] = out["stability" + suffix] = Absent(NO_PARTS)
+                continue
+            hits, hits_p = torch.stack(a), torch.stack(b)
+            out["consistency" + suffix] = consistency(ids, hits, num_prototypes)
+            out["stability" + suffix] = mean_of(
                 stability(hits, hits_p, empty_value=float("nan")), "no part in any S or S'"
             )
         out["empty_saliency"] = mean_of(self.empty)
-        return out
+        for key, name in _FREE_KEYS:
+            out[key] = mean_of(getattr(self, name))
+        return {key: out[key] for key in SALIENCY_KEYS}
+
+
+# the model's activation-map scalars (README: Metrics), in the order of the metrics JSON
+ACTIVATION_KEYS = ("plc", "palc", "plc_perturbed", "palc_perturbed", "pac_perturbed")
+
+
+@dataclass
+class ActivationStats:
+    """Per-item metrics of the top-k prototypes' own activation maps (similarity per
+    location, PIP-Net's presence, ProtoMask's similarity per view as an (M, 1) map)."""
+
+    values: dict = field(default_factory=lambda: {key: [] for key in ACTIVATION_KEYS})
+
+    def add(self, maps: Tensor, maps_p: Tensor) -> None:
+        """Add a batch: (B, K, h, w) activation maps of the top-k on the clean input and
+        of the same prototypes on the perturbed copy."""
+        m, m_p = min_max_mask(maps), min_max_mask(maps_p)
+        for key, value in (
+            ("plc", intra_location_change(maps)),
+            ("palc", vlc(m)),
+            ("plc_perturbed", location_change(maps, maps_p)),
+            ("palc_perturbed", mask_change(m, m_p)),
+            ("pac_perturbed", activation_change(maps, maps_p)),
+        ):
+            self.values[key].append(value.ravel())
+
+    def results(self) -> dict[str, Any]:
+        """key -> float or Absent (ACTIVATION_KEYS, in that order)."""
+        return {key: mean_of(self.values[key]) for key in ACTIVATION_KEYS}

@@ -16,7 +16,7 @@ space: its intra/inter PD are absent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,11 +26,14 @@ from torch import Tensor
 from model.metrics import (
     Absent,
     MetricValue,
+    activation_change,
+    activation_entropy,
     balanced_accuracy,
     crc,
     global_size,
     inter_pd,
     intra_pd,
+    local_size,
     macro_f1,
     mask_consistency,
     mask_part_codes,
@@ -57,6 +60,7 @@ class Scores:
     logits_p: Tensor  # (N, C)
     top_ids: Tensor  # (N, K) top-k prototypes by similarity
     matched: Tensor  # (N, P) ProtoMask: the view each prototype matched
+    activation: dict = field(default_factory=dict)  # the activation-map scalars (PLC ...)
 
 
 def model_metrics(
@@ -80,6 +84,7 @@ def model_metrics(
     weight = class_prototype_weights(head)
     vectors = head.prototypes.detach().cpu()[scores.top_ids]
     ids = scores.top_ids
+    logits = (scores.logits.double(), scores.logits_p.double())  # CAC on probabilities
     metrics = {
         "accuracy": balanced_accuracy(y, pred, num_classes),
         "top3_accuracy": top_k_accuracy(y, scores.logits, min(3, num_classes)),
@@ -92,6 +97,10 @@ def model_metrics(
         "psc": mean_of(psc(scores.sim, scores.sim_p, ids)),
         "prc": mean_of(prc(scores.sim, scores.sim_p, ids)),
         "crc": mean_of(crc(scores.logits, scores.logits_p)),
+        "cac": mean_of(activation_change(*(z.softmax(1) for z in logits), dims=1)),
+        "local_size": mean_of(local_size(scores.sim), "no image with a positive similarity"),
+        "entropy": mean_of(activation_entropy(scores.sim, ids), "no prototype in a top-k"),
+        **scores.activation,
     }
     if isinstance(head, PresenceHead):
         absent = Absent("PIP-Net's prototypes are softmax channels, not latent vectors")

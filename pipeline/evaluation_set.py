@@ -44,6 +44,13 @@ class TestSet:
     part_names: Optional[list[str]]
     num_views: int  # crops index facts (M)
     fill: str  # crops index facts: pixels outside the mask
+    object_boxes: Optional[np.ndarray] = None  # (N, 4) x, y, w, h; NaN row: no box
+
+    def object_box(self, i: int) -> Optional[np.ndarray]:
+        """The (4,) x, y, w, h object box of row ``i``, or None without one."""
+        if self.object_boxes is None or np.isnan(self.object_boxes[i]).any():
+            return None
+        return self.object_boxes[i]
 
     @property
     def parts_known(self) -> bool:
@@ -139,6 +146,9 @@ def load_test_set(project_root: Path, image_ids: np.ndarray) -> TestSet:
         part_names=part_names,
         num_views=m,
         fill=str(facts["fill"]),
+        object_boxes=np.asarray(
+            [r.get("object_box_xywh") or [np.nan] * 4 for r in picked], np.float64
+        ).reshape(n, 4),
     )
 
 

@@ -8,7 +8,9 @@ Modules: ``classification`` (balanced accuracy, top-k, macro F1), ``head`` (glob
 sparsity, NPR), ``parts`` (keypoints -> arrays, parts inside masks), ``saliency`` (S, R,
 VLC, object / background overlap, IOR, pointing game), ``prototypes`` (top-k, ranks,
 intra / inter PD, consistency, stability, PSC, PRC, CRC), ``segmenter`` (part-set codes,
-mask consistency), ``sanity`` (randomisation check).
+mask consistency), ``sanity`` (randomisation check), ``reference`` (the reference's other
+metrics: IoU, OIRR, object and explanation boxes, map / activation changes, PLC, local
+size, entropy).
 """
 
 from model.metrics.classification import (
@@ -32,6 +34,20 @@ from model.metrics.prototypes import (
     ranks_of,
     stability,
     top_k_indices,
+)
+from model.metrics.reference import (
+    activation_change,
+    activation_entropy,
+    bounding_box_fill,
+    box_mask,
+    intra_activation_change,
+    intra_location_change,
+    local_size,
+    location_change,
+    mask_change,
+    mask_iou,
+    min_max_mask,
+    oirr,
 )
 from model.metrics.saliency import (
     background_overlap,
@@ -82,6 +98,18 @@ __all__ = [
     "ranks_of",
     "stability",
     "top_k_indices",
+    "activation_change",
+    "activation_entropy",
+    "bounding_box_fill",
+    "box_mask",
+    "intra_activation_change",
+    "intra_location_change",
+    "local_size",
+    "location_change",
+    "mask_change",
+    "mask_iou",
+    "min_max_mask",
+    "oirr",
     "average_ranks",
     "randomisation_verdict",
     "spearman",
