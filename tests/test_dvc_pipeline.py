@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import layout
+from pipeline.tables import read_table
 from tests.e2e import TINY, make_project, merged, run, set_param
 
 EVALUATE = {"evaluate@protomask", "evaluate@protopnet"}
@@ -101,6 +102,23 @@ def test_a_dvc_remote_round_trip_needs_no_rerun(project: Path, tmp_path: Path) -
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
     assert stages_run(run(["dvc", "repro"], clone).stdout) == set()
     assert (clone / "artifacts" / "train" / "protomask" / "final" / "checkpoint.pt").exists()
+
+
+def test_a_data_param_reruns_prepare_not_synthesize(project: Path, tmp_path: Path) -> None:
+    """The index the first repro wrote holds every image in three splits; `dvc repro
+    prepare` runs nothing more; a new data.val_fraction reruns prepare, not synthesize
+    (the prepare end of the pipeline: was tests/test_dvc_prepare.py's own project)."""
+    repo = snapshot(project, tmp_path / "repo")
+    table, _ = read_table(repo / layout.IMAGES_INDEX, "images")
+    assert len(table) == 24 and set(table.column("split").to_pylist()) == {"train", "val", "test"}
+    assert stages_run(run(["dvc", "repro", "prepare"], repo).stdout) == set()
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "prepare"], repo).stdout
+    set_param(repo, "data.val_fraction", 0.4)
+    status = run(["dvc", "status", "prepare"], repo).stdout
+    assert "prepare:" in status and "synthesize:" not in status
+    rerun = stages_run(run(["dvc", "repro", "prepare"], repo).stdout)
+    assert "prepare" in rerun and "synthesize" not in rerun
+    assert "metrics/prepare.json" in run(["dvc", "metrics", "show"], repo).stdout
 
 
 def test_a_crops_param_reruns_crops_and_what_follows_only(project: Path, tmp_path: Path) -> None:
