@@ -52,9 +52,9 @@ class ModelParams:
         "see other features than training did.",
     )
     baseline_image_size: int = param(
-        160,
-        "Side of the full image fed to the baselines (ProtoPNet, ProtoPool; the synthetic "
-        "images' own size: nothing is lost to resizing).",
+        128,
+        "Side of the full image fed to the baselines (ProtoPNet, ProtoPool, PIP-Net; the "
+        "synthetic images' own size: nothing is lost to resizing).",
         interval=Interval(16, 1024),
     )
 
@@ -127,9 +127,9 @@ class PrototypeModelParams:
         choices=("default", "kaiming"),
     )
     warmup_epochs: int = param(
-        2, "Warm-up: trunk frozen, add-on and prototypes trained.", interval=Interval(0, 10000)
+        1, "Warm-up: trunk frozen, add-on and prototypes trained.", interval=Interval(0, 10000)
     )
-    joint_epochs: int = param(8, "Joint: everything trained.", interval=Interval(0, 10000))
+    joint_epochs: int = param(5, "Joint: everything trained.", interval=Interval(0, 10000))
     push_every: int = param(
         0,
         "Push after every this many joint epochs, each push followed by the last-layer "
@@ -137,7 +137,7 @@ class PrototypeModelParams:
         interval=Interval(0, 10000),
     )
     last_layer_epochs: int = param(
-        3, "After each push: only the last layer trained.", interval=Interval(0, 10000)
+        2, "After each push: only the last layer trained.", interval=Interval(0, 10000)
     )
     loss: LossParams = section(LossParams, "Loss coefficients.")
     optim: OptimParams = section(OptimParams, "Optimisers and schedule.")
@@ -145,12 +145,12 @@ class PrototypeModelParams:
 
 # ProtoPNet's own recipe (Chen et al. 2019, its settings.py and main.py): 128-d prototypes,
 # unweighted CE, separation 0.08, no diversity term, L1 1e-4, last layer 1e-4, StepLR
-# gamma 0.1; a push every 10 epochs of 1000 (here: every 4 of 8 joint epochs). One
+# gamma 0.1; a push every 10 epochs of 1000 (here: every 3 of 5 joint epochs). One
 # deliberate deviation: PyTorch's default add-on init, not kaiming (see addon_init).
 PROTOPNET_RECIPE = dict(
     prototype_dim=128,
-    push_every=4,
-    last_layer_epochs=2,
+    push_every=3,
+    last_layer_epochs=1,
     loss=LossParams(class_weighted=False, separation=0.08, diversity=0.0, l1=1e-4),
     optim=OptimParams(last_layer_lr=1e-4, gamma=0.1),
 )
@@ -209,19 +209,19 @@ class ProtoPoolParams:
         choices=("default", "kaiming"),
     )
     gumbel_epochs: int = param(
-        10,
+        6,
         "Epochs (warm-up and joint) over which the Gumbel-softmax sharpens to its final "
         "scale (the original: 30).",
         interval=Interval(1, 10000),
     )
     warmup_epochs: int = param(
-        2,
+        1,
         "Warm-up: trunk frozen, add-on, prototypes and slots trained.",
         interval=Interval(0, 10000),
     )
-    joint_epochs: int = param(8, "Joint: trunk too.", interval=Interval(0, 10000))
+    joint_epochs: int = param(5, "Joint: trunk too.", interval=Interval(0, 10000))
     last_layer_epochs: int = param(
-        3, "After the projection (push): only the last layer.", interval=Interval(0, 10000)
+        2, "After the projection (push): only the last layer.", interval=Interval(0, 10000)
     )
     loss: ProtoPoolLossParams = section(ProtoPoolLossParams, "Loss coefficients.")
     optim: ProtoPoolOptimParams = section(ProtoPoolOptimParams, "Optimisers and schedule.")
@@ -274,12 +274,12 @@ class PIPNetParams:
         interval=Interval(1, 100000),
     )
     pretrain_epochs: int = param(
-        2,
+        1,
         "Pretraining of the prototypes (align and tanh losses only; the reference: 5).",
         interval=Interval(0, 10000),
     )
     train_epochs: int = param(
-        10, "Training epochs after pretraining (the reference: 100).", interval=Interval(1, 10000)
+        5, "Training epochs after pretraining (the reference: 100).", interval=Interval(1, 10000)
     )
     finetune_epochs: int = param(
         1,
@@ -287,7 +287,7 @@ class PIPNetParams:
         interval=Interval(0, 10000),
     )
     freeze_epochs: int = param(
-        3,
+        2,
         "Training epochs (counting from the first) with the trunk below its last block "
         "frozen (the original: 10 of 60).",
         interval=Interval(0, 10000),
