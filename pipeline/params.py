@@ -93,7 +93,7 @@ class SyntheticParams:
     num_classes: int = param(
         10, "Number of classes (distinct part-attribute combinations).", interval=Interval(2, 200)
     )
-    images_per_class: int = param(30, "Images generated per class.", interval=Interval(4, 10000))
+    images_per_class: int = param(24, "Images generated per class.", interval=Interval(4, 10000))
     image_size: int = param(
         128, "Side of the square images in pixels.", interval=Interval(64, 1024)
     )

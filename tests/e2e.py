@@ -96,6 +96,16 @@ TINY = {
             }
             for model in ("protomask", "protopnet")
         },
+        "protopool": {
+            "warmup_epochs": 1,
+            "joint_epochs": 1,
+            "last_layer_epochs": 1,
+            "num_prototypes": 4,
+            "num_slots": 2,
+            "prototype_dim": 8,
+            "gumbel_epochs": 2,
+        },
+        "pipnet": {"pretrain_epochs": 1, "train_epochs": 2, "finetune_epochs": 1},
     },
 }
 

@@ -15,7 +15,9 @@ from pipeline import layout
 from pipeline.tables import read_table
 from tests.e2e import TINY, make_project, merged, run, set_param
 
-EVALUATE = {"evaluate@protomask", "evaluate@protopnet"}
+MODELS = layout.MODELS
+TRAIN = {f"train@{m}-0" for m in MODELS}
+EVALUATE = {f"evaluate@{m}-0" for m in MODELS}
 # evaluate on the tiny test split with a small report and sanity check: every run of the
 # evaluate stages below (the first repro, the experiment) spends its time on DVC, not on
 # report images nothing here looks at
@@ -69,14 +71,9 @@ def project(tmp_path_factory) -> Path:
     params = merged(copy.deepcopy(TINY), QUICK_EVALUATE)
     root = make_project(tmp_path_factory.mktemp("pipeline") / "project", params)
     first = run(["dvc", "repro"], root)
-    assert {
-        "synthesize",
-        "prepare",
-        "segment",
-        "crops",
-        "train@protomask",
-        "train@protopnet",
-    } <= stages_run(first.stdout)
+    assert {"synthesize", "prepare", "segment", "crops", "compare"} | TRAIN | EVALUATE == (
+        stages_run(first.stdout)
+    )
     return root
 
 
@@ -87,8 +84,11 @@ def test_second_repro_runs_nothing(project: Path) -> None:
 
 def test_metrics_of_every_stage_are_listed(project: Path) -> None:
     shown = run(["dvc", "metrics", "show"], project).stdout
-    for name in ("prepare.json", "segment.json", "crops.json", "protomask.json", "protopnet.json"):
+    for name in ("prepare.json", "segment.json", "crops.json", "compare.json"):
         assert name in shown
+    for model in MODELS:
+        assert str(layout.evaluate_metrics(model, 0)) in shown
+        assert str(layout.train_metrics(model, 0)) in shown
 
 
 def test_a_dvc_remote_round_trip_needs_no_rerun(project: Path, tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_a_dvc_remote_round_trip_needs_no_rerun(project: Path, tmp_path: Path) -
     run(["dvc", "pull"], clone)
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
     assert stages_run(run(["dvc", "repro"], clone).stdout) == set()
-    assert (clone / "artifacts" / "train" / "protomask" / "final" / "checkpoint.pt").exists()
+    assert (clone / layout.train_dir("protomask", 0) / "final" / "checkpoint.pt").exists()
 
 
 def test_a_data_param_reruns_prepare_not_synthesize(project: Path, tmp_path: Path) -> None:
@@ -132,31 +132,53 @@ def test_a_crops_param_reruns_crops_and_what_follows_only(project: Path, tmp_pat
     assert not {"synthesize", "prepare", "segment"} & changed
     assert stages_run(run(["dvc", "repro", "crops"], repo).stdout) == {"crops"}
     stale = changed_stages(repo)
-    assert {"train@protomask", "train@protopnet"} <= stale
+    assert TRAIN <= stale
     assert not {"synthesize", "prepare", "segment", "crops"} & stale
 
 
-def test_an_experiment_on_a_train_param_retrains_from_the_cached_crops(
+def test_an_experiment_runs_what_its_param_changes_and_is_listed(
     project: Path, tmp_path: Path
 ) -> None:
-    """`dvc exp run -S train.seed=1` reruns train, evaluate and compare only, and
-    `dvc exp show` lists the experiment with its param and train metrics beside the baseline."""
+    """`dvc exp run -S evaluate.verdict_min_seeds=1` reruns compare only (its own params)
+    and `dvc exp show` lists the experiment with its param and metrics beside the
+    baseline."""
     repo = snapshot(project, tmp_path / "repo")
-    ran = stages_run(run(["dvc", "exp", "run", "-n", "seed1", "-S", "train.seed=1"], repo).stdout)
-    assert ran == {"train@protomask", "train@protopnet", "compare"} | EVALUATE
+    command = ["dvc", "exp", "run", "-n", "one-seed", "-S", "evaluate.verdict_min_seeds=1"]
+    assert stages_run(run(command, repo).stdout) == {"compare"}
     rows = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     baseline = next(row for row in rows if row["rev"] != "workspace")
     experiments = {e["name"]: e["revs"][0]["data"] for e in baseline["experiments"] or []}
-    assert set(experiments) == {"seed1"}
-    base, exp = baseline["data"], experiments["seed1"]
-    assert base["params"]["params.yaml"]["data"]["train"]["seed"] == 0
-    assert exp["params"]["params.yaml"]["data"]["train"]["seed"] == 1
-    for model in ("protomask", "protopnet"):
-        metrics = exp["metrics"][f"metrics/train/{model}.json"]["data"]
-        assert {"best_val_accuracy", "best_step", "steps"} <= set(metrics)
-        trained = f"artifacts/train/{model}"
-        assert exp["outs"][trained]["hash"] != base["outs"][trained]["hash"]
-    assert exp["outs"]["artifacts/crops"]["hash"] == base["outs"]["artifacts/crops"]["hash"]
+    assert set(experiments) == {"one-seed"}
+    base, exp = baseline["data"], experiments["one-seed"]
+    assert base["params"]["params.yaml"]["data"]["evaluate"]["verdict_min_seeds"] == 3
+    assert exp["params"]["params.yaml"]["data"]["evaluate"]["verdict_min_seeds"] == 1
+    compared = exp["metrics"][str(layout.COMPARE_METRICS)]["data"]
+    assert set(compared["claims"]) == set(MODELS) - {"protomask"}
+    for model in MODELS:
+        trained = str(layout.train_dir(model, 0))
+        assert exp["outs"][trained]["hash"] == base["outs"][trained]["hash"]
+
+
+def test_one_models_param_makes_only_that_models_stages_stale(
+    project: Path, tmp_path: Path
+) -> None:
+    """Each model's section is its own DVC param: a new train.protopnet.prototype_dim makes
+    train@protopnet-0 stale and no other model's stage."""
+    repo = snapshot(project, tmp_path / "repo")
+    set_param(repo, "train.protopnet.prototype_dim", 4)
+    assert changed_stages(repo) == {"train@protopnet-0"}
+
+
+def test_a_new_seed_adds_its_own_stages_and_reruns_no_finished_one(
+    project: Path, tmp_path: Path
+) -> None:
+    """train.seeds [0] -> [0, 1]: the stages of seed 1 are new and compare reads the list;
+    no stage of seed 0 is stale (its command names its seed, not the list)."""
+    repo = snapshot(project, tmp_path / "repo")
+    set_param(repo, "train.seeds", [0, 1])
+    changed = changed_stages(repo)
+    new = {f"{stage}@{m}-1" for stage in ("train", "evaluate") for m in MODELS}
+    assert changed == new | {"compare"}
 
 
 def test_an_evaluate_param_changes_only_the_evaluate_stages(project: Path, tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ OUTPUTS = {
     "prepare": layout.PREPARE_DIR,
     "segment": layout.SEGMENT_DIR,
     "crops": layout.CROPS_DIR,
-    "train": layout.TRAIN_DIR / "protomask",
-    "evaluate": layout.evaluate_dir("protomask"),
+    "train": layout.train_dir("protomask", 0),
+    "evaluate": layout.evaluate_dir("protomask", 0),
 }
 
 
@@ -132,7 +132,7 @@ def test_a_second_concurrent_run_stops_in_one_line(
     from stages.common import output_lock
 
     work = copy_project(project, tmp_path / "p")
-    logs = work / layout.TRAIN_DIR / "protomask" / "dvclive"
+    logs = work / layout.train_dir("protomask", 0) / "dvclive"
     before = {p: p.read_bytes() for p in logs.rglob("*") if p.is_file()}
     monkeypatch.chdir(work)
     with output_lock("train-protomask", "protomask train --model protomask"):
@@ -154,7 +154,7 @@ def test_a_damaged_crop_shard_met_while_training_is_one_line(project: Path, tmp_
     import shutil
 
     work = copy_project(project, tmp_path / "p")
-    shutil.rmtree(work / layout.TRAIN_DIR / "protomask")
+    shutil.rmtree(work / layout.train_dir("protomask", 0))
     shard = sorted((work / layout.CROPS_DIR).glob("crops-*.h5"))[0]
     flip_in_chunk(shard, "crops", 0)
     proc = stage(work, "train", "--model", "protomask")
