@@ -44,7 +44,7 @@ def test_two_ranks_train_and_gather_like_one_process(
     shutil.rmtree(project / layout.train_dir("protomask", 0))
     (project / "params.yaml").write_text(yaml.safe_dump(as_dict(tiny_train_params())))
     run = torchrun(["-m", "stages.cli", "train", "--model", "protomask"], project)
-    assert run.stdout.count("train protomask: best validation accuracy") == 1  # rank 0 only
+    assert run.stdout.count("train protomask seed 0: best validation accuracy") == 1  # rank 0 only
     final = load_checkpoint(project / layout.train_dir("protomask", 0) / "final" / "checkpoint.pt")
     assert final.period == "last_layer"
 
