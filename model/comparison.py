@@ -33,6 +33,7 @@ COMPARED = (
     ("accuracy", "balanced accuracy (%)", "higher"),
     ("top3_accuracy", "top-3 accuracy (%)", "higher"),
     ("macro_f1", "macro F1 (%)", "higher"),
+    ("abstained", "abstained (all classes tied, %)", "lower"),
     ("global_size", "global size", None),
     ("sparsity", "sparsity (%)", None),
     ("npr", "NPR", None),
@@ -138,6 +139,15 @@ def too_thin(runs: Runs, rules: EvaluateParams) -> Optional[str]:
             f"{rules.verdict_min_seeds} a verdict needs (evaluate.verdict_min_seeds): "
             f"one seed's differences are within seed noise"
         )
+    for model in runs:
+        held_back = spread(list(per_seed(runs, model, "abstained").values()))
+        if held_back is not None and held_back.mean > rules.verdict_max_abstained:
+            return (
+                f"{model} abstains (scores every class equally) on {held_back.mean:.0f} % of "
+                f"the test images, more than {rules.verdict_max_abstained:.0f} % "
+                f"(evaluate.verdict_max_abstained): its accuracy is a fixed pick, not a "
+                f"prediction; train it longer"
+            )
     share = spread(list(per_seed(runs, REFERENCE, "fallback_share").values()))
     if share is not None and share.mean > rules.verdict_max_fallback_share:
         return (
@@ -183,14 +193,15 @@ def claims(runs: Runs, rules: EvaluateParams) -> list[Claim]:
     return out
 
 
-def verdict(runs: Runs, rules: EvaluateParams) -> Verdict:
-    """The claims decided from the seeds' paired intervals; undecided, with the reason,
-    when the evidence is too thin (the observed differences are still stated)."""
+def verdict(runs: Runs, rules: EvaluateParams, found: Optional[list[Claim]] = None) -> Verdict:
+    """The claims (``found``, or computed) decided from the seeds' paired intervals;
+    undecided, with the reason, when the evidence is too thin (the observed differences
+    are still stated)."""
     if REFERENCE not in runs or len(runs) < 2:
         return Verdict(
             None, "only one model was evaluated", "No verdict: only one model was evaluated."
         )
-    found = claims(runs, rules)
+    found = claims(runs, rules) if found is None else found
     by_baseline: dict[str, list[str]] = {}
     for c in found:
         by_baseline.setdefault(c.baseline, []).append(c.sentence())
@@ -209,6 +220,20 @@ def verdict(runs: Runs, rules: EvaluateParams) -> Verdict:
         return Verdict(True, "", f"The claims hold: {text}.")
     reason = "an interval contains the threshold, or a metric is not measured"
     return Verdict(None, reason, f"Undecided ({reason}): {text}.")
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The claims and the verdict of one set of runs, computed once for every writer."""
+
+    claims: list[Claim]
+    verdict: Verdict
+
+
+def assess(runs: Runs, rules: EvaluateParams) -> Assessment:
+    """Every claim and the verdict they give."""
+    found = claims(runs, rules)
+    return Assessment(found, verdict(runs, rules, found))
 
 
 def summary_table(runs: Runs) -> dict[str, dict[str, Optional[Spread]]]:
@@ -235,13 +260,15 @@ def cell(runs: Runs, model: str, key: str) -> str:
     return f"{s.mean:.2f} ± {s.std:.2f}"
 
 
-def compare_document(runs: Runs, rules: EvaluateParams) -> dict[str, Any]:
+def compare_document(
+    runs: Runs, rules: EvaluateParams, assessed: Optional[Assessment] = None
+) -> dict[str, Any]:
     """metrics/compare.json: seeds, every model's mean/std/n per metric, ProtoMask's paired
     differences with their 95 % intervals, and each claim's outcome."""
     table = summary_table(runs)
-    found = claims(runs, rules)
+    assessed = assess(runs, rules) if assessed is None else assessed
+    found, result = assessed.claims, assessed.verdict
     baselines = sorted({c.baseline for c in found})
-    result = verdict(runs, rules)
     return {
         "seeds": {m: sorted(runs[m]) for m in table},
         "models": {
@@ -260,8 +287,11 @@ def compare_document(runs: Runs, rules: EvaluateParams) -> dict[str, Any]:
     }
 
 
-def comparison_markdown(runs: Runs, rules: EvaluateParams) -> str:
+def comparison_markdown(
+    runs: Runs, rules: EvaluateParams, assessed: Optional[Assessment] = None
+) -> str:
     """The Markdown comparison: metrics over seeds, paired differences, the claims."""
+    assessed = assess(runs, rules) if assessed is None else assessed
     names = [m for m in MODELS if m in runs]
     sources = ", ".join(
         f"`{layout.evaluate_metrics(m, s)}`" for m in names for s in sorted(runs[m])
@@ -278,8 +308,8 @@ def comparison_markdown(runs: Runs, rules: EvaluateParams) -> str:
     for key, label, better in COMPARED:
         row = (cell(runs, m, key) for m in names)
         lines.append(f"| {label} | " + " | ".join(row) + f" | {better or ''} |")
-    lines += upsampled_table(runs) + differences_table(runs, rules)
-    lines += ["", "## The paper's claims", "", verdict(runs, rules).sentence, ""]
+    lines += upsampled_table(runs) + differences_table(assessed.claims)
+    lines += ["", "## The paper's claims", "", assessed.verdict.sentence, ""]
     method = {m: next(iter(runs[m].values())).get("saliency") for m in names}
     lines += [
         f"Saliency: {', '.join(f'{m} {v}' for m, v in method.items())}; test images: "
@@ -317,9 +347,8 @@ def upsampled_table(runs: Runs) -> list[str]:
     return lines
 
 
-def differences_table(runs: Runs, rules: EvaluateParams) -> list[str]:
+def differences_table(found: list[Claim]) -> list[str]:
     """ProtoMask minus each baseline, paired by seed: mean [95 % interval] and outcome."""
-    found = claims(runs, rules)
     if not found:
         return []
     lines = [
@@ -367,8 +396,9 @@ def run_compare(
     ``models`` (default: all, as the compare stage) over train.seeds; return the verdict."""
     runs = read_metrics(list(params.train.seeds), project_root, models)
     rules = params.evaluate
+    assessed = assess(runs, rules)
     with atomic_file(project_root / layout.COMPARISON) as tmp:
-        tmp.write_text(comparison_markdown(runs, rules))
+        tmp.write_text(comparison_markdown(runs, rules, assessed))
     with atomic_file(project_root / layout.COMPARE_METRICS) as tmp:
-        tmp.write_text(json.dumps(compare_document(runs, rules), indent=2) + "\n")
-    return verdict(runs, rules)
+        tmp.write_text(json.dumps(compare_document(runs, rules, assessed), indent=2) + "\n")
+    return assessed.verdict

@@ -26,6 +26,7 @@ from torch import Tensor
 from model.metrics import (
     Absent,
     MetricValue,
+    abstained_share,
     activation_change,
     activation_entropy,
     balanced_accuracy,
@@ -89,6 +90,7 @@ def model_metrics(
         "accuracy": balanced_accuracy(y, pred, num_classes),
         "top3_accuracy": top_k_accuracy(y, scores.logits, min(3, num_classes)),
         "macro_f1": macro_f1(y, pred, num_classes),
+        "abstained": abstained_share(scores.logits),
         "global_size": float(global_size(weight)),
         "sparsity": sparsity(weight),
         "npr": npr(weight),

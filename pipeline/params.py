@@ -510,6 +510,14 @@ class EvaluateParams:
         interval=Interval(0, 100),
         stage="compare",
     )
+    verdict_max_abstained: float = param(
+        50.0,
+        "compare: no verdict when a model abstains (scores every class equally, e.g. PIP-Net "
+        "with no prototype above its presence cut-off) on more than this share (%) of the "
+        "test images: its accuracy is then a fixed pick, not a prediction.",
+        interval=Interval(0, 100),
+        stage="compare",
+    )
     verdict_accuracy_margin: float = param(
         2.0,
         "compare: ProtoMask's accuracy is competitive with a baseline's when the 95 % "

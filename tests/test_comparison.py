@@ -100,6 +100,7 @@ def test_an_absent_metric_is_said_not_measured() -> None:
     [
         ({"test_images": 2}, "evaluate.verdict_min_test_images"),
         ({"fallback_share": 100.0}, "evaluate.verdict_max_fallback_share"),
+        ({"abstained": 80.0}, "evaluate.verdict_max_abstained"),
     ],
 )
 def test_thin_evidence_gives_no_verdict_and_says_why(change: dict, reason: str) -> None:

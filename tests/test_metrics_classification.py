@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.metrics import Absent, balanced_accuracy, confusion_matrix, macro_f1, top_k_accuracy
+from model.metrics import (
+    Absent,
+    abstained_share,
+    balanced_accuracy,
+    confusion_matrix,
+    macro_f1,
+    top_k_accuracy,
+)
 
 # true class 0: 4 samples (3 right, 1 called 1); class 1: 2 samples (1 right, 1 called 0)
 Y_TRUE = np.array([0, 0, 0, 0, 1, 1])
@@ -64,3 +71,10 @@ def test_no_samples_is_absent() -> None:
     assert isinstance(balanced_accuracy(empty, empty, 3), Absent)
     assert isinstance(macro_f1(empty, empty, 3), Absent)
     assert isinstance(top_k_accuracy(empty, np.zeros((0, 3))), Absent)
+
+
+def test_abstained_share_counts_rows_with_every_class_tied() -> None:
+    logits = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.1, 0.0], [1.5, 1.5, 1.5], [0.0, 0.0, 1e-6]])
+    assert abstained_share(logits) == pytest.approx(50.0)
+    assert abstained_share(torch.zeros(3, 4)) == 100.0
+    assert isinstance(abstained_share(torch.zeros(0, 4)), Absent)

@@ -14,6 +14,7 @@ size, entropy).
 """
 
 from model.metrics.classification import (
+    abstained_share,
     balanced_accuracy,
     confusion_matrix,
     macro_f1,
@@ -68,6 +69,7 @@ __all__ = [
     "MetricValue",
     "mean_of",
     "to_jsonable",
+    "abstained_share",
     "balanced_accuracy",
     "confusion_matrix",
     "macro_f1",

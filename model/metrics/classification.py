@@ -116,3 +116,14 @@ def macro_f1(
     denom = 2 * tp + fp + fn
     f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1e-300), torch.zeros_like(tp))
     return float(100.0 * f1[labels].mean())
+
+
+def abstained_share(logits: ArrayLike) -> MetricValue:
+    """100 * share of samples whose scores are all equal (N, C): the model prefers no class
+    and the argmax is an arbitrary pick (PIP-Net's abstention: no prototype present above
+    its cut-off, every logit 0). [0, 100]; Absent without samples."""
+    z = torch.as_tensor(logits)
+    if z.shape[0] == 0:
+        return Absent(NO_SAMPLES)
+    tied = z.amax(dim=1) == z.amin(dim=1)
+    return float(100.0 * tied.double().mean())
