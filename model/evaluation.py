@@ -62,6 +62,7 @@ from pipeline.errors import ArtifactError
 from pipeline.evaluation_set import fallback_share, load_test_set
 from pipeline.model_inputs import ModelInputs
 from pipeline.params import Params
+from pipeline.progress import Steps, get_logger
 from pipeline.run_log import write_run_log
 from pipeline.tables import read_table
 
@@ -79,6 +80,7 @@ MODEL_KEYS = (
     "accuracy",
     "top3_accuracy",
     "macro_f1",
+    "abstained",
     "global_size",
     "sparsity",
     "npr",
@@ -94,6 +96,7 @@ MODEL_KEYS = (
     "mask_consistency",
 )
 METRIC_KEYS = MODEL_KEYS + SALIENCY_KEYS + ("randomisation",)
+log = get_logger("evaluate")
 
 
 @dataclass
@@ -131,16 +134,20 @@ def run_evaluation(
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {kind!r}")
     seed = params.train.seeds[0] if seed is None else seed
     with_seed(params, seed)  # a seed of train.seeds, or one line saying it is not
-    timer = Timer()
+    timer, steps = Timer(), Steps(f"evaluate {kind} seed {seed}", 5, log)
     with timer.section("load"):
         run = open_run(params, kind, seed, project_root)
+    steps.done("inputs", f"{len(run.test.image_ids)} test images, {kind} model on {run.device}")
     with run.inputs.masks:  # the mask shards, opened once each
         results = explain_test_set(run, timer)
         scores = results.scores()
+        steps.done("saliency", f"{', '.join(run.methods)} maps of the top {run.k} prototypes")
         with timer.section("scalars"):
             metrics, others = scalar_metrics(run, results, scores)
+        steps.done("metrics", f"{len(metrics)} scalars, {len(others)} other saliency methods")
         with timer.section("randomisation"):
             sanity = randomisation_check(run.model, kind, results.sanity, run.ev, run.device)
+        steps.done("sanity check", f"randomised trunk, {len(results.sanity)} images")
         with timer.section("report_saliency"):
             run.report.add_prototypes(
                 run.explainer,
@@ -156,6 +163,8 @@ def run_evaluation(
     result = Evaluation(kind, seed, doc, timer.rounded(), run.report)
     if write:
         write_outputs(result, project_root)
+    steps.done("report", str(layout.evaluate_dir(kind, seed) / "index.html") if write else "")
+    if write:
         timer.mark("total_with_report")
         result.timings = timer.rounded()
         write_run_log(project_root, f"evaluate-{kind}-seed-{seed}", result.timings)

@@ -38,7 +38,10 @@ from pipeline.evaluation_set import TestSet, load_image, load_segmentation
 from pipeline.model_inputs import ModelInputs, ModelKind, model_kind
 from pipeline.params import EvaluateParams
 from pipeline.perturbation import perturb_image, perturbation_seed
+from pipeline.progress import Progress, get_logger, track
 from pipeline.view_datasets import normalise
+
+log = get_logger("evaluate")
 
 
 @dataclass
@@ -137,7 +140,10 @@ def explain_test_set(run: EvalRun, timer: Timer) -> PassResults:
     ev, n = run.ev, len(run.test.image_ids)
     results = PassResults({m: MapStats(ev.top_fraction) for m in run.methods})
     samples = set(run.report.sample_rows(n))
-    for start in range(0, n, ev.batch_size):
+    starts = range(0, n, ev.batch_size)
+    desc = f"evaluate {run.kind} seed {run.report.seed}: saliency"
+    bar = Progress(desc, len(starts), "batch", logger=log, every=0.25, leave=False)
+    for start in track(starts, bar):
         rows = list(range(start, min(n, start + ev.batch_size)))
         with timer.section("forward"):
             batch = forward_batch(run, rows)

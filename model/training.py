@@ -59,11 +59,13 @@ from pipeline.params import (
     text_fingerprint,
 )
 from pipeline.pipnet_views import TwoViewDataset
+from pipeline.progress import Progress, StepClock, format_duration, get_logger, track
 from pipeline.run_log import write_run_log
 from pipeline.tables import read_table
 from pipeline.view_datasets import FullImageDataset, ViewDataset
 
 MODELS = layout.MODELS
+log = get_logger("train")
 
 
 def schedule(train: TrainParams, kind: str) -> list[Step]:
@@ -173,7 +175,19 @@ def run_epoch(run: Run, model: nn.Module, batches: Iterable, step: Step) -> dict
     totals: dict[str, float] = {}
     correct = seen = pending = 0
     optimizer.zero_grad(set_to_none=True)
-    for batch in batches:
+    shown = track(
+        batches,
+        Progress(
+            f"train {run.kind} seed {run_seed(train)} {step.period} epoch {step.epoch}",
+            len(batches) if hasattr(batches, "__len__") else 0,
+            "batch",
+            logger=log,
+            every=None,  # off a terminal, the step's line (record_step) is enough
+            enabled=dist_utils.is_main(),
+            leave=False,
+        ),
+    )
+    for batch in shown:
         inputs = torch.cat(batch[:2]) if how.pairs else batch[0]
         inputs, labels = inputs.to(device, non_blocking=True), batch[-2].to(device)
         with autocast(device, train):
@@ -370,9 +384,12 @@ def run_step(run: Run, ddp_model: nn.Module, index: int) -> tuple[dict, nn.Modul
     return record, ddp_model
 
 
-def record_step(run: Run, state: RunState, record: dict, logger: Logger) -> None:
+def record_step(
+    run: Run, state: RunState, record: dict, logger: Logger, clock: StepClock | None = None
+) -> None:
     """Update the state with a finished step; save ``latest/`` (and ``best/`` when it is
-    the best pushed state so far), then log the step."""
+    the best pushed state so far), then log the step (dvclive, and its line on stderr
+    with the pace that ``clock`` measures)."""
     index = record["step"]
     state.history.append(record)
     is_best = run.pushed[index] and record["val_accuracy"] > state.best_val
@@ -396,7 +413,32 @@ def record_step(run: Run, state: RunState, record: dict, logger: Logger) -> None
         if is_best:
             copy_checkpoint(run.out_dir, "latest", "best")
         logger.log(record)
+        if clock is not None:
+            log.info(step_line(run, record, *clock.tick()))
     dist_utils.barrier()
+
+
+def step_line(run: Run, record: dict, seconds: float, eta: float) -> str:
+    """A finished step in one line for stderr: model, seed, step, period (and epoch),
+    the mean loss terms, train and validation accuracy, images per second of the step
+    (its training or push pass and the validation pass), the run's ETA."""
+    step, period = record["step"], record["period"]
+    what = "push" if period == "push" else f"{period} epoch {record['epoch']}"
+    losses = {
+        k[6:]: v for k, v in record.items() if k.startswith("train_") and k != "train_accuracy"
+    }
+    total = losses.pop("total", None)
+    parts = ", ".join(f"{k} {v:.3g}" for k, v in losses.items())
+    loss = f"loss {total:.3g} ({parts}), " if total is not None else ""
+    train_acc = record.get("train_accuracy")
+    accuracy = f"train acc {train_acc:.1f} %, " if train_acc is not None else ""
+    images = len(run.datasets["push" if period == "push" else "train"])
+    speed = images / seconds if seconds > 0 else 0.0
+    return (
+        f"train {run.kind} seed {run_seed(run.train)}: step {step + 1}/{len(run.steps)} "
+        f"{what}: {loss}{accuracy}val acc {record['val_accuracy']:.1f} %, "
+        f"{speed:.1f} img/s, ETA {format_duration(eta)}"
+    )
 
 
 def summarise(run: Run, state: RunState) -> dict:
@@ -463,9 +505,10 @@ def run_training(
     ddp_model = dist_utils.wrap(run.model, device)
     logger = Logger(out_dir / "dvclive", state.history)
     started, first_step = time.perf_counter(), state.next_step
+    clock = StepClock(len(steps) - first_step)
     for index in range(first_step, len(steps)):
         record, ddp_model = run_step(run, ddp_model, index)
-        record_step(run, state, record, logger)
+        record_step(run, state, record, logger, clock)
         if (
             stop_after is not None
             and index + 1 - first_step >= stop_after

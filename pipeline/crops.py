@@ -43,6 +43,7 @@ from pipeline.mask_shards import (
     shard_paths,
 )
 from pipeline.params import CropsParams, Params, result_dict, text_fingerprint
+from pipeline.progress import ShardReporter
 from pipeline.segmenters.base import MaskSet
 from pipeline.sharded import ShardedStage, run_shards
 from pipeline.tables import read_table, write_columns
@@ -84,6 +85,7 @@ class CropSummary:
     index: int
     images: int
     crops: int
+    fallbacks: int = 0  # images whose every view is the whole image
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,8 @@ def crop_shard(task: CropTask) -> CropSummary:
     crops: list[np.ndarray] = []
     full: list[np.ndarray] = []
     columns: dict[str, list[np.ndarray]] = defaultdict(list)
-    next_row = 0
+    next_row = fallbacks = 0
+    report = ShardReporter(task.out_path)
     with MaskShard(Path(task.mask_path)) as shard:
         for image_row, entry in enumerate(task.images):
             image = load_image(root, entry)
@@ -195,6 +198,8 @@ def crop_shard(task: CropTask) -> CropSummary:
             crops.append(views.crops)
             full.append(resize_square(image, task.params.size))
             next_row += len(views.crops)
+            fallbacks += int(views.plan.fallback)
+            report.send({"images": image_row + 1, "views": next_row, "fallbacks": fallbacks})
     write_crop_shard(
         Path(task.out_path),
         np.concatenate(crops),
@@ -207,7 +212,21 @@ def crop_shard(task: CropTask) -> CropSummary:
         compression=task.params.compression,
         mask_shard=Path(task.mask_path).name,
     )
-    return CropSummary(task.index, len(task.images), next_row)
+    return CropSummary(task.index, len(task.images), next_row, fallbacks)
+
+
+def _counts(summary: CropSummary) -> dict[str, int]:
+    """A shard's counts for the progress bar: images, distinct views, fallbacks."""
+    return {"images": summary.images, "views": summary.crops, "fallbacks": summary.fallbacks}
+
+
+def _progress(counts: dict[str, int]) -> dict[str, object]:
+    """The progress bar's postfix: the running mean of distinct views per image, the
+    whole-image fallbacks so far."""
+    return {
+        "views_per_image": f"{counts.get('views', 0) / max(counts.get('images', 0), 1):.1f}",
+        "fallbacks": counts.get("fallbacks", 0),
+    }
 
 
 # ------------------------------------------------------------------------ planning
@@ -369,7 +388,13 @@ def run_crops(params: Params, project_root: Path = Path(".")) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)
     stage = ShardedStage(
-        "crops", "crops", check_crop_shard, crop_shard, keep=frozenset({layout.CROPS_INDEX.name})
+        "crops",
+        "crops",
+        check_crop_shard,
+        crop_shard,
+        keep=frozenset({layout.CROPS_INDEX.name}),
+        counts=_counts,
+        postfix=_progress,
     )
     run = run_shards(
         stage,

@@ -56,6 +56,10 @@ def dask_client(
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            # the scheduler's HTTP server (health, metrics) starts even without a
+            # dashboard, on 8787 by default: a free local port instead, so no "port 8787
+            # is already in use" warning when another cluster runs
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             silence_logs=50,
         ) as cluster,
         Client(cluster) as client,
@@ -63,17 +67,18 @@ def dask_client(
         yield client
 
 
-def map_tasks(client: object, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[R]:
-    """Submit every task (pure=False: each runs once) and yield results as they finish."""
+def map_tasks(client: object, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[T, R]]:
+    """Submit every task (pure=False: each runs once) and yield (task, result) pairs as
+    they finish."""
     from dask.distributed import as_completed
 
     run = uuid.uuid4().hex[:8]  # a shared scheduler may serve several runs at once
-    futures = [
-        client.submit(fn, task, pure=False, key=f"{fn.__name__}-{run}-{i}")
+    futures = {
+        client.submit(fn, task, pure=False, key=f"{fn.__name__}-{run}-{i}"): task
         for i, task in enumerate(tasks)
-    ]
+    }
     for future in as_completed(futures):
-        yield future.result()
+        yield futures[future], future.result()
 
 
 def remove_stale(out_dir: Path, prefix: str, wanted: set[str]) -> None:

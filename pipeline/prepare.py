@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline import layout
 from pipeline.atomic import write_json
@@ -27,6 +26,7 @@ from pipeline.datasets import read_dataset
 from pipeline.errors import DatasetError, ImageDecodeError
 from pipeline.imageio import load_rgb, pixel_hash, read_mask_png, resolve_inside
 from pipeline.params import DataParams, result_fingerprint
+from pipeline.progress import Progress, get_logger, track
 from pipeline.records import DatasetListing, ImageRecord
 from pipeline.tables import write_table
 
@@ -69,13 +69,14 @@ def decode_all(
     rejects: list[dict] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(decode, listing.records)
-        for record, result in tqdm(
-            zip(listing.records, results, strict=False),
-            total=len(listing.records),
-            desc="prepare: decoding",
-            unit="img",
+        bar = Progress(
+            "prepare: decoding",
+            len(listing.records),
+            logger=get_logger("prepare"),
+            every=0.25,
             leave=False,
-        ):
+        )
+        for record, result in track(zip(listing.records, results, strict=False), bar):
             if isinstance(result, str):
                 rejects.append({"image_id": record.image_id, "path": record.path, "reason": result})
             else:

@@ -30,6 +30,7 @@ from pipeline.mask_shards import (
     write_shard,
 )
 from pipeline.params import Params, SegmentParams, fingerprint, result_fingerprint, text_fingerprint
+from pipeline.progress import ShardReporter
 from pipeline.sharded import ShardedStage, run_shards
 from pipeline.tables import read_table
 
@@ -93,6 +94,7 @@ def segment_shard(task: ShardTask) -> ShardSummary:
     results: list[ImageResult] = []
     batch_size = task.params.sam.images_per_batch if task.params.backend == "sam" else 1
     pending: list[tuple[int, object]] = []
+    report = ShardReporter(task.out_path)
 
     def flush() -> None:
         if not pending:
@@ -123,6 +125,7 @@ def segment_shard(task: ShardTask) -> ShardSummary:
         pending.append((image_id, image))
         if len(pending) >= batch_size:
             flush()
+        report.send(lambda: _image_counts(results))
     flush()
     results.sort(key=lambda r: r.image_id)
     write_shard(
@@ -177,12 +180,27 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardT
     return tasks
 
 
-def _progress(summaries: list[ShardSummary]) -> dict[str, object]:
-    """The progress bar's postfix: masks per image of the latest shard, failures so far."""
-    last = summaries[-1]
+def _image_counts(results: list[ImageResult]) -> dict[str, int]:
+    """A running shard's counts for the progress bar: images, masks, failed images."""
     return {
-        "masks_per_image": f"{last.masks / max(last.images, 1):.1f}",
-        "failed": sum(len(s.failures) for s in summaries),
+        "images": len(results),
+        "masks": sum(len(r.masks) for r in results if r.masks is not None),
+        "failed": sum(1 for r in results if r.failure),
+    }
+
+
+def _counts(summary: ShardSummary) -> dict[str, int]:
+    """A finished shard's counts for the progress bar (as :func:`_image_counts`)."""
+    return {"images": summary.images, "masks": summary.masks, "failed": len(summary.failures)}
+
+
+def _progress(counts: dict[str, int]) -> dict[str, object]:
+    """The progress bar's postfix: the running mean of masks per image (of the images
+    that did not fail, as in the metrics), failures so far."""
+    segmented = counts.get("images", 0) - counts.get("failed", 0)
+    return {
+        "masks_per_image": f"{counts.get('masks', 0) / max(segmented, 1):.1f}",
+        "failed": counts.get("failed", 0),
     }
 
 
@@ -201,7 +219,9 @@ def run_segment(params: Params, project_root: Path = Path(".")) -> dict:
     out_dir = project_root / layout.SEGMENT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(params, project_root, out_dir)
-    stage = ShardedStage("segment", PREFIX, check_mask_shard, segment_shard, postfix=_progress)
+    stage = ShardedStage(
+        "segment", PREFIX, check_mask_shard, segment_shard, counts=_counts, postfix=_progress
+    )
     run = run_shards(
         stage,
         tasks,

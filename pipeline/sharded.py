@@ -2,7 +2,8 @@
 
 :func:`run_shards` removes what the current plan does not name, keeps every finished
 shard whose fingerprint matches and that reads back intact (a damaged one is named on
-stderr and rebuilt), maps the rest over dask with a progress bar, and times it all.
+stderr and rebuilt), maps the rest over dask with a progress bar that advances per image
+(the tasks report their running counts, :mod:`pipeline.progress`), and times it all.
 What a stage makes of the results (its metrics, index, summary line) stays in the
 stage's module; :meth:`ShardRun.write_log` writes the run's wall-clock facts.
 """
@@ -11,15 +12,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from tqdm import tqdm
-
 from pipeline.execution import dask_client, map_tasks, remove_stale, shards_to_build
 from pipeline.hdf5_files import ShardCheck
+from pipeline.progress import Progress, ShardTracker, get_logger
 from pipeline.run_log import write_run_log
 
 
@@ -54,7 +54,10 @@ class ShardedStage(Generic[T, R]):
         build: writes one task's shard (runs on a dask worker).
         keep: other file names of the output folder that ``prefix`` matches but the
             plan still wants (e.g. the crops index).
-        postfix: the progress bar's postfix after each result, from all results so far.
+        counts: a finished task's counts (``images`` and what ``postfix`` reads); its
+            task reports the same counts while it runs (:class:`ShardReporter`).
+        postfix: the progress bar's postfix (running means) from the counts summed over
+            the finished and running tasks.
     """
 
     name: str
@@ -62,7 +65,8 @@ class ShardedStage(Generic[T, R]):
     check: Callable[[str, str], ShardCheck]
     build: Callable[[T], R]
     keep: frozenset[str] = frozenset()
-    postfix: Callable[[list[R]], dict[str, Any]] | None = None
+    counts: Callable[[R], dict[str, int]] = lambda result: {"images": result.images}
+    postfix: Callable[[dict[str, int]], dict[str, Any]] = lambda counts: {}
 
 
 @dataclass
@@ -133,18 +137,19 @@ def run_shards(
     run.verify_seconds = time.perf_counter() - started
     if todo:
         with dask_client(workers, scheduler) as client:
-            _collect(run, map_tasks(client, stage.build, todo), stage)
+            _collect(run, client, stage)
     run.seconds = time.perf_counter() - started
     return run
 
 
-def _collect(run: ShardRun[T, R], results: Iterable[R], stage: ShardedStage[T, R]) -> None:
-    """Gather results into ``run`` while a progress bar counts their images."""
-    with tqdm(
-        total=sum(t.num_images for t in run.built), unit="img", desc=stage.name, dynamic_ncols=True
-    ) as bar:
-        for result in results:
-            run.results.append(result)
-            bar.update(result.images)
-            if stage.postfix is not None:
-                bar.set_postfix(**stage.postfix(run.results))
+def _collect(run: ShardRun[T, R], client: Any, stage: ShardedStage[T, R]) -> None:
+    """Map the tasks to build over ``client`` and gather their results into ``run``,
+    while a progress bar counts the images done (running tasks included)."""
+    total = sum(t.num_images for t in run.built)
+    with Progress(stage.name, total, "img", logger=get_logger(stage.name)) as bar:
+        tracker = ShardTracker(bar, {t.out_path for t in run.built}, stage.postfix)
+        with tracker.subscribed(client):
+            results = map_tasks(client, stage.build, run.built)
+            for task, result in results:
+                run.results.append(result)
+                tracker.finish(task.out_path, stage.counts(result))
