@@ -1,9 +1,14 @@
-"""Run by tests/test_train_ddp.py, alone or under torchrun: predictions and push of a
-trained checkpoint over the training split, gathered across ranks, written as JSON."""
+"""Run by tests/test_train_ddp.py, alone, in-process or under torchrun: predictions and push
+of a trained checkpoint over the training split, gathered across ranks, written as JSON.
+
+``ddp_check.py PROJECT OUT --train`` first runs ``protomask train --model protomask`` in
+the same processes (the stage as the CLI runs it, its summary line on stdout), so one
+torchrun launch both trains and checks."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +20,15 @@ from model.push import push_prototypes
 from model.training import build_model, loader, make_dataset, predict
 from pipeline import layout
 from pipeline.params import load_params
+
+
+def train(project: Path) -> None:
+    """The train stage through its CLI, in ``project`` (it joins, then leaves, the group)."""
+    from stages.cli import main as cli
+
+    os.chdir(project)
+    cli(["train", "--model", "protomask"], standalone_mode=False)
+    sys.stdout.flush()
 
 
 def main(project: Path, out: Path) -> None:
@@ -46,4 +60,6 @@ def main(project: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
+    if "--train" in sys.argv[3:]:
+        train(Path(sys.argv[1]))
     main(Path(sys.argv[1]), Path(sys.argv[2]))
