@@ -180,7 +180,9 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is not None:  # failed: no closing line, the error says what happened
+            self.lines = False
         self.close()
 
 
