@@ -55,7 +55,7 @@ from model.randomisation import randomisation_check
 from model.report import ReportBuilder
 from model.scalars import Scores, model_metrics, segmenter_consistency
 from model.timing import Timer
-from model.training import MODELS, resolve_device, with_seed
+from model.training import MODELS, check_seed, resolve_device
 from pipeline import layout
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
@@ -133,7 +133,7 @@ def run_evaluation(
     if kind not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {kind!r}")
     seed = params.train.seeds[0] if seed is None else seed
-    with_seed(params, seed)  # a seed of train.seeds, or one line saying it is not
+    check_seed(params, seed)
     timer, steps = Timer(), Steps(f"evaluate {kind} seed {seed}", 5, log)
     with timer.section("load"):
         run = open_run(params, kind, seed, project_root)

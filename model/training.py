@@ -91,14 +91,19 @@ def run_seed(train: TrainParams) -> int:
     return train.seeds[0]
 
 
-def with_seed(params: Params, seed: int) -> Params:
-    """The params of the run with ``seed`` (one of train.seeds): train.seeds is [seed], so
-    its fingerprint and stored params do not change when other seeds are added."""
+def check_seed(params: Params, seed: int) -> None:
+    """ParamsError unless ``seed`` is one of train.seeds (compare reads only those)."""
     if seed not in params.train.seeds:
         raise ParamsError(
             f"seed {seed} is not in train.seeds {params.train.seeds}: add it there "
             "(compare reads the seeds listed there)"
         )
+
+
+def with_seed(params: Params, seed: int) -> Params:
+    """The params of the run with ``seed`` (one of train.seeds): train.seeds is [seed], so
+    its fingerprint and stored params do not change when other seeds are added."""
+    check_seed(params, seed)
     return replace(params, train=replace(params.train, seeds=[seed]))
 
 
