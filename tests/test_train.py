@@ -193,15 +193,24 @@ def test_sigkill_then_rerun_equals_uninterrupted(trained: Path, tmp_path: Path) 
         except Exception:  # noqa: BLE001 - being replaced right now
             return False
 
-    kill_when(cmd, project, two_steps_saved)
-    assert load_checkpoint(latest).extra["next_step"] < len(schedule(params.train, "protomask"))
-    rerun = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
     # The reference runs the same command uninterrupted (same process settings: thread
-    # counts change float reductions, so an in-process run is no reference).
+    # counts change float reductions, so an in-process run is no reference), from a copy
+    # made before the kill, alongside the killed run and the rerun.
     reference = copy_project(project, tmp_path / "reference")
-    shutil_rm(reference / layout.train_dir("protomask", 0))
-    subprocess.run(cmd, cwd=reference, env=env, capture_output=True, text=True, check=True)
+    log = tmp_path / "reference.log"
+    with log.open("w") as stderr:  # a file, not a pipe: a full pipe would stall the run
+        uninterrupted = subprocess.Popen(
+            cmd, cwd=reference, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        try:
+            kill_when(cmd, project, two_steps_saved)
+            steps = len(schedule(params.train, "protomask"))
+            assert load_checkpoint(latest).extra["next_step"] < steps
+            rerun = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+            assert rerun.returncode == 0, rerun.stderr
+        finally:
+            uninterrupted.wait()
+    assert uninterrupted.returncode == 0, log.read_text()[-3000:]
     assert same_weights(weights(project, "protomask"), weights(reference, "protomask"))
 
 
