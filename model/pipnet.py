@@ -12,7 +12,7 @@ Training-time conventions of the original (M-Nauta/PIPNet):
   normalization multiplier 2 (never trained), bias 0;
 * after every optimiser step outside pretraining :meth:`PIPNet.clamp_classifier_`
   (weights w <- max(w - 1e-3, 0), multiplier >= 1, bias >= 0);
-* evaluation (``forward(inference=True)``): pooled scores below 0.1 are zeroed before the
+* evaluation (eval mode, or ``forward(inference=True)``): pooled scores below 0.1 are zeroed before the
   classifier; the original also applies w <- max(w - 1e-3, 0) to the classifier before
   every evaluation batch (call :meth:`PIPNet.clamp_classifier_` where wanted);
 * the local explanation of a prediction is the presence map of each prototype, weighted by
@@ -192,10 +192,19 @@ class PIPNet(nn.Module):
         return logits, pooled, matched
 
     def forward(
-        self, images: Tensor, *, inference: bool = False, return_features: bool = False
+        self,
+        images: Tensor,
+        *,
+        inference: Optional[bool] = None,
+        return_features: bool = False,
     ) -> PresenceOutput:
-        """Logits, pooled presence, location of each maximum, presence maps [, features]."""
+        """Logits, pooled presence, location of each maximum, presence maps [, features].
+
+        ``inference`` None: in eval mode (validation, as the original's evaluation, so
+        model selection scores what evaluate scores), not in training mode.
+        """
         maps, features = self.presence_maps(images)
+        inference = not self.training if inference is None else inference
         logits, pooled, matched = self.head(maps, inference=inference)
         return PresenceOutput(logits, pooled, matched, maps, features if return_features else None)
 

@@ -113,6 +113,18 @@ def test_original_init_and_inference_threshold() -> None:
     assert net.head(maps)[1][0, 0].item() == pytest.approx(0.09)
 
 
+def test_eval_mode_forward_applies_the_cut_off_as_evaluate_does() -> None:
+    """Validation (eval mode) scores what evaluate scores, so selection uses the cut-off."""
+    net = tiny_net(num_prototypes=256)
+    images = torch.randn(2, 3, 32, 32)
+    train_out = net.train()(images)
+    assert (train_out.pooled < 0.1).any()  # barely trained: weak presences
+    eval_out = net.eval()(images)
+    cut = net.head(eval_out.maps, inference=True)
+    assert torch.equal(eval_out.logits, cut[0]) and torch.equal(eval_out.pooled, cut[1])
+    assert not torch.equal(eval_out.pooled, net(images, inference=False).pooled)
+
+
 def test_parameter_groups_resnet_and_generic() -> None:
     trunk = build_backbone("resnet18", "none")
     groups = trunk_groups(trunk)
