@@ -82,12 +82,11 @@ def cluster(tmp_path: Path):
         log.close()
 
 
-def test_existing_cluster_gives_the_local_bytes(cluster: str, tmp_path: Path, monkeypatch) -> None:
+def test_existing_cluster_gives_the_local_bytes(
+    cluster: str, cropped_project: Path, tmp_path: Path, monkeypatch
+) -> None:
     params = tiny_crops_params()
-    local = make_tiny_project(tmp_path / "local", params)
-    run_segment(params, local)
-    run_crops(params, local)
-
+    local = cropped_project  # tiny_crops_params() segmented and cropped on a local cluster
     remote_params = replace(params, segment=replace(params.segment, scheduler=cluster))
     remote = make_tiny_project(tmp_path / "remote", remote_params)
     monkeypatch.chdir(tmp_path)  # the workers' folder is not the project: paths are absolute
