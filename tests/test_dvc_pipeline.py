@@ -106,16 +106,20 @@ def test_a_dvc_remote_round_trip_needs_no_rerun(project: Path, tmp_path: Path) -
 
 def test_a_data_param_reruns_prepare_not_synthesize(project: Path, tmp_path: Path) -> None:
     """The index the first repro wrote holds every image in three splits; `dvc repro
-    prepare` runs nothing more; a new data.val_fraction reruns prepare, not synthesize
-    (the prepare end of the pipeline: was tests/test_dvc_prepare.py's own project)."""
+    prepare` runs nothing more, nor does a speed-only key (data.decode_workers: no DVC
+    param, tests/test_params_dvc.py); a new data.val_fraction reruns prepare, not
+    synthesize (the prepare end of the pipeline: was tests/test_dvc_prepare.py's own
+    project, and the speed-only check tests/test_params_dvc.py's)."""
     repo = snapshot(project, tmp_path / "repo")
     table, _ = read_table(repo / layout.IMAGES_INDEX, "images")
     assert len(table) == 24 and set(table.column("split").to_pylist()) == {"train", "val", "test"}
     assert stages_run(run(["dvc", "repro", "prepare"], repo).stdout) == set()
+    set_param(repo, "data.decode_workers", 1)  # the default is 2
     assert "Data and pipelines are up to date" in run(["dvc", "status", "prepare"], repo).stdout
     set_param(repo, "data.val_fraction", 0.4)
     status = run(["dvc", "status", "prepare"], repo).stdout
     assert "prepare:" in status and "synthesize:" not in status
+    assert "modified:" in status and "data.val_fraction" in status
     rerun = stages_run(run(["dvc", "repro", "prepare"], repo).stdout)
     assert "prepare" in rerun and "synthesize" not in rerun
     assert "metrics/prepare.json" in run(["dvc", "metrics", "show"], repo).stdout
