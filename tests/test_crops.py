@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -183,16 +184,25 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_bytes(tmp_path) -> None:
     params = tiny_crops_params(segment={"shard_size": 1}, size=256)
     segmented = make_segmented_project(tmp_path / "segmented", params)
     reference = copy_project(segmented, tmp_path / "reference")
-    run_crops(params, reference)
     project = copy_project(segmented, tmp_path / "project")
     write_params(project, params)
     cmd = [sys.executable, "-m", "stages.cli", "crops"]
     out = project / layout.CROPS_DIR
-    kill_when(cmd, project, lambda: out.exists() and bool(crop_shard_paths(out)), poll=0.002)
-    written = len(crop_shard_paths(out))
+
+    def kill_then_rerun() -> tuple[int, bool, subprocess.CompletedProcess]:
+        kill_when(cmd, project, lambda: out.exists() and bool(crop_shard_paths(out)), poll=0.002)
+        written = len(crop_shard_paths(out))
+        indexed = (project / layout.CROPS_INDEX).exists()
+        rerun = subprocess.run(cmd, cwd=project, env=stage_env(), capture_output=True, text=True)
+        return written, indexed, rerun
+
+    # the killed run and its rerun (subprocesses) go alongside the reference run here
+    with ThreadPoolExecutor(1) as pool:
+        killed = pool.submit(kill_then_rerun)
+        run_crops(params, reference)
+        written, indexed, rerun = killed.result()
     assert 1 <= written < 18, f"the kill must land mid-run ({written} of 18 written)"
-    assert not (project / layout.CROPS_INDEX).exists()
-    rerun = subprocess.run(cmd, cwd=project, env=stage_env(), capture_output=True, text=True)
+    assert not indexed
     assert rerun.returncode == 0, rerun.stderr
     assert f"({written} reused" in rerun.stdout
     assert artifact_bytes(project) == artifact_bytes(reference)

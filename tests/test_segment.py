@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -99,15 +100,23 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_bytes(segmented, tmp_path) ->
     (project / "params.yaml").write_text(yaml.safe_dump(as_dict(params)))
     cmd = [sys.executable, "-m", "stages.cli", "segment"]
     out = project / layout.SEGMENT_DIR
-    kill_when(cmd, project, lambda: len(shard_paths(out)) >= 2, poll=0.05)
-    written = len(shard_paths(out))
+
+    def kill_then_rerun() -> tuple[int, subprocess.CompletedProcess]:
+        kill_when(cmd, project, lambda: len(shard_paths(out)) >= 2, poll=0.05)
+        written = len(shard_paths(out))
+        rerun = subprocess.run(cmd, cwd=project, env=stage_env(), capture_output=True, text=True)
+        return written, rerun
+
+    # the killed run and its rerun (subprocesses) go alongside the reference run here
+    with ThreadPoolExecutor(1) as pool:
+        killed = pool.submit(kill_then_rerun)
+        reference = tiny_params(shard_size=2)
+        ref_project = make_tiny_project(tmp_path / "ref", reference)
+        run_segment(reference, ref_project)
+        written, rerun = killed.result()
     assert 2 <= written < 9, "the kill must land mid-run"
-    rerun = subprocess.run(cmd, cwd=project, env=stage_env(), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"({written} reused" in rerun.stdout
-    reference = tiny_params(shard_size=2)
-    ref_project = make_tiny_project(tmp_path / "ref", reference)
-    run_segment(reference, ref_project)
     assert_same_shards(project, ref_project)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
