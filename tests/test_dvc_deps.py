@@ -126,3 +126,21 @@ def test_the_closure_follows_imports_inside_functions() -> None:
         "pipeline/params.py",
     } <= files
     assert "stages/train.py" not in files and "model/training.py" not in files
+
+
+@pytest.mark.parametrize(
+    ("name", "outside"),
+    [
+        ("train", ["model/metrics/reference.py", "model/report.py", "model/comparison.py"]),
+        ("evaluate", ["model/comparison.py", "model/seed_stats.py"]),
+    ],
+)
+def test_a_later_stage_module_does_not_stale_an_earlier_stage(
+    name: str, outside: list[str]
+) -> None:
+    """train lists its own import closure, not the model folder: editing a metric does not
+    retrain every model (and editing compare does not re-evaluate them)."""
+    deps = code_deps(stages()[name])
+    for path in outside:
+        assert path not in command_closure(name), path
+        assert not any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps), path
