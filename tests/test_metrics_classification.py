@@ -12,6 +12,9 @@ from model.metrics import (
     balanced_accuracy,
     confusion_matrix,
     macro_f1,
+    macro_precision,
+    macro_recall,
+    roc_auc,
     top_k_accuracy,
 )
 
@@ -78,3 +81,46 @@ def test_abstained_share_counts_rows_with_every_class_tied() -> None:
     assert abstained_share(logits) == pytest.approx(50.0)
     assert abstained_share(torch.zeros(3, 4)) == 100.0
     assert isinstance(abstained_share(torch.zeros(0, 4)), Absent)
+
+
+def test_macro_precision_and_recall_plain_and_balanced() -> None:
+    # plain: precision 3/4, 1/2; recall 3/4, 1/2
+    assert macro_precision(Y_TRUE, Y_PRED, balanced=False) == pytest.approx(62.5)
+    assert macro_recall(Y_TRUE, Y_PRED, balanced=False) == pytest.approx(62.5)
+    # balanced rows [[.75, .25], [.5, .5]]: precision .75 / 1.25 and .5 / .75
+    assert macro_precision(Y_TRUE, Y_PRED) == pytest.approx(100 * (0.6 + 2 / 3) / 2)
+    assert macro_recall(Y_TRUE, Y_PRED) == pytest.approx(62.5)
+    # a label only predicted: recall 0 for it, precision 0 for it
+    only = (np.array([0, 0]), np.array([0, 1]))
+    assert macro_recall(*only, 2) == pytest.approx(25.0)
+    assert macro_precision(*only, 2) == pytest.approx(50.0)
+    empty = np.zeros(0, dtype=int)
+    assert isinstance(macro_precision(empty, empty, 3), Absent)
+
+
+def test_roc_auc_by_hand_ties_and_missing_classes() -> None:
+    # p0 = sigmoid(2, 0, 1, -1) = .88 .50 .73 .27; class 0 wins 3 of its 4 pairs, class 1 too
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    assert roc_auc(np.array([0, 0, 1, 1]), logits) == pytest.approx(75.0)
+    assert roc_auc(np.array([0, 0, 1, 1]), torch.zeros(4, 2)) == pytest.approx(50.0)  # ties
+    assert isinstance(roc_auc(np.array([0, 0, 0]), torch.zeros(3, 2)), Absent)
+
+
+def test_roc_auc_weights_each_class_equally() -> None:
+    """Against the pairwise definition with weights 1 / n_class, on unequal classes."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2, 2, 2])
+    z = torch.randn(10, 3, generator=gen).round(decimals=1)  # some ties
+    p = z.double().softmax(1)
+    w = 1.0 / torch.bincount(y).double()[y]
+    expected = []
+    for c in range(3):
+        num = den = 0.0
+        for i in range(10):
+            for j in range(10):
+                if y[i] == c and y[j] != c:
+                    wins = 1.0 if p[i, c] > p[j, c] else 0.5 if p[i, c] == p[j, c] else 0.0
+                    num, den = num + w[i] * w[j] * wins, den + w[i] * w[j]
+        expected.append(num / den)
+    assert roc_auc(y, z) == pytest.approx(100 * sum(expected) / 3)
+    assert roc_auc(y, z) != pytest.approx(roc_auc(y, z, balanced=False))

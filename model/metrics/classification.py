@@ -1,4 +1,5 @@
-"""Class-balanced classification metrics (accuracy, top-3, macro F1, x100).
+"""Class-balanced classification metrics (accuracy, top-3, macro F1, precision, recall, ROC
+AUC, x100).
 
 "Class-balanced" follows the reference, which weights every sample by 1 / (frequency of its
 true class): each class present in ``y_true`` counts equally, however many test images it
@@ -99,23 +100,95 @@ def top_k_accuracy(
     return float(100.0 * (h[present] / n[present]).mean())
 
 
-def macro_f1(
-    y_true: ArrayLike, y_pred: ArrayLike, num_classes: Optional[int] = None, balanced: bool = True
-) -> MetricValue:
-    """100 * macro-averaged F1 over the labels in y_true or y_pred (see module doc). [0, 100]."""
+def _label_counts(
+    y_true: ArrayLike, y_pred: ArrayLike, num_classes: Optional[int], balanced: bool
+) -> Optional[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """(TP, FP, FN, labels) per class on the (balanced) confusion matrix; ``labels`` marks
+    the classes in ``y_true`` or ``y_pred``. None without samples."""
     cm = confusion_matrix(y_true, y_pred, num_classes).double()
     n = cm.sum(1)
     if float(n.sum()) == 0:
-        return Absent(NO_SAMPLES)
+        return None
     labels = (n > 0) | (cm.sum(0) > 0)
     if balanced:
         cm = cm / n.clamp(min=1)[:, None]
     tp = cm.diagonal()
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    denom = 2 * tp + fp + fn
-    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1e-300), torch.zeros_like(tp))
-    return float(100.0 * f1[labels].mean())
+    return tp, cm.sum(0) - tp, cm.sum(1) - tp, labels
+
+
+def _macro(numerator: Tensor, denominator: Tensor, labels: Tensor) -> float:
+    """100 * mean over ``labels`` of numerator / denominator (0 where the denominator is 0)."""
+    ratio = torch.where(
+        denominator > 0, numerator / denominator.clamp(min=1e-300), torch.zeros_like(numerator)
+    )
+    return float(100.0 * ratio[labels].mean())
+
+
+def macro_f1(
+    y_true: ArrayLike, y_pred: ArrayLike, num_classes: Optional[int] = None, balanced: bool = True
+) -> MetricValue:
+    """100 * macro-averaged F1 over the labels in y_true or y_pred (see module doc). [0, 100]."""
+    counts = _label_counts(y_true, y_pred, num_classes, balanced)
+    if counts is None:
+        return Absent(NO_SAMPLES)
+    tp, fp, fn, labels = counts
+    return _macro(2 * tp, 2 * tp + fp + fn, labels)
+
+
+def macro_precision(
+    y_true: ArrayLike, y_pred: ArrayLike, num_classes: Optional[int] = None, balanced: bool = True
+) -> MetricValue:
+    """100 * mean over the labels in y_true or y_pred of TP_c / (TP_c + FP_c) (0 for a label
+    never predicted), on the balanced confusion matrix as macro F1. [0, 100]."""
+    counts = _label_counts(y_true, y_pred, num_classes, balanced)
+    if counts is None:
+        return Absent(NO_SAMPLES)
+    tp, fp, _, labels = counts
+    return _macro(tp, tp + fp, labels)
+
+
+def macro_recall(
+    y_true: ArrayLike, y_pred: ArrayLike, num_classes: Optional[int] = None, balanced: bool = True
+) -> MetricValue:
+    """100 * mean over the labels in y_true or y_pred of TP_c / (TP_c + FN_c) (0 for a label
+    only predicted, so it can be below balanced accuracy). [0, 100]."""
+    counts = _label_counts(y_true, y_pred, num_classes, balanced)
+    if counts is None:
+        return Absent(NO_SAMPLES)
+    tp, _, fn, labels = counts
+    return _macro(tp, tp + fn, labels)
+
+
+def roc_auc(y_true: ArrayLike, scores: ArrayLike, balanced: bool = True) -> MetricValue:
+    """100 * one-vs-rest ROC AUC of softmax(scores) (N, C), averaged over the classes.
+
+    Per class c: the probability that a random image of c scores higher on c than a
+    random image of another class (ties count 1/2), each image weighted by 1 / n_(its
+    class) when ``balanced`` (the reference's sample weights). Absent unless every class
+    has an image and some other class too.
+    """
+    y = as_tensor(y_true, torch.long).reshape(-1).cpu()
+    z = as_tensor(scores, torch.double).cpu()
+    if y.numel() == 0:
+        return Absent(NO_SAMPLES)
+    n = torch.bincount(y, minlength=z.shape[1]).double()
+    if bool((n == 0).any()) or z.shape[1] < 2:
+        return Absent("ROC AUC needs test images of every class")
+    prob = z.softmax(dim=1)
+    weight = 1.0 / n[y] if balanced else torch.ones_like(y, dtype=torch.double)
+    aucs = []
+    for c in range(z.shape[1]):
+        pos = y == c
+        s_pos, s_neg = prob[pos, c], prob[~pos, c]
+        w_pos, w_neg = weight[pos], weight[~pos]
+        order = torch.argsort(s_neg)
+        s_neg, cum = s_neg[order], torch.cumsum(w_neg[order], 0)
+        cum = torch.cat([torch.zeros(1, dtype=torch.double), cum])
+        below = cum[torch.searchsorted(s_neg, s_pos, right=False)]
+        not_above = cum[torch.searchsorted(s_neg, s_pos, right=True)]
+        wins = (w_pos * (below + not_above) / 2).sum()
+        aucs.append(wins / (w_pos.sum() * w_neg.sum()))
+    return float(100.0 * torch.stack(aucs).mean())
 
 
 def abstained_share(logits: ArrayLike) -> MetricValue:
