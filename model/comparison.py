@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from model.formatting import format_metric
+from model.metric_layout import NATIVE, lookup, nested, path_of
 from model.seed_stats import Difference, Spread, decide, paired_difference, spread
 from pipeline import layout
 from pipeline.atomic import atomic_file
@@ -28,9 +29,9 @@ from pipeline.params import EvaluateParams, Params
 MODELS = layout.MODELS
 REFERENCE = "protomask"  # the model whose claims are checked against every other one
 
-# (dotted key in metrics/evaluate/<model>.json, label, better direction or None)
-COMPARED = (
-    ("accuracy", "balanced accuracy (%)", "higher"),
+# (metric, label, better direction or None); its dotted key in the metrics JSON: path_of
+_LABELS = (
+    ("balanced_accuracy", "balanced accuracy (%)", "higher"),
     ("top3_accuracy", "top-3 accuracy (%)", "higher"),
     ("macro_f1", "macro F1 (%)", "higher"),
     ("precision", "macro precision (%)", "higher"),
@@ -76,13 +77,15 @@ COMPARED = (
     ("randomisation.passed", "randomisation check passed", None),
     ("fallback_share", "test images with only whole-image views (%)", None),
 )
+# (dotted key in metrics/evaluate/<model>/seed-<seed>.json, label, better direction or None)
+COMPARED = tuple((path_of(key), label, better) for key, label, better in _LABELS)
 
 # The paper's claims: metric and how ProtoMask should compare with each baseline.
 CLAIMS = (
     ("background_overlap", "lower"),
     ("object_overlap", "higher"),
     ("consistency", "higher"),
-    ("accuracy", "competitive"),
+    ("balanced_accuracy", "competitive"),
 )
 
 Runs = dict[str, dict[int, dict]]  # model -> training seed -> its metrics/evaluate JSON
@@ -96,16 +99,6 @@ class Verdict:
     holds: Optional[bool]
     reason: str
     sentence: str
-
-
-def lookup(doc: dict, dotted: str) -> Any:
-    """doc["a"]["b"] for "a.b"; None when a key is missing."""
-    node: Any = doc
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def number(value: Any) -> Optional[float]:
@@ -129,7 +122,11 @@ def per_seed(runs: Runs, model: str, key: str) -> dict[int, float]:
 
 def too_thin(runs: Runs, rules: EvaluateParams) -> Optional[str]:
     """Why the evidence is too thin for a verdict, or None when it is enough."""
-    tests = [int(d.get("test_images") or 0) for seeds in runs.values() for d in seeds.values()]
+    tests = [
+        int(lookup(d, path_of("test_images")) or 0)
+        for seeds in runs.values()
+        for d in seeds.values()
+    ]
     if min(tests) < rules.verdict_min_test_images:
         return (
             f"{min(tests)} test images, fewer than the {rules.verdict_min_test_images} a "
@@ -143,7 +140,7 @@ def too_thin(runs: Runs, rules: EvaluateParams) -> Optional[str]:
             f"one seed's differences are within seed noise"
         )
     for model in runs:
-        held_back = spread(list(per_seed(runs, model, "abstained").values()))
+        held_back = spread(list(per_seed(runs, model, path_of("abstained")).values()))
         if held_back is not None and held_back.mean > rules.verdict_max_abstained:
             return (
                 f"{model} abstains (scores every class equally) on {held_back.mean:.0f} % of "
@@ -151,7 +148,7 @@ def too_thin(runs: Runs, rules: EvaluateParams) -> Optional[str]:
                 f"(evaluate.verdict_max_abstained): its accuracy is a fixed pick, not a "
                 f"prediction; train it longer"
             )
-    share = spread(list(per_seed(runs, REFERENCE, "fallback_share").values()))
+    share = spread(list(per_seed(runs, REFERENCE, path_of("fallback_share")).values()))
     if share is not None and share.mean > rules.verdict_max_fallback_share:
         return (
             f"{share.mean:.0f} % of the test images have only whole-image views (no usable "
@@ -186,7 +183,10 @@ def claims(runs: Runs, rules: EvaluateParams) -> list[Claim]:
     out = []
     for baseline in (m for m in MODELS if m in runs and m != REFERENCE):
         for key, want in CLAIMS:
-            diff = paired_difference(per_seed(runs, REFERENCE, key), per_seed(runs, baseline, key))
+            dotted = path_of(key)
+            diff = paired_difference(
+                per_seed(runs, REFERENCE, dotted), per_seed(runs, baseline, dotted)
+            )
             outcome = (
                 "not measured"
                 if diff is None
@@ -275,7 +275,7 @@ def compare_document(
     return {
         "seeds": {m: sorted(runs[m]) for m in table},
         "models": {
-            m: {k: v.as_dict() for k, v in keys.items() if v is not None}
+            m: nested({k: v.as_dict() for k, v in keys.items() if v is not None})
             for m, keys in table.items()
         },
         "differences": {
@@ -313,10 +313,11 @@ def comparison_markdown(
         lines.append(f"| {label} | " + " | ".join(row) + f" | {better or ''} |")
     lines += upsampled_table(runs) + differences_table(assessed.claims)
     lines += ["", "## The paper's claims", "", assessed.verdict.sentence, ""]
-    method = {m: next(iter(runs[m].values())).get("saliency") for m in names}
+    first = {m: next(iter(runs[m].values())) for m in names}
+    method = {m: lookup(first[m], path_of("saliency")) for m in names}
     lines += [
         f"Saliency: {', '.join(f'{m} {v}' for m, v in method.items())}; test images: "
-        + ", ".join(str(next(iter(runs[m].values())).get("test_images")) for m in names)
+        + ", ".join(str(lookup(first[m], path_of("test_images"))) for m in names)
         + "; training seeds: "
         + ", ".join(f"{m} {len(runs[m])}" for m in names)
         + ".",
@@ -329,9 +330,9 @@ def upsampled_table(runs: Runs) -> list[str]:
     """Each model's native maps (upsampled similarity or presence), as its second
     saliency method; models without them (ProtoMask) are left out."""
     native = {
-        m: {s: d["upsampled"] for s, d in runs[m].items()}
+        m: {s: d[NATIVE] for s, d in runs[m].items()}
         for m in runs
-        if all(isinstance(d.get("upsampled"), dict) for d in runs[m].values())
+        if all(isinstance(d.get(NATIVE), dict) for d in runs[m].values())
     }
     if not native:
         return []

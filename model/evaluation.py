@@ -19,20 +19,19 @@ for one model. :func:`run_evaluation` is the list of steps:
 5. the report (:mod:`model.report`) and the outputs; the wall-clock seconds of each step go
    to the run log only.
 
-Keys of metrics/evaluate/<model>/seed-<seed>.json (means over test images; x100 for percentages):
-``accuracy``, ``top3_accuracy``, ``macro_f1`` (class-balanced, %), ``global_size``,
-``sparsity`` (%), ``npr``, ``intra_pd``, ``inter_pd`` (1 - cosine), ``psc`` (%), ``prc``
-(ranks), ``crc`` (rank of the original top-1 class), ``mask_consistency`` (%), and per
-saliency method ``vlc`` (%), ``object_overlap``, ``background_overlap`` (%), ``ior``
-([-1, 1]), ``pointing_game`` (% of positive saliency energy inside G), ``pointing_hit`` (%
-of maps whose maximum lies in G), ``consistency``, ``stability`` (%), ``empty_saliency``
-(% of maps without any positive pixel, left out of the S-based means) and
-``randomisation`` {``spearman`` (trained vs randomised trunk, mean over pairs),
-``spearman_abs``, ``top_mask_iou``, ``pairs``, ``passed`` (spearman < 0.5)}. A model's
-native maps (ProtoPNet's and ProtoPool's upsampled similarity, PIP-Net's upsampled
-presence) repeat the per-method keys under ``upsampled``. Also ``model``, ``seed``,
-``checkpoint``, ``saliency``, ``lrp_composite``, ``test_images``, ``fallback_share``,
-``top_k``.
+Keys of metrics/evaluate/<model>/seed-<seed>.json (means over test images; x100 for
+percentages), laid out by :mod:`model.metric_layout`: the headline ``balanced_accuracy``,
+``object_overlap``, ``background_overlap``, ``consistency`` at the top level, then the
+groups ``classification`` (top-3, macro F1, precision, recall, ROC AUC, abstained),
+``prototypes`` (global size, sparsity, NPR, intra/inter PD, local size, entropy),
+``explanation`` (VLC, IOR, pointing game, pointing hit, empty saliency, IoU, OIRR, the
+``_box`` and ``_sbox`` forms, VAC, PLC, PALC), ``perturbation`` (stability, PSC, PRC,
+CRC, CAC and the ``_perturbed`` changes), ``segmenter`` (mask consistency, fallback
+share), ``randomisation`` {``spearman`` (trained vs randomised trunk, mean over pairs),
+``spearman_abs``, ``top_mask_iou``, ``pairs``, ``passed`` (spearman < 0.5)} and ``run``
+(model, seed, checkpoint, saliency, lrp_composite, test_images, top_k). A model's native
+maps (ProtoPNet's and ProtoPool's upsampled similarity, PIP-Net's upsampled presence)
+repeat the saliency metrics, in the same layout, under ``native``.
 
 Ground truth: a metric whose ground truth the dataset lacks entirely is
 ``{"absent": reason}``; an image without it is left out of that metric's mean. Stability
@@ -49,6 +48,7 @@ from typing import Any, Optional
 from model.explain_pass import EvalRun, PassResults, explain_test_set
 from model.loading import load_model
 from model.map_stats import ACTIVATION_KEYS, SALIENCY_KEYS
+from model.metric_layout import NATIVE, grouped
 from model.metrics import to_jsonable
 from model.model_kinds import explained_model, make_explainer
 from model.randomisation import randomisation_check
@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 MODEL_KEYS = (
-    "accuracy",
+    "balanced_accuracy",
     "top3_accuracy",
     "macro_f1",
     "precision",
@@ -235,23 +235,26 @@ def metrics_document(
     others: dict[str, dict[str, Any]],
     sanity: dict[str, dict],
 ) -> dict[str, Any]:
-    """metrics/evaluate/<kind>.json: the run's settings, then every metric (JSON values),
-    each method's randomisation check under its key ``randomisation``."""
+    """metrics/evaluate/<kind>/seed-<seed>.json (JSON values) in the layout of
+    :mod:`model.metric_layout`: every metric, the run's settings, each method's
+    randomisation check; the native maps (``upsampled``) under ``native``."""
     ev = run.ev
-    metrics = dict(metrics, randomisation=sanity[ev.saliency])
+    flat = dict(metrics, randomisation=sanity[ev.saliency])
     for method, values in others.items():
-        metrics[method] = dict(values, randomisation=sanity[method])
-    return {
-        "model": run.kind,
-        "seed": run.report.seed,
-        "checkpoint": ev.checkpoint,
-        "saliency": ev.saliency,
-        "lrp_composite": ev.lrp_composite if ev.saliency == "prp" else None,
-        "test_images": int(len(run.test.image_ids)),
-        "fallback_share": fallback_share(run.test),
-        "top_k": int(run.k),
-        **_json_values(metrics),
-    }
+        flat[NATIVE if method == "upsampled" else method] = dict(
+            values, randomisation=sanity[method]
+        )
+    flat.update(
+        model=run.kind,
+        seed=run.report.seed,
+        checkpoint=ev.checkpoint,
+        saliency=ev.saliency,
+        lrp_composite=ev.lrp_composite if ev.saliency == "prp" else None,
+        test_images=int(len(run.test.image_ids)),
+        fallback_share=fallback_share(run.test),
+        top_k=int(run.k),
+    )
+    return _json_values(grouped(flat))
 
 
 def _json_values(values: dict[str, Any]) -> dict[str, Any]:

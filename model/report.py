@@ -39,6 +39,7 @@ from PIL import Image
 from torch import Tensor
 
 from model.formatting import REPORT, format_metric
+from model.metric_layout import GROUPS, value_of
 from model.metrics import top_fraction_mask
 from model.saliency import prototype_saliency
 from pipeline import layout
@@ -306,14 +307,15 @@ class ReportBuilder:
 
     def _header(self, metrics: dict) -> str:
         model = self.spec.title
-        method = metrics.get("saliency")
+        run = {k: value_of(metrics, k) for k in GROUPS["run"]}
+        method = run["saliency"]
         if method == "prp":
-            method = f"PRP ({metrics.get('lrp_composite')})"
+            method = f"PRP ({run['lrp_composite']})"
         return (
             f"<h1>{model}: explanations on the test split</h1>"
-            f"<p>{metrics.get('test_images')} test images, checkpoint "
-            f"<code>{metrics.get('checkpoint')}</code>, saliency {html.escape(str(method))}, "
-            f"top-{metrics.get('top_k')} prototypes per image. Overlays: heat = positive "
+            f"<p>{run['test_images']} test images, checkpoint "
+            f"<code>{run['checkpoint']}</code>, saliency {html.escape(str(method))}, "
+            f"top-{run['top_k']} prototypes per image. Overlays: heat = positive "
             f"saliency (scaled to its 99.5th percentile), white outline = S (top "
             f"{100 * self.ev.top_fraction:g}% pixels), green outline = ground-truth "
             f"object.</p>"

@@ -90,7 +90,7 @@ def model_metrics(
     ids = scores.top_ids
     logits = (scores.logits.double(), scores.logits_p.double())  # CAC on probabilities
     metrics = {
-        "accuracy": balanced_accuracy(y, pred, num_classes),
+        "balanced_accuracy": balanced_accuracy(y, pred, num_classes),
         "top3_accuracy": top_k_accuracy(y, scores.logits, min(3, num_classes)),
         "macro_f1": macro_f1(y, pred, num_classes),
         "precision": macro_precision(y, pred, num_classes),

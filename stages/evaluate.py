@@ -28,17 +28,15 @@ def evaluate(params: Params, kind: str, seed: int | None) -> None:
     """Evaluate one trained model per seed and print a summary line each."""
     from model.evaluation import run_evaluation
     from model.formatting import SHORT, format_metric
+    from model.metric_layout import HEADLINE, value_of
 
     for one in chosen_seeds(params, seed):
         result = run_evaluation(params, kind, seed=one)
-        m = {
-            key: format_metric(result.metrics[key], SHORT)
-            for key in ("accuracy", "object_overlap", "background_overlap", "consistency")
-        }
+        m = {key: format_metric(value_of(result.metrics, key), SHORT) for key in HEADLINE}
         click.echo(
-            f"evaluate {kind} seed {one}: {result.metrics['test_images']} test images, "
-            f"balanced accuracy {m['accuracy']}%, object overlap {m['object_overlap']}, "
-            f"background overlap {m['background_overlap']}, consistency "
+            f"evaluate {kind} seed {one}: {value_of(result.metrics, 'test_images')} test "
+            f"images, balanced accuracy {m['balanced_accuracy']}%, object overlap "
+            f"{m['object_overlap']}, background overlap {m['background_overlap']}, consistency "
             f"{m['consistency']} in {result.timings['total_with_report']:.0f} s; "
             f"report {layout.evaluate_dir(kind, one) / 'index.html'}"
         )

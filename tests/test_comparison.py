@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from model.comparison import compare_document, comparison_markdown, run_compare, verdict
+from model.metric_layout import grouped
 from model.seed_stats import decide, paired_difference, spread
 from pipeline import layout
 from pipeline.errors import ArtifactError, ParamsError
@@ -21,15 +22,27 @@ ENOUGH = {"test_images": 120, "fallback_share": 0.0}
 
 
 def doc(bg: float, obj: float, cons: float, acc: float, **extra: object) -> dict:
-    return dict(
-        ENOUGH,
-        background_overlap=bg,
-        object_overlap=obj,
-        consistency=cons,
-        accuracy=acc,
-        randomisation={"passed": True, "spearman": 0.1},
-        **extra,
+    """A metrics document in evaluate's layout (model/metric_layout.py)."""
+    return grouped(
+        dict(
+            ENOUGH,
+            background_overlap=bg,
+            object_overlap=obj,
+            consistency=cons,
+            balanced_accuracy=acc,
+            randomisation={"passed": True, "spearman": 0.1},
+            **extra,
+        )
     )
+
+
+def update(document: dict, flat: dict) -> None:
+    """Set metrics of ``document`` by name, each in its group."""
+    for key, value in grouped(flat).items():
+        if isinstance(value, dict):
+            document.setdefault(key, {}).update(value)
+        else:
+            document[key] = value
 
 
 def good_vs_bad(seeds: int = 3) -> dict:
@@ -106,7 +119,7 @@ def test_an_absent_metric_is_said_not_measured() -> None:
 def test_thin_evidence_gives_no_verdict_and_says_why(change: dict, reason: str) -> None:
     runs = good_vs_bad()
     for d in runs["protomask"].values():
-        d.update(change)
+        update(d, change)
     result = verdict(runs, RULES)
     assert result.holds is None and reason in result.reason
     assert (
@@ -126,7 +139,7 @@ def test_one_seed_gives_no_verdict_and_the_thresholds_are_params() -> None:
     assert "evaluate.verdict_min_seeds" in verdict(two, RULES).reason
     allowed = verdict(two, replace(RULES, verdict_min_seeds=2))  # decided by the intervals:
     assert "background overlap lower: holds" in allowed.sentence  # t(0.975, 1) = 12.7
-    assert "accuracy competitive: undecided" in allowed.sentence and allowed.holds is None
+    assert "balanced accuracy competitive: undecided" in allowed.sentence and allowed.holds is None
 
 
 def test_the_table_shows_mean_and_std_and_yes_no_counts() -> None:
@@ -143,9 +156,11 @@ def test_the_document_has_every_model_difference_and_claim() -> None:
     out = compare_document(good_vs_bad(), RULES)
     assert out["seeds"] == {"protomask": [0, 1, 2], "protopnet": [0, 1, 2]}
     assert out["models"]["protopnet"]["background_overlap"] == {"mean": 30.5, "std": 0.5, "n": 3}
-    diff = out["differences"]["protopnet"]["accuracy"]
+    assert out["models"]["protopnet"]["randomisation"]["spearman"]["mean"] == pytest.approx(0.1)
+    assert out["models"]["protopnet"]["segmenter"]["fallback_share"]["mean"] == 0.0  # grouped
+    diff = out["differences"]["protopnet"]["balanced_accuracy"]
     assert diff["mean"] == 2.0 and diff["ci95_low"] < 0 < diff["ci95_high"]
-    assert out["claims"]["protopnet"]["accuracy competitive"] == "holds"
+    assert out["claims"]["protopnet"]["balanced_accuracy competitive"] == "holds"
     assert out["verdict"] == "holds" and json.dumps(out, allow_nan=False)
 
 

@@ -16,6 +16,7 @@ import torch
 from model.comparison import run_compare
 from model.evaluation import METRIC_KEYS, SALIENCY_KEYS, run_evaluation
 from model.loading import load_model
+from model.metric_layout import GROUPS, HEADLINE, NATIVE, value_of
 from pipeline import layout
 from pipeline.evaluation_set import load_test_set
 from pipeline.imageio import load_rgb
@@ -55,13 +56,13 @@ def is_number(value: object) -> bool:
 @pytest.mark.parametrize("kind", ["protomask", "protopnet"])
 def test_metrics_json_has_every_metric_as_a_number(evaluated: Path, kind: str) -> None:
     doc = metrics_of(evaluated, kind)
-    assert doc["model"] == kind and doc["test_images"] == 6 and doc["top_k"] == 5
+    run = doc["run"]
+    assert run["model"] == kind and run["test_images"] == 6 and run["top_k"] == 5
     for key in METRIC_KEYS:
-        assert key in doc, key
         if key != "randomisation":
-            assert is_number(doc[key]), (key, doc[key])
+            assert is_number(value_of(doc, key)), (key, value_of(doc, key))
     for key in (
-        "accuracy",
+        "balanced_accuracy",
         "top3_accuracy",
         "macro_f1",
         "sparsity",
@@ -73,19 +74,40 @@ def test_metrics_json_has_every_metric_as_a_number(evaluated: Path, kind: str) -
         "mask_consistency",
         "vlc",
     ):
-        assert 0 <= doc[key] <= 100, key
-    assert -1 <= doc["ior"] <= 1
+        assert 0 <= value_of(doc, key) <= 100, key
+    assert -1 <= doc["explanation"]["ior"] <= 1
     sanity = doc["randomisation"]
     assert is_number(sanity["spearman"]) and -1 <= sanity["spearman"] <= 1
     assert sanity["pairs"] == 4 and isinstance(sanity["passed"], bool)
-    assert (kind == "protopnet") == ("upsampled" in doc)
+    assert (kind == "protopnet") == (NATIVE in doc)
     if kind == "protopnet":
-        assert all(is_number(doc["upsampled"][k]) for k in SALIENCY_KEYS)
+        assert all(is_number(value_of(doc[NATIVE], k)) for k in SALIENCY_KEYS)
     report = evaluated / layout.evaluate_dir(kind, 0)
     assert json.loads((report / "metrics.json").read_text()) == doc
     assert not (report / "timings.json").exists()  # wall-clock values stay out of DVC
     timings = json.loads((evaluated / layout.run_log(f"evaluate-{kind}-seed-0")).read_text())
     assert set(timings) >= {"saliency", "total"}
+
+
+def test_metrics_file_layout_headline_on_top_every_other_key_in_its_group(
+    evaluated: Path,
+) -> None:
+    doc = metrics_of(evaluated, "protopnet")
+    assert list(doc) == [*HEADLINE, *GROUPS, NATIVE]  # headline first, then the groups
+    assert all(not isinstance(doc[k], dict) or set(doc[k]) == {"absent"} for k in HEADLINE)
+    for group, keys in GROUPS.items():
+        assert isinstance(doc[group], dict), group
+        if keys:
+            assert list(doc[group]) == list(keys), group  # every key of the table, in order
+    native = doc[NATIVE]  # the native maps' saliency metrics, laid out the same way
+    assert set(native) == {"object_overlap", "background_overlap", "consistency"} | {
+        "explanation",
+        "perturbation",
+        "randomisation",
+    }
+    assert set(METRIC_KEYS) | set(GROUPS["run"]) <= set(HEADLINE) | {
+        k for keys in GROUPS.values() for k in keys
+    } | {"randomisation"}
 
 
 @pytest.mark.parametrize("kind", ["protomask", "protopnet"])
@@ -108,7 +130,7 @@ def test_comparison_markdown_gives_no_verdict_on_a_tiny_one_seed_run(evaluated: 
     assert "| metric | protomask | protopnet | better |" in text
     assert "background overlap" in text and "upsampled" in text
     a, b = metrics_of(evaluated, "protomask"), metrics_of(evaluated, "protopnet")
-    assert a["seed"] == 0 and 0 <= a["fallback_share"] <= 100
+    assert a["run"]["seed"] == 0 and 0 <= a["segmenter"]["fallback_share"] <= 100
     assert "No verdict on the claims" in text and "The claims hold" not in text
     assert "evaluate.verdict_min_test_images" in text  # the tiny test split is too small
     diff = a["background_overlap"] - b["background_overlap"]
@@ -130,12 +152,12 @@ def test_absent_ground_truth_is_reported_with_its_reason(evaluated: Path, tmp_pa
     params = eval_params(sanity_images=0, report_prototypes=1, report_images=1)
     doc = run_evaluation(params, "protomask", project).metrics
     for key in ("object_overlap", "background_overlap", "ior", "pointing_game"):
-        assert doc[key] == {"absent": "no ground-truth object segmentation"}, key
+        assert value_of(doc, key) == {"absent": "no ground-truth object segmentation"}, key
     for key in ("consistency", "stability", "mask_consistency"):
-        assert doc[key] == {"absent": "no ground-truth part keypoints"}, key
+        assert value_of(doc, key) == {"absent": "no ground-truth part keypoints"}, key
     assert doc["randomisation"]["spearman"] == {"absent": "evaluate.sanity_images is 0"}
-    for key in ("accuracy", "vlc", "psc", "prc", "crc", "intra_pd", "inter_pd"):
-        assert is_number(doc[key]), key
+    for key in ("balanced_accuracy", "vlc", "psc", "prc", "crc", "intra_pd", "inter_pd"):
+        assert is_number(value_of(doc, key)), key
     assert doc == metrics_of(project, "protomask")
 
 

@@ -19,6 +19,7 @@ import torch
 
 from model.backbones import build_backbone
 from model.evaluation import METRIC_KEYS, SALIENCY_KEYS, run_evaluation
+from model.metric_layout import NATIVE, value_of
 from model.metrics import Absent
 from model.model_kinds import KINDS, make_explainer
 from model.pipnet import PIPNet
@@ -74,23 +75,24 @@ def test_metrics_have_protopnets_keys_and_the_upsampled_method(evaluated, kind: 
     project, runs = evaluated
     doc = json.loads((project / layout.evaluate_metrics(kind, 0)).read_text())
     reference = runs["protopnet"].metrics
-    assert doc["model"] == kind and list(doc) == list(reference)
-    assert set(doc["upsampled"]) == set(reference["upsampled"])
+    assert doc["run"]["model"] == kind and list(doc) == list(reference)
+    assert set(doc[NATIVE]) == set(reference[NATIVE])
     for key in METRIC_KEYS:
         if key != "randomisation":
-            assert number_or_absent(doc[key]), (key, doc[key])
+            assert number_or_absent(value_of(doc, key)), (key, value_of(doc, key))
     for key in SALIENCY_KEYS:
-        assert number_or_absent(doc["upsampled"][key]), key
-    for section in (doc, doc["upsampled"]):
+        assert number_or_absent(value_of(doc[NATIVE], key)), key
+    for section in (doc, doc[NATIVE]):
         sanity = section["randomisation"]
         assert sanity["pairs"] == 3 and is_number(sanity["spearman"])
     pool = eval_params().train.protopool.num_prototypes
     channels = build_backbone("tiny_cnn", "none", freeze_bn=True).out_channels
     most = pool if kind == "protopool" else channels  # PIP-Net: a prototype per channel
-    assert is_number(doc["global_size"]) and 0 < doc["global_size"] <= most
+    size = doc["prototypes"]["global_size"]
+    assert is_number(size) and 0 < size <= most
     pd_absent = kind == "pipnet"
-    assert (not is_number(doc["intra_pd"])) == pd_absent
-    assert (not is_number(doc["inter_pd"])) == pd_absent
+    assert (not is_number(doc["prototypes"]["intra_pd"])) == pd_absent
+    assert (not is_number(doc["prototypes"]["inter_pd"])) == pd_absent
 
 
 @pytest.mark.parametrize("kind", NEW)

@@ -44,13 +44,14 @@ def test_the_comparison_and_the_report_use_it() -> None:
     from pipeline.params import EvaluateParams
 
     doc = {
-        "test_images": 6,
-        "fallback_share": 0.0,
-        "accuracy": 66.666,
+        "run": {"test_images": 6},
+        "segmenter": {"fallback_share": 0.0},
+        "balanced_accuracy": 66.666,
         "consistency": ABSENT,
     }
     md = comparison_markdown(
-        {"protomask": {0: doc}, "protopnet": {0: dict(doc, accuracy=50.0)}}, EvaluateParams()
+        {"protomask": {0: doc}, "protopnet": {0: dict(doc, balanced_accuracy=50.0)}},
+        EvaluateParams(),
     )
     assert "| balanced accuracy (%) | 66.67 | 50 | higher |" in md
     assert "| consistency (%) | absent (no ground-truth part keypoints) |" in md
