@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from model import distributed as dist_utils
 from model.backbones import build_backbone
-from model.checkpoint import restore, save_checkpoint
+from model.checkpoint import load_checkpoint, restore, save_checkpoint
+from model.curves import write_curves
 from model.head import unwrap_model
 from model.losses import class_weights
 from model.push import push_prototypes
@@ -503,6 +504,9 @@ def run_training(
     if done is not None:
         if dist_utils.is_main():
             write_json(metrics_path, done)
+            if not (out_dir / "curves").is_dir():  # a run finished before curves existed
+                history = RunState.of(load_checkpoint(checkpoint_path(out_dir, "final"))).history
+                write_curves(history, out_dir / "curves", f"{kind} seed {seed}")
         return done
 
     run = start_run(params, kind, project_root, device, fp, steps)
@@ -536,6 +540,7 @@ def finish_run(
     copy_checkpoint(run.out_dir, "latest", "final")
     write_json(run.out_dir / "summary.json", summary)
     write_json(metrics_path, summary)
+    write_curves(state.history, run.out_dir / "curves", f"{run.kind} seed {run_seed(run.train)}")
     trained = sum(len(run.datasets["train"]) for s in run.steps[first_step:] if s.period != "push")
     elapsed = time.perf_counter() - started
     speed = round(trained / elapsed, 2) if trained else None

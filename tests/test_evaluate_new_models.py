@@ -1,6 +1,7 @@
 """The evaluate stage on ProtoPool and PIP-Net: metrics JSON with ProtoPNet's keys, the
-native ``upsampled`` method, the report, finite saliency; PIP-Net's presence explainer
-and both models' compactness scalars by hand.
+native maps' method (``native``), the report, finite saliency; PIP-Net's presence explainer
+and both models' compactness scalars by hand. With all four models trained here: dvc.yaml's
+plots against the files train writes, and train's static curve PNGs.
 
 Both models are trained for real on the tiny project (tiny_cnn trunk, a few epochs) and
 go through the stage as it runs: load_model, the explainer of their kind, the report.
@@ -13,11 +14,15 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from model.backbones import build_backbone
+from model.checkpoint import load_checkpoint
+from model.curves import HEIGHT, WIDTH, write_curves
 from model.evaluation import METRIC_KEYS, SALIENCY_KEYS, run_evaluation
 from model.metric_layout import NATIVE, value_of
 from model.metrics import Absent
@@ -25,6 +30,7 @@ from model.model_kinds import KINDS, make_explainer
 from model.pipnet import PIPNet
 from model.presence_saliency import PassSoftmax, PresenceHead, PresenceNetwork
 from model.protopool import ProtoPool, ProtoPoolHead
+from model.run_state import RunState
 from model.saliency import prototype_saliency
 from model.scalars import Scores, class_prototype_weights, model_metrics
 from model.training import run_training
@@ -178,3 +184,61 @@ def fake_scores(p: int) -> Scores:
     logits = torch.tensor([[2.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
     top = sim.topk(2, dim=1).indices
     return Scores(sim, sim + 0.1, logits, logits, top, torch.zeros(3, p, dtype=torch.long))
+
+
+def png_chunks(data: bytes) -> list[str]:
+    """The chunk types of a PNG, in order."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    types, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        types.append(data[at + 4 : at + 8].decode("ascii"))
+        at += 12 + length
+    return types
+
+
+def test_dvc_plots_are_the_curves_train_writes_loss_apart_from_accuracy(evaluated) -> None:
+    """Every TSV a plot of dvc.yaml reads is one train wrote (seed 0, all four models),
+    with that column; every one is plotted; no plot mixes accuracy, the L1 norm and the
+    loss terms; the image plots are the folders of the static curve PNGs."""
+    project, _ = evaluated
+    plots = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())
+    plotted, images = set(), set()
+    for entry in plots["plots"]:
+        if isinstance(entry, str):
+            images.add(entry)
+            assert sorted(p.name for p in (project / entry).glob("*.png")), entry
+            continue
+        ((title, spec),) = entry.items()
+        assert spec["x"] == "step" and spec["template"] == "linear", title
+        for path, column in spec["y"].items():
+            header = (project / path).read_text().splitlines()[0]
+            assert header.split("\t") == ["step", column], path
+        columns = set(spec["y"].values())
+        scales = {
+            "accuracy" if c.endswith("_accuracy") else "l1" if c == "train_l1" else "loss"
+            for c in columns
+        }
+        assert len(scales) == 1, (title, columns)
+        plotted |= set(spec["y"])
+    written = set()
+    for model in layout.MODELS:
+        out = layout.train_dir(model, 0)
+        written |= {str(p.relative_to(project)) for p in (project / out).rglob("*.tsv")}
+        assert str(out / "curves") in images, model
+    assert plotted == written
+
+
+def test_training_curves_are_deterministic_pngs_without_metadata(evaluated, tmp_path) -> None:
+    project, _ = evaluated
+    for model in layout.MODELS:
+        out = project / layout.train_dir(model, 0)
+        history = RunState.of(load_checkpoint(out / "final" / "checkpoint.pt")).history
+        names = {"loss", "accuracy"} | ({"l1"} if model != "pipnet" else set())
+        assert {p.stem for p in (out / "curves").glob("*.png")} == names
+        for path in write_curves(history, tmp_path / model, f"{model} seed 0"):
+            data = path.read_bytes()
+            assert data == (out / "curves" / path.name).read_bytes(), path  # train's own
+            assert set(png_chunks(data)) == {"IHDR", "IDAT", "IEND"}  # no time, no text
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            assert pixels.shape == (HEIGHT, WIDTH, 3) and (pixels < 250).any()
