@@ -204,3 +204,14 @@ def test_train_seeds_must_be_distinct_in_range_and_listed() -> None:
     ):
         with pytest.raises(ParamsError, match=message):
             build_section(TrainParams, {"seeds": raw}, "train.")
+
+
+def test_readme_states_the_metrics_file_layout() -> None:
+    from model.metric_layout import GROUPS, HEADLINE
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    keys = lambda names: ", ".join(f"`{k}`" for k in names)  # noqa: E731
+    assert f"| (top level) | {keys(HEADLINE)} |" in readme
+    for group, names in GROUPS.items():
+        if names:
+            assert f"| `{group}` | {keys(names)}" in readme, group
