@@ -46,7 +46,7 @@ from pipeline.params import CropsParams, Params, result_dict, text_fingerprint
 from pipeline.progress import ShardReporter
 from pipeline.segmenters.base import MaskSet
 from pipeline.sharded import ShardedStage, run_shards
-from pipeline.tables import read_table, write_columns
+from pipeline.tables import ROW_GROUP_ROWS, TableWriter, read_table
 from pipeline.views import ViewPlan, boxes_and_areas, cut_planned_views, plan_views, resize_square
 
 
@@ -311,17 +311,29 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[CropTa
 
 
 # ------------------------------------------------------------------------ assembly
+class ShardOrderError(Exception):
+    """The crop shards' images are not in ascending image_id order shard after shard."""
+
+
+def shard_views(task: CropTask) -> dict[str, np.ndarray]:
+    """The per-view table a crop shard stores (the crops index rows of its images, as
+    crop_shard wrote them), in (image_id, view) order, plus the ``shard`` column."""
+    path = Path(task.out_path)
+    with CropShard(path) as shard:
+        views = shard.views()
+    order = np.lexsort((views["view"], views["image_id"]))
+    views = {name: values[order] for name, values in views.items()}
+    views["shard"] = np.full(len(order), path.name)
+    return views
+
+
 def assemble_index(tasks: list[CropTask], out_dir: Path) -> dict[str, np.ndarray]:
     """The per-view tables of every crop shard, concatenated in (image_id, view) order,
-    plus the ``shard`` column."""
+    plus the ``shard`` column (the whole index in memory: :func:`write_index` streams)."""
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     for task in sorted(tasks, key=lambda t: t.index):
-        path = Path(task.out_path)
-        with CropShard(path) as shard:
-            views = shard.views()
-        for name, values in views.items():
+        for name, values in shard_views(task).items():
             parts[name].append(values)
-        parts["shard"].append(np.full(len(views["image_id"]), path.name))
     columns = {name: np.concatenate(values) for name, values in parts.items()}
     order = np.lexsort((columns["view"], columns["image_id"]))
     return {name: values[order] for name, values in columns.items()}
@@ -348,27 +360,88 @@ def index_arrays(columns: dict[str, np.ndarray]) -> dict[str, pa.Array]:
     )
     for name in ("predicted_iou", "stability_score"):
         arrays[name] = pa.array(columns[name], mask=fallback)
-    arrays["split"] = pa.array(np.char.decode(columns["split"], "ascii").tolist(), pa.string())
-    arrays["shard"] = pa.array(columns["shard"].tolist(), pa.string())
+    arrays["split"] = pa.array(np.char.decode(columns["split"], "ascii"), pa.string())
+    arrays["shard"] = pa.array(columns["shard"], pa.string())
     arrays["fallback"] = pa.array(fallback)
     return arrays
 
 
+@dataclass
+class IndexCounts:
+    """What crops_metrics counts, summed shard by shard."""
+
+    views: int = 0
+    duplicates: int = 0
+    fallback_views: int = 0
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        self.views += len(columns["image_id"])
+        self.duplicates += int((columns["duplicate_of"] >= 0).sum())
+        self.fallback_views += int(columns["fallback"].astype(bool).sum())
+
+    def metrics(self, num_views: int) -> dict:
+        """Images, views, fallback images (every view the whole image) and their share,
+        duplicate view share, mean distinct views per image."""
+        views, duplicates = self.views, self.duplicates
+        images = views // num_views
+        fallbacks = self.fallback_views // num_views
+        return {
+            "images": images,
+            "views": views,
+            "fallback_images": fallbacks,
+            "fallback_share": round(fallbacks / max(images, 1), 4),
+            "duplicate_view_share": round(duplicates / max(views, 1), 4),
+            "mean_distinct_views": round((views - duplicates) / max(images, 1), 3),
+        }
+
+
 def crops_metrics(columns: dict[str, np.ndarray], num_views: int) -> dict:
-    """Images, views, fallback images (every view the whole image) and their share,
-    duplicate view share, mean distinct views per image."""
-    views = len(columns["image_id"])
-    images = views // num_views
-    duplicates = int((columns["duplicate_of"] >= 0).sum())
-    fallbacks = int(columns["fallback"].sum()) // num_views
-    return {
-        "images": images,
-        "views": views,
-        "fallback_images": fallbacks,
-        "fallback_share": round(fallbacks / max(images, 1), 4),
-        "duplicate_view_share": round(duplicates / max(views, 1), 4),
-        "mean_distinct_views": round((views - duplicates) / max(images, 1), 3),
-    }
+    """:meth:`IndexCounts.metrics` of the whole index's columns."""
+    counts = IndexCounts()
+    counts.add(columns)
+    return counts.metrics(num_views)
+
+
+def write_index(
+    tasks: list[CropTask],
+    out_dir: Path,
+    path: Path,
+    *,
+    fingerprint: str,
+    facts: dict[str, object],
+    num_views: int,
+    row_group_rows: int = ROW_GROUP_ROWS,
+) -> dict:
+    """Write the crops index from the per-view tables the crop shards store, shard after
+    shard, holding at most one Parquet row group: a reused shard's index rows are read
+    back as it stored them (checksummed, and verified by its reuse check), never recomputed.
+
+    Shards hold consecutive runs of the image ids (segment cuts the sorted index into
+    shards), so shard order is index order; should a shard break that order, the index
+    is assembled whole in memory and sorted instead. Either way the bytes are those of
+    one ``pq.write_table`` of the whole sorted index. Returns the crops metrics.
+    """
+    ordered = sorted(tasks, key=lambda t: t.index)
+    kwargs = {"fingerprint": fingerprint, "facts": facts, "row_group_rows": row_group_rows}
+    counts = IndexCounts()
+    try:
+        with TableWriter(path, "crops", **kwargs) as writer:
+            last = None
+            for task in ordered:
+                views = shard_views(task)
+                if len(views["image_id"]) == 0:
+                    continue
+                if last is not None and views["image_id"][0] <= last:
+                    raise ShardOrderError(task.out_path)
+                last = views["image_id"][-1]
+                counts.add(views)
+                writer.write_columns(index_arrays(views))
+    except ShardOrderError:
+        columns = assemble_index(ordered, out_dir)
+        with TableWriter(path, "crops", **kwargs) as writer:
+            writer.write_columns(index_arrays(columns))
+        return crops_metrics(columns, num_views)
+    return counts.metrics(num_views)
 
 
 def run_crops(params: Params, project_root: Path = Path(".")) -> dict:
@@ -404,15 +477,14 @@ def run_crops(params: Params, project_root: Path = Path(".")) -> dict:
         workers=worker_count(params.crops.workers),
         scheduler=params.segment.scheduler,
     )
-    columns = assemble_index(tasks, out_dir)
-    write_columns(
-        index_arrays(columns),
+    metrics = write_index(
+        tasks,
+        out_dir,
         project_root / layout.CROPS_INDEX,
-        "crops",
         fingerprint=text_fingerprint("".join(t.fingerprint for t in tasks)),
         facts=index_facts(params.crops),
+        num_views=params.crops.num_views,
     )
-    metrics = crops_metrics(columns, params.crops.num_views)
     metrics["shards"] = len(tasks)
     metrics["bytes_per_image"] = round(
         sum(p.stat().st_size for p in crop_shard_paths(out_dir)) / max(metrics["images"], 1)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import layout
+from pipeline.errors import ArtifactError
 from pipeline.imageio import load_rgb, read_mask_png, resolve_inside
 from pipeline.tables import read_table
 
@@ -106,18 +107,45 @@ def load_test_set(project_root: Path, image_ids: np.ndarray) -> TestSet:
     Returns:
         The TestSet, rows in the order of ``image_ids``.
     """
-    images, info = read_table(project_root / layout.IMAGES_INDEX, "images")
-    rows = {r["image_id"]: r for r in images.to_pylist()}
-    crops, crops_info = read_table(project_root / layout.CROPS_INDEX, "crops")
+    image_ids = np.asarray(image_ids, np.int64)
+    n = len(image_ids)
+    wanted = pc.field("image_id").isin(id_array(image_ids))
+    # only the evaluated images' rows and the columns evaluate uses
+    index_path = project_root / layout.IMAGES_INDEX
+    images, info = read_table(
+        index_path,
+        "images",
+        columns=[
+            "image_id",
+            "path",
+            "class_id",
+            "width",
+            "height",
+            "object_box_xywh",
+            "parts",
+            "segmentation_path",
+        ],
+        filters=wanted,
+    )
+    images = images.take(_positions(images["image_id"].to_numpy(), image_ids, index_path))
+    crops_path = project_root / layout.CROPS_INDEX
+    crops, crops_info = read_table(
+        crops_path,
+        "crops",
+        columns=["image_id", "view", "box", "mask_index", "duplicate_of", "fallback", "shard"],
+        filters=wanted,
+    )
     facts = crops_info["facts"]
     m = int(facts["num_views"])
-    crops = crops.filter(pc.is_in(crops["image_id"], id_array(image_ids))).sort_by(
-        [("image_id", "ascending"), ("view", "ascending")]
-    )
-    n = len(image_ids)
-    picked = [rows[int(i)] for i in image_ids]
+    crops = crops.sort_by([("image_id", "ascending"), ("view", "ascending")])
+    if len(crops) != n * m or (crops["image_id"].to_numpy()[::m] != image_ids).any():
+        raise ArtifactError(
+            f"{crops_path}: does not hold {m} views of every evaluated image "
+            f"({len(crops)} rows for {n} images); rerun crops"
+        )
+    first = crops.take(np.arange(0, len(crops), m))
     part_names = info["facts"].get("part_names")
-    part_rows = [r["parts"] for r in picked]
+    part_rows = images["parts"].to_pylist()
     if any(p is not None for p in part_rows):
         q = (
             len(part_names)
@@ -127,29 +155,49 @@ def load_test_set(project_root: Path, image_ids: np.ndarray) -> TestSet:
         xy, vis, has = parts_arrays(part_rows, q)
     else:
         xy = vis = None
-        has = np.zeros(len(picked), bool)
+        has = np.zeros(n, bool)
+    del part_rows
+    boxes = images["object_box_xywh"].to_pylist()
     return TestSet(
-        image_ids=np.asarray(image_ids),
-        labels=np.asarray([r["class_id"] for r in picked]),
-        paths=[r["path"] for r in picked],
-        sizes=np.asarray([(r["height"], r["width"]) for r in picked], np.int64).reshape(-1, 2),
-        segmentation=[r["segmentation_path"] for r in picked],
+        image_ids=image_ids,
+        labels=images["class_id"].to_numpy().astype(np.int64),
+        paths=images["path"].to_pylist(),
+        sizes=np.stack([images["height"].to_numpy(), images["width"].to_numpy()], axis=1).astype(
+            np.int64
+        ),
+        segmentation=images["segmentation_path"].to_pylist(),
         part_xy=xy,
         part_visible=vis,
         has_parts=has,
-        boxes=np.asarray(crops["box"].to_pylist(), np.int64).reshape(n, m, 4),
+        boxes=crops["box"].combine_chunks().flatten().to_numpy().astype(np.int64).reshape(n, m, 4),
         mask_index=crops["mask_index"].to_numpy().reshape(n, m),
         duplicate_of=crops["duplicate_of"].to_numpy().reshape(n, m),
-        fallback=crops["fallback"].to_numpy(zero_copy_only=False)[::m].astype(bool),
-        crop_shards=crops["shard"].to_pylist()[::m],
+        fallback=first["fallback"].to_numpy(zero_copy_only=False).astype(bool),
+        crop_shards=first["shard"].to_pylist(),
         class_names=list(info["facts"]["class_names"]),
         part_names=part_names,
         num_views=m,
         fill=str(facts["fill"]),
-        object_boxes=np.asarray(
-            [r.get("object_box_xywh") or [np.nan] * 4 for r in picked], np.float64
-        ).reshape(n, 4),
+        object_boxes=np.asarray([b or [np.nan] * 4 for b in boxes], np.float64).reshape(n, 4),
     )
+
+
+def _positions(found: np.ndarray, wanted: np.ndarray, path: Path) -> np.ndarray:
+    """Where each of ``wanted`` sits in ``found`` (ids read back from ``path``); an
+    ArtifactError naming the file and the first id it lacks."""
+    if len(found) == 0:
+        missing = np.ones(len(wanted), bool)
+        at = np.zeros(len(wanted), np.int64)
+    else:
+        order = np.argsort(found, kind="stable")
+        at = order[np.minimum(np.searchsorted(found, wanted, sorter=order), len(found) - 1)]
+        missing = found[at] != wanted
+    if missing.any():
+        raise ArtifactError(
+            f"{path}: image {int(wanted[missing][0])} is not in the images index; "
+            f"the evaluated crops are stale, rerun crops"
+        )
+    return at
 
 
 def fallback_share(test: TestSet) -> float:

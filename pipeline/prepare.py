@@ -13,10 +13,12 @@ The rejects table lists, one row each, what prepare does not use as the reader f
 
 from __future__ import annotations
 
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,7 +30,10 @@ from pipeline.imageio import load_rgb, pixel_hash, read_mask_png, resolve_inside
 from pipeline.params import DataParams, result_fingerprint
 from pipeline.progress import Progress, get_logger, track
 from pipeline.records import DatasetListing, ImageRecord
-from pipeline.tables import write_table
+from pipeline.tables import TableWriter, write_table
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,25 @@ class Decoded:
 def index_fingerprint(data: DataParams) -> str:
     """Fingerprint of the parameters that decide the images index (not decode_workers)."""
     return result_fingerprint(data)
+
+
+# Images submitted ahead of the one being collected, per decoding thread: enough to keep
+# every thread busy, few enough that pending results never pile up.
+IN_FLIGHT_PER_WORKER = 4
+
+
+def bounded_map(
+    pool: Executor, fn: Callable[[A], R], items: Iterable[A], window: int
+) -> Iterator[R]:
+    """``pool.map(fn, items)`` in order, with at most ``window`` calls submitted and not yet
+    collected (``Executor.map`` submits every item at once: one future per image)."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        if len(pending) >= max(1, window):
+            yield pending.popleft().result()
+        pending.append(pool.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
 
 
 def decode_all(
@@ -68,7 +92,7 @@ def decode_all(
     decoded: dict[int, Decoded] = {}
     rejects: list[dict] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(decode, listing.records)
+        results = bounded_map(pool, decode, listing.records, window=IN_FLIGHT_PER_WORKER * workers)
         bar = Progress(
             "prepare: decoding",
             len(listing.records),
@@ -153,12 +177,11 @@ def index_rows(
     listing: DatasetListing,
     decoded: dict[int, Decoded],
     split: dict[int, str],
-) -> list[dict]:
-    """Rows of the images table (schema: pipeline.tables)."""
-    rows = []
+) -> Iterator[dict]:
+    """Rows of the images table (schema: pipeline.tables), one at a time."""
     for r in records:
         d = decoded[r.image_id]
-        rows.append(
+        yield (
             {
                 "image_id": r.image_id,
                 "path": r.path,
@@ -180,7 +203,24 @@ def index_rows(
                 "segmentation_path": r.segmentation_path,
             }
         )
-    return rows
+
+
+# Rows of the images index turned into Arrow at a time (their dicts are ~10 KB each with
+# parts; the Arrow rows a few hundred bytes).
+ROWS_PER_BATCH = 8192
+
+
+def write_images_index(path: Path, rows: Iterable[dict], *, fingerprint: str, facts: dict) -> None:
+    """Write the images index from ``rows`` in batches of ROWS_PER_BATCH dicts (the bytes
+    of one write of them all)."""
+    with TableWriter(path, "images", fingerprint=fingerprint, facts=facts) as writer:
+        batch: list[dict] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == ROWS_PER_BATCH:
+                writer.write_rows(batch)
+                batch = []
+        writer.write_rows(batch)
 
 
 def segmentation_rejects(
@@ -325,10 +365,9 @@ def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
         "notes": list(listing.notes),
     }
     write_table(duplicates, project_root / layout.DUPLICATES_TABLE, "duplicates", fingerprint=fp)
-    write_table(
-        index_rows(kept, listing, decoded, split),
+    write_images_index(
         project_root / layout.IMAGES_INDEX,
-        "images",
+        index_rows(kept, listing, decoded, split),
         fingerprint=fp,
         facts=facts,
     )

@@ -8,6 +8,8 @@ Readers refuse a kind or version they do not know, naming the file.
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,11 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
 SPLITS = ("train", "val", "test")
 
 
+# Rows per Parquet row group: pyarrow's own default for pq.write_table, written out so
+# that a table written whole and one streamed through TableWriter get the same bytes.
+ROW_GROUP_ROWS = 1024 * 1024
+
+
 def write_table(
     rows: list[dict[str, Any]],
     path: Path,
@@ -117,13 +124,8 @@ def write_table(
     facts: dict[str, Any] | None = None,
 ) -> None:
     """Write ``rows`` as a ``kind`` table atomically, with version, fingerprint and facts."""
-    _write(
-        pa.Table.from_pylist(rows, schema=SCHEMAS[kind][1]),
-        path,
-        kind,
-        fingerprint=fingerprint,
-        facts=facts,
-    )
+    with TableWriter(path, kind, fingerprint=fingerprint, facts=facts) as writer:
+        writer.write_rows(rows)
 
 
 def write_columns(
@@ -135,54 +137,161 @@ def write_columns(
     facts: dict[str, Any] | None = None,
 ) -> None:
     """Write Arrow columns (one per schema field, any order) as a ``kind`` table."""
-    schema = SCHEMAS[kind][1]
-    missing = set(schema.names) - set(columns)
-    if missing:
-        raise ValueError(f"'{kind}' columns missing: {sorted(missing)}")
-    table = pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
-    _write(table, path, kind, fingerprint=fingerprint, facts=facts)
+    with TableWriter(path, kind, fingerprint=fingerprint, facts=facts) as writer:
+        writer.write_columns(columns)
 
 
-def _write(
-    table: pa.Table, path: Path, kind: str, *, fingerprint: str, facts: dict[str, Any] | None
-) -> None:
-    version = SCHEMAS[kind][0]
-    metadata = {
+def _metadata(kind: str, fingerprint: str, facts: dict[str, Any] | None) -> dict[bytes, bytes]:
+    return {
         b"protomask.kind": kind.encode(),
-        b"protomask.version": str(version).encode(),
+        b"protomask.version": str(SCHEMAS[kind][0]).encode(),
         b"protomask.fingerprint": fingerprint.encode(),
         b"protomask.facts": json.dumps(facts or {}, sort_keys=True).encode(),
     }
-    table = table.replace_schema_metadata(metadata)
-    with atomic_file(Path(path)) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
 
 
-def read_table(path: Path, kind: str) -> tuple[pa.Table, dict[str, Any]]:
-    """Read a ``kind`` table; return it with its metadata (fingerprint, facts)."""
+class TableWriter:
+    """Write a ``kind`` table piece by piece, atomically, holding at most one row group.
+
+    Pieces (row dicts, Arrow columns or tables of the kind's schema, in table order) are
+    buffered until a whole row group of ``row_group_rows`` rows is there, which is then
+    written as one contiguous chunk: the file has the same bytes as ``pq.write_table`` of
+    the whole table at once (same row groups, same pages), whatever the pieces were. The
+    file appears under ``path`` only when the ``with`` block ends without an error.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        kind: str,
+        *,
+        fingerprint: str,
+        facts: dict[str, Any] | None = None,
+        row_group_rows: int = ROW_GROUP_ROWS,
+    ) -> None:
+        self.path = Path(path)
+        self.kind = kind
+        self.schema = SCHEMAS[kind][1].with_metadata(_metadata(kind, fingerprint, facts))
+        self.row_group_rows = int(row_group_rows)
+        self.rows_written = 0
+        self._pieces: list[pa.Table] = []
+        self._buffered = 0
+        self._atomic: Any = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> TableWriter:
+        self._atomic = atomic_file(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd")
+        except BaseException:
+            self._atomic.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def write_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows given as dicts (one per row, every schema field)."""
+        self.write(pa.Table.from_pylist(rows, schema=self.schema))
+
+    def write_columns(self, columns: dict[str, pa.Array]) -> None:
+        """Append rows given as Arrow columns (one per schema field, any order)."""
+        missing = set(self.schema.names) - set(columns)
+        if missing:
+            raise ValueError(f"'{self.kind}' columns missing: {sorted(missing)}")
+        self.write(
+            pa.Table.from_arrays([columns[name] for name in self.schema.names], schema=self.schema)
+        )
+
+    def write(self, table: pa.Table) -> None:
+        """Append an Arrow table of the kind's schema."""
+        if table.num_rows == 0:
+            return
+        self._pieces.append(table)
+        self._buffered += table.num_rows
+        if self._buffered >= self.row_group_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        assert self._writer is not None
+        if not self._pieces:
+            if final and self.rows_written == 0:  # an empty table, as pq.write_table writes it
+                self._writer.write_table(self.schema.empty_table())
+            return
+        table = pa.concat_tables(self._pieces).combine_chunks()
+        self._pieces, self._buffered = [], 0
+        rows = table.num_rows
+        full = rows if final else rows - rows % self.row_group_rows
+        if full:
+            self._writer.write_table(table.slice(0, full), row_group_size=self.row_group_rows)
+            self.rows_written += full
+        if full < rows:
+            self._pieces, self._buffered = [table.slice(full)], rows - full
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self._writer is not None and self._atomic is not None
+        try:
+            if exc_type is None:
+                self._flush(final=True)
+        except BaseException:
+            self._writer.close()
+            self._atomic.__exit__(*sys.exc_info())
+            raise
+        self._writer.close()
+        self._atomic.__exit__(exc_type, exc, tb)
+
+
+def read_info(path: Path, kind: str) -> dict[str, Any]:
+    """A ``kind`` table's metadata (fingerprint, facts), read from its footer only."""
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: missing; run the stage that writes it (dvc repro) first")
     try:
-        table = pq.read_table(path)
+        schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ArtifactError(f"{path}: not a readable Parquet file ({exc})") from None
-    meta = table.schema.metadata or {}
+    meta = schema.metadata or {}
     found_kind = meta.get(b"protomask.kind", b"").decode()
     if found_kind != kind:
         raise ArtifactError(
             f"{path}: expected a protomask '{kind}' table, "
             f"found {found_kind or 'no protomask metadata'}"
         )
-    version, schema = SCHEMAS[kind]
+    version = SCHEMAS[kind][0]
     found_version = meta.get(b"protomask.version", b"").decode()
     if found_version != str(version):
         raise ArtifactError(
             f"{path}: '{kind}' format version {found_version} is not known "
             f"to this code (it reads version {version}); rerun the stage"
         )
-    info = {
+    return {
         "fingerprint": meta.get(b"protomask.fingerprint", b"").decode(),
         "facts": json.loads(meta.get(b"protomask.facts", b"{}")),
     }
-    return table.select(schema.names).cast(schema), info
+
+
+def read_table(
+    path: Path,
+    kind: str,
+    *,
+    columns: Sequence[str] | None = None,
+    filters: Any = None,
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Read a ``kind`` table; return it with its metadata (fingerprint, facts).
+
+    ``columns`` reads only those columns (in that order); ``filters`` (as for
+    ``pyarrow.parquet.read_table``: a list of ``(column, op, value)`` or an expression)
+    keeps only the rows that pass, filtered batch by batch as they are decoded, so
+    neither the other columns nor the other rows are held whole.
+    """
+    info = read_info(path, kind)
+    schema = SCHEMAS[kind][1]
+    names = list(schema.names if columns is None else columns)
+    unknown = [name for name in names if name not in schema.names]
+    if unknown:
+        raise ValueError(f"'{kind}' has no column(s) {unknown}")
+    try:
+        table = pq.read_table(path, columns=names, filters=filters)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ArtifactError(f"{path}: not a readable Parquet file ({exc})") from None
+    wanted = pa.schema([schema.field(name) for name in names])
+    return table.select(names).cast(wanted), info

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
@@ -41,6 +42,7 @@ from torchvision.transforms import v2
 
 from pipeline import layout
 from pipeline.crop_shards import CropShard
+from pipeline.errors import ArtifactError
 from pipeline.imageio import load_rgb, resolve_inside
 from pipeline.params import AugmentParams
 from pipeline.tables import SPLITS, read_table
@@ -140,19 +142,37 @@ class _CropsDataset(Dataset):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         crops_dir = Path(crops_dir)
-        table, info = read_table(crops_dir / layout.CROPS_INDEX.name, "crops")
-        table = table.filter(pc.equal(table["split"], split)).sort_by(
-            [("image_id", "ascending"), ("view", "ascending")]
+        index = crops_dir / layout.CROPS_INDEX.name
+        # only this split's rows and the columns an item needs, as compact arrays
+        table, info = read_table(
+            index,
+            "crops",
+            columns=["image_id", "view", "class_id", "shard", "row", "image_row"],
+            filters=[("split", "==", split)],
         )
-        self.num_views = int(info["facts"]["num_views"])
+        table = table.sort_by([("image_id", "ascending"), ("view", "ascending")])
+        self.num_views = m = int(info["facts"]["num_views"])
         self.size = int(info["facts"]["size"])
-        first = table.filter(pc.equal(table["view"], 0))
+        views = table["view"].to_numpy()
+        if len(views) % m or (views.reshape(-1, m) != np.arange(m)).any():
+            raise ArtifactError(
+                f"{index}: the {split} split does not have views 0..{m - 1} for every "
+                f"image; rerun crops"
+            )
+        first = table.take(np.arange(0, len(table), m))  # each image's view 0
         self.image_ids = first["image_id"].to_numpy()
         self.labels = first["class_id"].to_numpy()
         self.image_rows = first["image_row"].to_numpy()
-        shard_names = first["shard"].to_numpy(zero_copy_only=False).astype(str)
-        self.shard_names, self.shard_of = np.unique(shard_names, return_inverse=True)
-        self.rows = table["row"].to_numpy().reshape(-1, self.num_views)
+        # shard names once each (sorted), an int32 per image pointing at its shard
+        shards = pc.dictionary_encode(first["shard"].combine_chunks())
+        names = shards.dictionary.to_numpy(zero_copy_only=False).astype(str)
+        order = np.argsort(names)
+        rank = np.empty(len(order), np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        self.shard_names = names[order]
+        self.shard_of = rank[shards.indices.to_numpy(zero_copy_only=False)]
+        self.rows = table["row"].to_numpy().reshape(-1, m)
+        del table, first, shards
         self.files = ShardFiles(crops_dir)
         self.augment = augment
         self.transform = build_augmentation(augment) if augment is not None else None
@@ -217,7 +237,7 @@ class FullImageDataset(_CropsDataset):
     ) -> None:
         super().__init__(crops_dir, split, augment, seed)
         self.out_size = size or self.size
-        self.paths: np.ndarray | None = None
+        self.paths: pa.StringArray | None = None
         self.data_root = Path(data_root) if data_root is not None else None
         if self.out_size != self.size:
             if data_root is None:
@@ -225,19 +245,28 @@ class FullImageDataset(_CropsDataset):
                     f"size {self.out_size} differs from the stored crops size "
                     f"{self.size}: give data_root to decode the images"
                 )
-            index_path = images_index or Path(crops_dir).parent.parent / layout.IMAGES_INDEX
-            images, _ = read_table(Path(index_path), "images")
-            path_of = dict(
-                zip(images["image_id"].to_pylist(), images["path"].to_pylist(), strict=False)
+            index_path = Path(images_index or Path(crops_dir).parent.parent / layout.IMAGES_INDEX)
+            images, _ = read_table(
+                index_path, "images", columns=["image_id", "path"], filters=[("split", "==", split)]
             )
-            self.paths = np.asarray([path_of[int(i)] for i in self.image_ids])
+            images = images.sort_by("image_id")
+            ids = images["image_id"].to_numpy()
+            at = np.minimum(np.searchsorted(ids, self.image_ids), max(len(ids) - 1, 0))
+            missing = ids[at] != self.image_ids if len(ids) else np.ones(len(self), bool)
+            if missing.any():
+                raise ArtifactError(
+                    f"{index_path}: image {int(self.image_ids[missing][0])} of the {split} "
+                    f"crops is not in the {split} split of the images index; rerun crops"
+                )
+            # one Arrow string array (no Python object per image), picklable to workers
+            self.paths = images["path"].combine_chunks().take(pa.array(at))
 
     def raw_image(self, index: int) -> torch.Tensor:
         """The whole image as uint8 (3, size, size)."""
         if self.paths is None:
             pixels = self._shard(index).image(int(self.image_rows[index]))
         else:
-            image = load_rgb(resolve_inside(self.data_root, str(self.paths[index])))
+            image = load_rgb(resolve_inside(self.data_root, self.paths[index].as_py()))
             pixels = resize_square(image, self.out_size)
         # a decoded image at its own size comes back unresized and read-only: copy it
         pixels = np.require(pixels, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])
