@@ -53,7 +53,7 @@ def index_fingerprint(data: DataParams) -> str:
 
 # Images submitted ahead of the one being collected, per decoding thread: enough to keep
 # every thread busy, few enough that pending results never pile up.
-IN_FLIGHT_PER_WORKER = 4
+IN_FLIGHT_PER_WORKER = 32
 
 
 def bounded_map(
