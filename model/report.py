@@ -43,6 +43,7 @@ from model.metric_layout import GROUPS, value_of
 from model.metrics import top_fraction_mask
 from model.saliency import prototype_saliency
 from pipeline import layout
+from pipeline.atomic import atomic_file
 from pipeline.crop_shards import CropShard
 from pipeline.drawing import draw_boxes
 from pipeline.evaluation_set import id_array
@@ -109,9 +110,10 @@ def with_boxes(rgb: np.ndarray, boxes: np.ndarray, labels: bool = True) -> np.nd
 
 
 def save_png(path: Path, rgb: np.ndarray) -> None:
-    """Write H x W x 3 uint8 pixels as a PNG (folders made as needed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(rgb)).save(path, format="PNG", optimize=False)
+    """Write H x W x 3 uint8 pixels as a PNG (folders made as needed), to a temporary name
+    renamed over ``path``: a hard-linked copy in the DVC cache is never written into."""
+    with atomic_file(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG", optimize=False)
 
 
 # --------------------------------------------------------------------------- builder
@@ -288,7 +290,8 @@ class ReportBuilder:
         for name, pixels in self.images.items():
             save_png(out_dir / name, pixels)
         page = _PAGE.format(title=html.escape(f"{self.kind} evaluation"), body="\n".join(body))
-        (out_dir / "index.html").write_text(page, encoding="utf-8")
+        with atomic_file(out_dir / "index.html") as tmp:  # never into a linked cache file
+            tmp.write_text(page, encoding="utf-8")
 
     def _img(self, name: str, pixels: np.ndarray, caption: str, width: int = TILE) -> str:
         self.images[f"img/{name}.png"] = pixels

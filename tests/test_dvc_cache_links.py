@@ -90,3 +90,19 @@ def test_persist_rerun_leaves_the_linked_cache_intact(tmp_path: Path) -> None:
     assert (project / "out" / "log.txt").read_text() == "one\ntwo\n"
     assert state.read_bytes() == b"two\n" * 1000
     assert len(after) == 4  # the rerun's two new objects beside the first run's
+
+
+def test_report_files_are_replaced_not_written_into(tmp_path: Path) -> None:
+    """A report PNG that is a hard link into the cache is replaced by a new file: the
+    cached copy keeps its bytes."""
+    import numpy as np
+
+    from model.report import save_png
+
+    cached, out = tmp_path / "cache-file", tmp_path / "report" / "img" / "a.png"
+    out.parent.mkdir(parents=True)
+    cached.write_bytes(b"cached bytes")
+    os.link(cached, out)
+    save_png(out, np.zeros((4, 4, 3), np.uint8))
+    assert cached.read_bytes() == b"cached bytes"
+    assert out.read_bytes().startswith(b"\x89PNG") and not os.path.samefile(cached, out)
