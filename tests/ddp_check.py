@@ -23,11 +23,18 @@ from pipeline.params import load_params
 
 
 def train(project: Path) -> None:
-    """The train stage through its CLI, in ``project`` (it joins, then leaves, the group)."""
+    """The train stage through its CLI, in ``project``. It joins the group; the group is
+    kept for the check (a second init after destroy_process_group can read the first
+    group's stale gloo addresses from the store: connection refused)."""
     from stages.cli import main as cli
 
     os.chdir(project)
-    cli(["train", "--model", "protomask"], standalone_mode=False)
+    leave = distributed.shutdown
+    distributed.shutdown = lambda: None
+    try:
+        cli(["train", "--model", "protomask"], standalone_mode=False)
+    finally:
+        distributed.shutdown = leave
     sys.stdout.flush()
 
 
