@@ -96,13 +96,16 @@ class NonNegLinear(nn.Module):
 def trunk_groups(trunk: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The trunk's parameters as the original's optimiser groups.
 
-    ``trunk_last``: the last block, as the reference finds it (the first two dotted
-    components of the module of the trunk's last parameter, e.g. ``layer4.2`` of ResNet-50,
-    ``bn2`` of tiny_cnn); the original
-    trains it with ``lr_block``. For a ResNet (a ``layer4`` attribute) the rest follows the
-    original's ResNet-50 split: ``trunk_top`` = layer3 and the rest of layer4 (``lr_block``),
-    ``trunk`` = layer2 (``lr_net``), ``trunk_stem`` = conv1, bn1, layer1 (never trained).
-    Any other trunk: everything else is ``trunk`` (the reference's split), the others empty.
+    ``trunk_last``: the last block, which the original trains with ``lr_block``: the first
+    two dotted components of the trunk's last convolution (``layer4.2`` of ResNet-50, as
+    the reference finds it from the last parameter), with every parameter after it (e.g.
+    EfficientNet-Lite's ``_conv_head`` and its ``_bn1``: the reference's rule, the module
+    of the last parameter, would give only that final batch norm, so pretraining would
+    train 2,560 parameters of a 3.4 M trunk). For a ResNet (a ``layer4`` attribute) the
+    rest follows the original's ResNet-50 split: ``trunk_top`` = layer3 and the rest of
+    layer4 (``lr_block``), ``trunk`` = layer2 (``lr_net``), ``trunk_stem`` = conv1, bn1,
+    layer1 (never trained). Any other trunk: everything else is ``trunk`` (the reference's
+    split), the others empty.
     """
     named = list(trunk.named_parameters())
     groups: dict[str, list[nn.Parameter]] = {
@@ -113,6 +116,21 @@ def trunk_groups(trunk: nn.Module) -> dict[str, list[nn.Parameter]]:
     }
     if not named:
         return groups
+    convs = [n for n, m in trunk.named_modules() if isinstance(m, nn.Conv2d)]
+    anchor = convs[-1] + ".weight" if convs else named[-1][0]
+    last = ".".join(anchor.split(".")[:-1][:2])  # the block of the last convolution
+    after = next(i for i, (name, _) in enumerate(named) if name == anchor)
+    resnet = hasattr(trunk, "layer4")
+    for index, (name, param) in enumerate(named):
+        if name.startswith(last + ".") or index >= after:
+            groups["trunk_last"].append(param)
+        elif not resnet or name.startswith("layer2."):
+            groups["trunk"].append(param)
+        elif name.startswith(("layer3.", "layer4.")):
+            groups["trunk_top"].append(param)
+        else:
+            groups["trunk_stem"].append(param)
+    return groups
     last = ".".join(named[-1][0].split(".")[:-1][:2])  # module path of the last parameter
     resnet = hasattr(trunk, "layer4")
     for name, param in named:

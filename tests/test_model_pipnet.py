@@ -138,7 +138,11 @@ def test_parameter_groups_resnet_and_generic() -> None:
     }
     assert all(by_id[id(p)].startswith("layer4.1.") for p in groups["trunk_last"])
     tiny = trunk_groups(build_backbone("tiny_cnn", "none"))
-    assert len(tiny["trunk_last"]) == 2 and len(tiny["trunk"]) == 4  # bn2 / conv1, bn1, conv2
+    assert len(tiny["trunk_last"]) == 3 and len(tiny["trunk"]) == 3  # conv2, bn2 / conv1, bn1
+    lite = build_backbone("efficientnet_lite0", "none")
+    by_id = {id(p): n for n, p in lite.named_parameters()}
+    last = {by_id[id(p)] for p in trunk_groups(lite)["trunk_last"]}
+    assert last == {"_conv_head.weight", "_bn1.weight", "_bn1.bias"}  # not only the last BN
     net = tiny_net()
     all_groups = net.parameter_groups()
     assert sum(len(v) for v in all_groups.values()) == len(list(net.parameters()))
