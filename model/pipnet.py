@@ -131,18 +131,6 @@ def trunk_groups(trunk: nn.Module) -> dict[str, list[nn.Parameter]]:
         else:
             groups["trunk_stem"].append(param)
     return groups
-    last = ".".join(named[-1][0].split(".")[:-1][:2])  # module path of the last parameter
-    resnet = hasattr(trunk, "layer4")
-    for name, param in named:
-        if name == last or name.startswith(last + "."):
-            groups["trunk_last"].append(param)
-        elif not resnet or name.startswith("layer2."):
-            groups["trunk"].append(param)
-        elif name.startswith(("layer3.", "layer4.")):
-            groups["trunk_top"].append(param)
-        else:
-            groups["trunk_stem"].append(param)
-    return groups
 
 
 class PIPNet(nn.Module):
