@@ -4,6 +4,7 @@ shards a rerun keeps, and how a stage says that a run is degenerate."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -13,6 +14,7 @@ from typing import Protocol, TypeVar
 from pipeline.errors import ProtomaskError
 from pipeline.hdf5_files import ShardCheck
 from pipeline.params import SegmentParams
+from pipeline.progress import get_logger
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -24,7 +26,7 @@ DEGENERATE_SHARE = 0.5
 
 def local_worker_count(params: SegmentParams) -> int:
     """One worker per GPU when the work runs on GPUs, else ``segment.workers``."""
-    if params.backend == "sam" and params.device in ("auto", "cuda"):
+    if params.backend in ("sam", "sam2") and params.device in ("auto", "cuda"):
         import torch
 
         if torch.cuda.device_count():
@@ -32,12 +34,60 @@ def local_worker_count(params: SegmentParams) -> int:
     return params.workers
 
 
+class WorkerLossLog(logging.Handler):
+    """Turns the dask nanny's note that a worker process died (silenced with the rest of
+    dask's logs) into one warning line of ``stage``'s logger; the nanny then restarts the
+    worker and dask runs its tasks again."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(logging.INFO)
+        self.stage = stage
+        self.losses = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if not message.startswith("Worker process") or "exited with status 0" in message:
+            return
+        if "killed" not in message and "exited with status" not in message:
+            return
+        self.losses += 1
+        hint = " (often the kernel's out-of-memory killer)" if "signal 9" in message else ""
+        get_logger(self.stage).warning(
+            "%s: lost a dask worker: %s%s; dask restarts it and runs its tasks again",
+            self.stage,
+            message,
+            hint,
+        )
+
+
+@contextlib.contextmanager
+def worker_losses_logged(stage: str) -> Iterator[WorkerLossLog]:
+    """Within the block, a local cluster's dead worker processes are logged (see
+    :class:`WorkerLossLog`)."""
+    nanny = logging.getLogger("distributed.nanny")
+    handler = WorkerLossLog(stage)
+    old_level = nanny.level
+    nanny.addHandler(handler)
+    if nanny.getEffectiveLevel() > logging.INFO:
+        nanny.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        nanny.removeHandler(handler)
+        nanny.setLevel(old_level)
+
+
 @contextlib.contextmanager
 def dask_client(
-    workers: int, scheduler: str | None = None, *, scheduler_key: str = "segment.scheduler"
+    workers: int,
+    scheduler: str | None = None,
+    *,
+    scheduler_key: str = "segment.scheduler",
+    stage: str = "segment",
 ) -> Iterator[object]:
     """A dask client: to ``scheduler`` when set, else to a fresh local cluster of
-    ``workers`` single-threaded processes. ``scheduler_key`` names the param in errors."""
+    ``workers`` single-threaded processes, whose worker deaths ``stage``'s logger reports
+    in one line each. ``scheduler_key`` names the param in errors."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
@@ -63,6 +113,7 @@ def dask_client(
             silence_logs=50,
         ) as cluster,
         Client(cluster) as client,
+        worker_losses_logged(stage),  # only while in use: closing may kill workers
     ):
         yield client
 

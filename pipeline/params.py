@@ -201,6 +201,15 @@ class SamParams:
         interval=Interval(1, 256),
         speed_only=True,
     )
+    encoder_batch_size: Optional[int] = param(
+        None,
+        "Crops per image-encoder call (memory and speed only, never the masks; null: 8 on "
+        "CUDA, 1 on CPU, where batching is no faster and each crop's attention holds "
+        "2.4 GB (vit_b) to 3.2 GB (vit_h)). On CPU a larger value is lowered to what half "
+        "of the available memory holds, with a warning.",
+        interval=Interval(1, 256),
+        speed_only=True,
+    )
     bf16: bool = param(False, "bf16 autocast on CUDA (fp32 otherwise).")
 
 

@@ -136,7 +136,7 @@ def run_shards(
     run: ShardRun[T, R] = ShardRun(tasks, todo, damaged)
     run.verify_seconds = time.perf_counter() - started
     if todo:
-        with dask_client(workers, scheduler) as client:
+        with dask_client(workers, scheduler, stage=stage.name) as client:
             _collect(run, client, stage)
     run.seconds = time.perf_counter() - started
     return run

@@ -125,7 +125,9 @@ def test_crop_layers_with_downscaled_grids_and_small_decode_batches(model):
         crop_overlap_ratio=0.25,
         box_nms_thresh=0.8,
     )
-    counts = check_batch(model, params, points_per_batch=37, encoder_batch_size=3)
+    counts = check_batch(
+        model, params, points_per_batch=37, encoder_batch_size=3, fast_encoder=True
+    )
     assert sum(counts) > 0
     counts_stock_decoder = check_batch(model, params, points_per_batch=37, fast_decoder=False)
     assert counts_stock_decoder == counts

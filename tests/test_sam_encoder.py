@@ -12,7 +12,9 @@ from segment_anything.modeling.image_encoder import Attention  # noqa: E402
 from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 
 from pipeline.segmenters.sam_encoder import (  # noqa: E402
+    attention_bytes_per_crop,
     encode_crops,
+    encoder_batch_limit,
     fast_attention,
     run_image_encoder,
 )
@@ -65,3 +67,33 @@ def test_encode_crops_batches_like_one_call_per_crop(model):
             alone = model.image_encoder(model.preprocess(t))
             torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-4, atol=1e-4)
     assert batched.dtype == torch.float32 and batched.shape[0] == len(images)
+
+
+def test_encoder_batch_defaults_to_one_crop_on_cpu_and_eight_on_cuda(model):
+    enc = model.image_encoder
+    assert encoder_batch_limit(enc, torch.device("cpu"), None) == 1
+    assert encoder_batch_limit(enc, torch.device("cuda"), None) == 8
+    assert encoder_batch_limit(enc, torch.device("cuda"), 3) == 3
+
+
+def test_encoder_batch_is_lowered_to_what_memory_holds(model):
+    """A CPU batch whose attention would not fit in half the available memory is lowered,
+    with a warning naming the param; one that fits is kept; never below one crop."""
+    enc = model.image_encoder
+    per_crop = attention_bytes_per_crop(enc)
+    cpu = torch.device("cpu")
+    assert encoder_batch_limit(enc, cpu, 4, available=8 * per_crop) == 4
+    with pytest.warns(UserWarning, match="encoder_batch_size 8 lowered to 3"):
+        assert encoder_batch_limit(enc, cpu, 8, available=7 * per_crop) == 3
+    with pytest.warns(UserWarning):
+        assert encoder_batch_limit(enc, cpu, 8, available=per_crop) == 1
+    with pytest.raises(ValueError, match="encoder_batch_size"):
+        encoder_batch_limit(enc, cpu, 0)
+
+
+def test_attention_bytes_follow_the_token_count_and_heads():
+    """vit_b at 1024 px: 12 heads, 64 x 64 tokens, three fp32 N x N matrices (2.4 GB)."""
+    from segment_anything.modeling import ImageEncoderViT
+
+    enc = ImageEncoderViT(img_size=1024, depth=1, embed_dim=24, num_heads=12, patch_size=16)
+    assert attention_bytes_per_crop(enc) == 3 * 4 * 12 * 4096**2

@@ -198,5 +198,6 @@ def build_segmenter(params: SegmentParams, worker_index: int = 0) -> Segmenter:
         crop_n_points_downscale_factor=s.crop_n_points_downscale_factor,
         min_mask_region_area=s.min_mask_region_area,
         autocast_bf16=s.bf16,
+        encoder_batch_size=s.encoder_batch_size,
     )
     return generator.generate

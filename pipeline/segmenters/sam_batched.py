@@ -53,7 +53,7 @@ from pipeline.segmenters.sam_decoder import (
     StockDecoder,
     check_fast_decoder,
 )
-from pipeline.segmenters.sam_encoder import encode_crops
+from pipeline.segmenters.sam_encoder import encode_crops, encoder_batch_limit
 from pipeline.segmenters.sam_postprocess import (
     paste_masks,
     to_mask_set,
@@ -96,7 +96,9 @@ class BatchedSamGenerator:
     * ``points_per_batch``: prompts decoded per mask-decoder call, across crops and
       images. It changes speed and memory only, never the result (stock's 64 is slow
       here); ``None`` picks 1024 on CUDA and 256 otherwise.
-    * ``encoder_batch_size``: crops per image-encoder call.
+    * ``encoder_batch_size``: crops per image-encoder call (memory only, never the
+      result); ``None`` picks 8 on CUDA and 1 elsewhere, and any value is lowered to
+      what memory allows (``sam_encoder.encoder_batch_limit``).
     * ``autocast_bf16``: run encoder and decoder under bf16 autocast (CUDA only; ignored
       with a warning elsewhere). Default fp32, which matches stock.
     * ``upscale_batch_size``: prompts per call of the decoder's output upscaling and
@@ -108,6 +110,8 @@ class BatchedSamGenerator:
       ``scaled_dot_product_attention`` (fused kernels), with the decomposed relative
       position terms folded into the queries and keys (``sam_encoder.fast_attention``);
       ``False`` calls the stock ``ImageEncoderViT``. Same function, up to rounding.
+      ``None`` (default) uses it on CUDA only: on CPU the fused kernels do not take its
+      wider queries and keys, so attention falls back to the plain path anyway.
     * ``profile``: synchronise the device after each stage and add the stage's seconds
       to ``self.timings`` (for benchmarks; slows things down slightly).
 
@@ -130,10 +134,10 @@ class BatchedSamGenerator:
         min_mask_region_area: int = 0,
         autocast_bf16: bool = False,
         *,
-        encoder_batch_size: int = 8,
+        encoder_batch_size: int | None = None,
         upscale_batch_size: int | None = None,
         fast_decoder: bool = True,
-        fast_encoder: bool = True,
+        fast_encoder: bool | None = None,
         profile: bool = False,
     ) -> None:
         if points_per_side < 1:
@@ -156,9 +160,7 @@ class BatchedSamGenerator:
         self.min_mask_region_area = int(min_mask_region_area)
         if self.min_mask_region_area > 0:
             import cv2  # noqa: F401  (remove_small_regions needs it; fail early)
-        self.encoder_batch_size = max(1, int(encoder_batch_size))
         self.fast_decoder = bool(fast_decoder)
-        self.fast_encoder = bool(fast_encoder)
         self.profile = bool(profile)
         self.host_threads = max(1, min(8, os.cpu_count() or 1))
         self.timings: dict[str, int | float] = {}
@@ -166,6 +168,11 @@ class BatchedSamGenerator:
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
 
         self._set_device_options(points_per_batch, upscale_batch_size, autocast_bf16)
+        on_cuda = self.device.type == "cuda"
+        self.fast_encoder = on_cuda if fast_encoder is None else bool(fast_encoder)
+        self.encoder_batch_size = encoder_batch_limit(
+            model.image_encoder, self.device, encoder_batch_size
+        )
         if model.mask_decoder.num_multimask_outputs < 1:
             raise ValueError("the mask decoder has no multimask outputs")
         if self.fast_decoder:
