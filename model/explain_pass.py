@@ -149,6 +149,7 @@ def explain_test_set(run: EvalRun, timer: Timer) -> PassResults:
             batch = forward_batch(run, rows)
             results.add(batch)
             results.activation.add(*activation_maps(run, batch))
+            results.activation.add_features(batch.out, batch.ids, run.test.labels[batch.rows])
         with timer.section("saliency"):
             maps = batch_saliency(run, batch)
         with timer.section("metrics"):
@@ -173,7 +174,7 @@ def forward_batch(run: EvalRun, rows: list[int]) -> Batch:
     )
     x, xp = normalise(clean).to(run.device), normalise(pert).to(run.device)
     with torch.no_grad():
-        out, out_p = run.model(x), run.model(xp)
+        out, out_p = run.model(x, return_embeddings=True), run.model(xp)
     head = run.model.head
     sim, sim_p = similarities(run.kind, head, out), similarities(run.kind, head, out_p)
     if run.spec.native:

@@ -37,7 +37,8 @@ from model.metrics import (
     top_fraction_mask,
     vlc,
 )
-from model.metrics.prototypes import NO_PARTS
+from model.metrics.features import top_k_features
+from model.metrics.prototypes import NO_PARTS, class_unit_sums, inter_distance, intra_pd
 from model.metrics.reference import NO_BOX
 from model.metrics.saliency import NO_SEGMENTATION
 
@@ -215,15 +216,34 @@ class MapStats:
 
 
 # the model's activation-map scalars (README: Metrics), in the order of the metrics JSON
-ACTIVATION_KEYS = ("plc", "palc", "plc_perturbed", "palc_perturbed", "pac_perturbed")
+MAP_KEYS = ("plc", "palc", "plc_perturbed", "palc_perturbed", "pac_perturbed")
+FEATURE_KEYS = ("intra_fd", "inter_fd")
+ACTIVATION_KEYS = MAP_KEYS + FEATURE_KEYS
+NO_FEATURES = "the forward gave no feature vectors (return_embeddings)"
+
+
+def candidate_features(out: Any) -> Optional[Tensor]:
+    """(B, L, D) the candidate feature vectors of a forward output, indexed like its
+    ``matched``: ProtoMask's view embeddings (B, M, D) as they are, a feature map
+    (B, D, h, w) as (B, h*w, D); PIP-Net's presence maps (B, P, h, w) as (B, h*w, P) (its
+    features in the reference). None when the output holds none."""
+    maps = getattr(out, "maps", None)
+    f = maps if maps is not None else getattr(out, "embeddings", None)
+    if f is None:
+        return None
+    return f if f.dim() == 3 else f.flatten(2).transpose(1, 2)
 
 
 @dataclass
 class ActivationStats:
     """Per-item metrics of the top-k prototypes' own activation maps (similarity per
-    location, PIP-Net's presence, ProtoMask's similarity per view as an (M, 1) map)."""
+    location, PIP-Net's presence, ProtoMask's similarity per view as an (M, 1) map), and
+    the feature distances at their maxima (intra FD per image, inter FD from per-class
+    sums of unit vectors, so memory stays O(classes x D))."""
 
-    values: dict = field(default_factory=lambda: {key: [] for key in ACTIVATION_KEYS})
+    values: dict = field(default_factory=lambda: {key: [] for key in MAP_KEYS + ("intra_fd",)})
+    class_sums: dict = field(default_factory=dict)  # class -> (sum of unit vectors, count)
+    features_seen: bool = False
 
     def add(self, maps: Tensor, maps_p: Tensor) -> None:
         """Add a batch: (B, K, h, w) activation maps of the top-k on the clean input and
@@ -238,6 +258,37 @@ class ActivationStats:
         ):
             self.values[key].append(value.ravel())
 
+    def add_features(self, out: Any, ids: Tensor, labels: np.ndarray) -> None:
+        """Add a batch's feature vectors at its top-k prototypes' best matches: ``out`` the
+        forward output on the clean input (:func:`candidate_features`; nothing is added
+        when it holds none), ``ids`` (B, K), ``labels`` (B,) true classes."""
+        f = candidate_features(out)
+        if f is None:
+            return
+        vectors = top_k_features(f.float(), out.matched, ids)
+        self.features_seen = True
+        self.values["intra_fd"].append(intra_pd(vectors))
+        for c, s, n in zip(*class_unit_sums(vectors, labels), strict=True):
+            old_s, old_n = self.class_sums.get(int(c), (0.0, 0.0))
+            self.class_sums[int(c)] = (s.cpu() + old_s, float(n) + old_n)
+
+    def merge(self, other: ActivationStats) -> None:
+        """Add the items of ``other`` (another share of the same test split)."""
+        for key, items in other.values.items():
+            self.values[key].extend(items)
+        for c, (s, n) in other.class_sums.items():
+            old_s, old_n = self.class_sums.get(c, (0.0, 0.0))
+            self.class_sums[c] = (s + old_s, n + old_n)
+        self.features_seen |= other.features_seen
+
     def results(self) -> dict[str, Any]:
         """key -> float or Absent (ACTIVATION_KEYS, in that order)."""
-        return {key: mean_of(self.values[key]) for key in ACTIVATION_KEYS}
+        out: dict[str, Any] = {key: mean_of(self.values[key]) for key in MAP_KEYS}
+        if not self.features_seen:
+            return {**out, **{key: Absent(NO_FEATURES) for key in FEATURE_KEYS}}
+        out["intra_fd"] = mean_of(self.values["intra_fd"], "fewer than two prototypes per image")
+        classes = sorted(self.class_sums)
+        sums = torch.stack([self.class_sums[c][0] for c in classes])
+        counts = torch.tensor([self.class_sums[c][1] for c in classes], dtype=torch.float64)
+        out["inter_fd"] = inter_distance(sums, counts, "inter FD")
+        return out

@@ -33,6 +33,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "npr",
         "intra_pd",
         "inter_pd",
+        "intra_fd",
+        "inter_fd",
         "local_size",
         "entropy",
     ),

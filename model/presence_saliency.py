@@ -154,7 +154,9 @@ class PresenceNetwork(nn.Module):
         """(B, P, h, w) softmax presence maps."""
         return self.net.presence_maps(images)[0]
 
-    def forward(self, images: Tensor) -> PresenceOutput:
+    def forward(self, images: Tensor, return_embeddings: bool = False) -> PresenceOutput:
+        """``return_embeddings`` is the other networks' flag, for one call: the presence
+        maps, which are PIP-Net's feature vectors in the FD metrics, are always returned."""
         maps = self.presence_maps(images)
         logits, _, _ = self.net.head(maps, inference=True)
         pooled, matched = maps.flatten(2).max(dim=2)

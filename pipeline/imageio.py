@@ -13,7 +13,15 @@ Colour decisions:
 - 32-bit float (F): values within [0, 1] are multiplied by 255, values within
   [0, 255] are kept, anything else is rescaled linearly from its min..max; NaN and
   infinities become 0;
-- EXIF orientation is applied; an unreadable EXIF block leaves the image unrotated.
+- EXIF orientation is **not** applied: every image is the stored pixel array, the one
+  frame of the whole pipeline. The annotations of CUB-200-2011, Stanford Dogs and
+  Stanford Cars (boxes, part keypoints, segmentation PNGs) are coordinates on the stored
+  array: the readers check them against the size in the file's header, the segmentation
+  PNGs have the stored size, and the original training codes read images through PIL
+  without EXIF transposition (torchvision's default loader). Turning an image by its tag
+  would move its pixels away from its boxes, parts and mask. A photo of a ``folder``
+  dataset with an orientation tag is therefore seen as stored (possibly on its side), as
+  those codes see it.
 """
 
 from __future__ import annotations
@@ -24,14 +32,13 @@ from pathlib import Path, PurePosixPath
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from pipeline.errors import ImageDecodeError, UnsafePathError
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _GREY_MODES = frozenset({"1", "L"})
-_EXIF_ORIENTATION = 0x0112
 
 
 # --------------------------------------------------------------------------- paths
@@ -164,7 +171,7 @@ def _decode(path: Path) -> Image.Image:
         if "truncat" in str(exc).lower():
             raise ImageDecodeError(name, "truncated image") from None
         raise ImageDecodeError(name, f"corrupt image ({_short(exc)})") from None
-    return _apply_exif_orientation(image)
+    return image
 
 
 def _refuse_bomb(image: Image.Image, name: str) -> None:
@@ -189,21 +196,6 @@ def _check_file(path: Path) -> None:
         raise ImageDecodeError(name, "is a directory, not an image file")
     if info.st_size == 0:
         raise ImageDecodeError(name, "empty file")
-
-
-def _apply_exif_orientation(image: Image.Image) -> Image.Image:
-    """Rotate/flip as the EXIF orientation tag says; a broken EXIF block is ignored."""
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        if orientation in (None, 1):
-            return image  # nothing to do; spares exif_transpose's copy
-        turned = ImageOps.exif_transpose(image)
-    except Exception:
-        return image
-    if turned is None or turned is image:
-        return image
-    image.close()
-    return turned
 
 
 # ------------------------------------------------------------------- mode handling

@@ -141,19 +141,22 @@ def test_float_image_outside_byte_range_is_rescaled(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_rgb(tmp_path / "f.tif")[0, :, 0], [0, 128, 255, 128])
 
 
-def test_exif_orientation_is_applied(tmp_path: Path) -> None:
-    # Stored 40 wide x 20 high, left half red, right half blue; orientation 6 means
-    # "rotate 90 degrees clockwise to display": 20 wide x 40 high, red on top.
+def test_exif_orientation_is_not_applied(tmp_path: Path) -> None:
+    # Stored 40 wide x 20 high, left half red, right half blue; orientation 6 ("rotate 90
+    # degrees clockwise to display") is ignored: the stored array is the pipeline's frame,
+    # the one the datasets' boxes, parts and masks refer to (pipeline/imageio.py).
     stored = np.zeros((20, 40, 3), dtype=np.uint8)
     stored[:, :20] = RED
     stored[:, 20:] = BLUE
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(stored).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    with Image.open(tmp_path / "r.jpg") as check:
+        assert check.getexif()[0x0112] == 6
     rgb = load_rgb(tmp_path / "r.jpg")
-    _check_rgb(rgb, 40, 20)
-    assert rgb[5, 10, 0] > 200 and rgb[5, 10, 2] < 50  # top: red
-    assert rgb[35, 10, 2] > 200 and rgb[35, 10, 0] < 50  # bottom: blue
+    _check_rgb(rgb, 20, 40)
+    assert rgb[10, 5, 0] > 200 and rgb[10, 5, 2] < 50  # left: red
+    assert rgb[10, 35, 2] > 200 and rgb[10, 35, 0] < 50  # right: blue
 
 
 # --------------------------------------------------------------------- bad files

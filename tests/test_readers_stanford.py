@@ -10,16 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from PIL import Image
 
 from pipeline import layout
 from pipeline.datasets import read_dataset, read_stanford_cars, read_stanford_dogs
 from pipeline.datasets.stanford_dogs import class_name
 from pipeline.errors import DatasetError, UnsafePathError
+from pipeline.imageio import load_rgb
 from pipeline.params import DataParams
 from pipeline.prepare import run_prepare
 from pipeline.tables import read_table
 from tests.stanford_fixtures import (
     CAR_CLASSES,
+    HEIGHT,
+    WIDTH,
     Dog,
     car_rows,
     cells,
@@ -477,3 +481,30 @@ def test_prepare_on_stanford_cars(tmp_path: Path, writer) -> None:
 
 def test_dog_fixture_relative_paths() -> None:
     assert Dog(1, 7, True).relative == "n02085782-Japanese_spaniel/n02085782_7.jpg"
+
+
+def test_exif_oriented_image_keeps_its_box_on_the_stored_pixels(tmp_path: Path) -> None:
+    # The dog occupies stored columns 2..9, rows 3..10 (VOC corners 3 4 10 11); the JPEG
+    # says "rotate 90 degrees clockwise to display" (orientation 6). Boxes refer to the
+    # stored array, so the index's size and box and the decoded pixels must all be stored.
+    dogs = default_dogs()
+    dogs[0].boxes = [(3, 4, 10, 11)]
+    root = write_dogs(tmp_path / "dogs", dogs)
+    stored = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    stored[..., 2] = 255  # blue background
+    stored[3:11, 2:10] = (255, 0, 0)  # the red dog
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(root / CHIHUAHUA, exif=exif, quality=100, subsampling=0)
+    run_prepare(DataParams(source="stanford_dogs", root="dogs", val_fraction=0.3), tmp_path)
+    row = read_table(tmp_path / layout.IMAGES_INDEX, "images")[0].to_pylist()[0]
+    assert row["path"] == CHIHUAHUA and (row["width"], row["height"]) == (WIDTH, HEIGHT)
+    x, y, w, h = (int(v) for v in row["object_box_xywh"])
+    assert (x, y, w, h) == (2, 3, 8, 8)
+    rgb = load_rgb(root / CHIHUAHUA)
+    assert rgb.shape == (HEIGHT, WIDTH, 3)
+    inside = rgb[y : y + h, x : x + w].astype(int)
+    assert (inside[..., 0] > 200).all() and (inside[..., 2] < 60).all()  # the box holds the dog
+    outside = rgb.astype(int).copy()
+    outside[y : y + h, x : x + w] = (0, 0, 255)
+    assert (outside[..., 0] < 60).all()  # and nothing of it lies outside

@@ -7,7 +7,8 @@ numpy array with NaN for undefined items; :func:`mean_of` reduces both.
 Modules: ``classification`` (balanced accuracy, top-k, macro F1), ``head`` (global size,
 sparsity, NPR), ``parts`` (keypoints -> arrays, parts inside masks), ``saliency`` (S, R,
 VLC, object / background overlap, IOR, pointing game), ``prototypes`` (top-k, ranks,
-intra / inter PD, consistency, stability, PSC, PRC, CRC), ``segmenter`` (part-set codes,
+intra / inter PD, consistency, stability, PSC, PRC, CRC), ``features`` (intra / inter FD:
+the feature vectors at the top prototypes' best matches), ``segmenter`` (part-set codes,
 mask consistency), ``sanity`` (randomisation check), ``reference`` (the reference's other
 metrics: IoU, OIRR, object and explanation boxes, map / activation changes, PLC, local
 size, entropy).
@@ -25,12 +26,15 @@ from model.metrics.classification import (
     top_k_hits,
 )
 from model.metrics.common import Absent, MetricValue, mean_of, to_jsonable
+from model.metrics.features import inter_fd, intra_fd, top_k_features
 from model.metrics.head import global_size, npr, sparsity
 from model.metrics.parts import keypoint_index, parts_arrays, parts_in_masks
 from model.metrics.prototypes import (
+    class_unit_sums,
     consistency,
     consistency_per_prototype,
     crc,
+    inter_distance,
     inter_pd,
     intra_pd,
     prc,
@@ -96,11 +100,16 @@ __all__ = [
     "restrict",
     "top_fraction_mask",
     "vlc",
+    "class_unit_sums",
     "consistency",
     "consistency_per_prototype",
     "crc",
+    "inter_distance",
     "inter_pd",
     "intra_pd",
+    "inter_fd",
+    "intra_fd",
+    "top_k_features",
     "prc",
     "psc",
     "ranks_of",

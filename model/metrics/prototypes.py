@@ -73,29 +73,56 @@ def intra_pd(vectors: ArrayLike) -> np.ndarray:
     return to_numpy(off / (k * (k - 1)))
 
 
+def class_unit_sums(vectors: ArrayLike, labels: ArrayLike) -> tuple[Tensor, Tensor, Tensor]:
+    """Per class present in ``labels``: the sum of its images' top-K unit vectors.
+
+    ``vectors`` (N, K, D), ``labels`` (N,). Returns ``classes`` (C',) long ascending,
+    ``sums`` (C', D) float64 with s_c = sum over images n of class c, k of v_nk / |v_nk|
+    (a zero vector adds 0), and ``counts`` (C',) float64 = K * images of class c. Sums of
+    two batches add (the inter distances of a test split can be gathered batch by batch).
+    """
+    v = _unit(as_tensor(vectors).double())
+    y = as_tensor(labels, torch.long, device=v.device).reshape(-1)
+    if y.numel() != v.shape[0]:
+        raise ValueError(f"vectors {tuple(v.shape)} and labels ({y.numel()},) disagree")
+    classes = torch.unique(y)
+    dense = torch.searchsorted(classes, y)
+    sums = torch.zeros(classes.numel(), v.shape[-1], dtype=v.dtype, device=v.device)
+    sums.index_add_(0, dense, v.sum(-2))
+    counts = torch.bincount(dense, minlength=classes.numel()).double() * v.shape[-2]
+    return classes, sums, counts
+
+
+def inter_distance(sums: ArrayLike, counts: ArrayLike, what: str = "inter PD") -> MetricValue:
+    """Mean over classes c of the mean (1 - cos) over all pairs (a, b), a a vector of class
+    c, b one of another class, from :func:`class_unit_sums`:
+    1 - s_c . (S - s_c) / (n_c (n - n_c)), S = sum of s_c, n = sum of n_c.
+
+    Range [0, 2]. Absent (naming ``what``) when fewer than two classes are present.
+    """
+    s = as_tensor(sums).double()
+    n = as_tensor(counts, torch.float64, device=s.device)
+    present = n > 0
+    if int(present.sum()) < 2:
+        return Absent(f"{what} needs at least two classes")
+    s, n = s[present], n[present]
+    rest_sums, rest_counts = s.sum(0) - s, n.sum() - n
+    mean_cos = (s * rest_sums).sum(-1) / (n * rest_counts)
+    return float((1.0 - mean_cos).mean())
+
+
 def inter_pd(vectors: ArrayLike, labels: ArrayLike) -> MetricValue:
     """Inter PD: mean over classes c of the mean (1 - cos) over ALL pairs (a, b), a one of
     the top-K prototype vectors of an image of class c, b one of an image of another class.
 
     ``vectors`` (N, K, D), ``labels`` (N,) true classes. The mean is over the classes present
     in ``labels``. Range [0, 2]. Absent when fewer than two classes are present.
-    Computed from per-class sums of unit vectors (mean cos = s_c . s_rest / (n_c n_rest)),
-    O(N K D). Note: the reference pairs only equal top-k positions (i-th with i-th); all
-    pairs is what the metric's definition says.
+    Computed from per-class sums of unit vectors (:func:`class_unit_sums`,
+    :func:`inter_distance`), O(N K D). Note: the reference pairs only equal top-k
+    positions (i-th with i-th); all pairs is what the metric's definition says.
     """
-    v = _unit(as_tensor(vectors).double())
-    y = as_tensor(labels, torch.long, device=v.device).reshape(-1)
-    classes = torch.unique(y)
-    if classes.numel() < 2:
-        return Absent("inter PD needs at least two classes")
-    k, d = v.shape[-2], v.shape[-1]
-    dense = torch.searchsorted(classes, y)
-    sums = torch.zeros(classes.numel(), d, dtype=v.dtype, device=v.device)
-    sums.index_add_(0, dense, v.sum(-2))
-    counts = torch.bincount(dense, minlength=classes.numel()).double() * k
-    rest_sums, rest_counts = sums.sum(0) - sums, counts.sum() - counts
-    mean_cos = (sums * rest_sums).sum(-1) / (counts * rest_counts)
-    return float((1.0 - mean_cos).mean())
+    _, sums, counts = class_unit_sums(vectors, labels)
+    return inter_distance(sums, counts)
 
 
 # --- part-based metrics ---------------------------------------------------------------------
