@@ -174,7 +174,7 @@ class SamParams:
         0.86, "Keep masks whose predicted IoU exceeds this.", interval=Interval(0, 1)
     )
     stability_score_thresh: float = param(
-        0.92, "Keep masks whose stability score exceeds this.", interval=Interval(0, 1)
+        0.92, "Keep masks whose stability score is at least this.", interval=Interval(0, 1)
     )
     stability_score_offset: float = param(
         1.0, "Logit offset of the stability score.", interval=Interval(0, 100)
