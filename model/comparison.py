@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from model.formatting import format_metric
+from model.formatting import METRICS, format_metric
 from model.metric_layout import NATIVE, lookup, nested, path_of
 from model.seed_stats import Difference, Spread, decide, paired_difference, spread
 from pipeline import layout
@@ -29,54 +29,9 @@ from pipeline.params import EvaluateParams, Params
 MODELS = layout.MODELS
 REFERENCE = "protomask"  # the model whose claims are checked against every other one
 
-# (metric, label, better direction or None); its dotted key in the metrics JSON: path_of
-_LABELS = (
-    ("balanced_accuracy", "balanced accuracy (%)", "higher"),
-    ("top3_accuracy", "top-3 accuracy (%)", "higher"),
-    ("macro_f1", "macro F1 (%)", "higher"),
-    ("precision", "macro precision (%)", "higher"),
-    ("recall", "macro recall (%)", "higher"),
-    ("roc_auc", "ROC AUC, one vs rest (%)", "higher"),
-    ("abstained", "abstained (all classes tied, %)", "lower"),
-    ("global_size", "global size", None),
-    ("sparsity", "sparsity (%)", None),
-    ("npr", "NPR", None),
-    ("vlc", "VLC", None),
-    ("intra_pd", "intra PD", None),
-    ("inter_pd", "inter PD", None),
-    ("object_overlap", "object overlap (%)", "higher"),
-    ("background_overlap", "background overlap (%)", "lower"),
-    ("ior", "IOR", "higher"),
-    ("pointing_game", "pointing game (energy in G, %)", "higher"),
-    ("consistency", "consistency (%)", "higher"),
-    ("stability", "stability (%)", "higher"),
-    ("psc", "PSC (%)", "lower"),
-    ("prc", "PRC (ranks)", "lower"),
-    ("crc", "CRC (rank)", "lower"),
-    ("cac", "CAC (%)", "lower"),
-    ("local_size", "local size (prototypes)", None),
-    ("entropy", "activation entropy", None),
-    ("plc", "PLC (cells between top prototypes' maxima)", None),
-    ("palc", "PALC (%)", None),
-    ("plc_perturbed", "PLC under perturbation (cells)", "lower"),
-    ("palc_perturbed", "PALC under perturbation (%)", "lower"),
-    ("pac_perturbed", "PAC under perturbation (%)", "lower"),
-    ("iou", "IoU of S with G (%)", "higher"),
-    ("oirr", "OIRR", "lower"),
-    ("object_overlap_box", "object overlap, object box (%)", "higher"),
-    ("background_overlap_box", "background overlap, object box (%)", "lower"),
-    ("iou_box", "IoU of S with the object box (%)", "higher"),
-    ("vac", "VAC (%)", None),
-    ("vlc_perturbed", "VLC under perturbation (%)", "lower"),
-    ("vac_perturbed", "VAC under perturbation (%)", "lower"),
-    ("vlc_sbox", "VLC of S's bounding boxes (%)", None),
-    ("consistency_sbox", "consistency, S's bounding box (%)", "higher"),
-    ("stability_sbox", "stability, S's bounding box (%)", "higher"),
-    ("mask_consistency", "mask consistency (segmenter, %)", None),
-    ("randomisation.spearman", "randomisation: Spearman trained vs random", "lower"),
-    ("randomisation.passed", "randomisation check passed", None),
-    ("fallback_share", "test images with only whole-image views (%)", None),
-)
+# (metric, label, better direction or None) of compare's rows (model/formatting.py holds
+# the facts); its dotted key in the metrics JSON: path_of
+_LABELS = tuple((f.key, f.label, f.better) for f in METRICS if f.compared)
 # (dotted key in metrics/evaluate/<model>/seed-<seed>.json, label, better direction or None)
 COMPARED = tuple((path_of(key), label, better) for key, label, better in _LABELS)
 

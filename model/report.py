@@ -1,22 +1,31 @@
 """The evaluate stage's visual report: one folder per model with ``index.html`` and PNGs
-(plain HTML, no script, no external resource: it opens offline).
+(plain HTML, no script, no external resource: it opens offline). The page
+(:mod:`model.report_sections`) starts with links to the other models' pages, the
+comparison and this run's training curves, then:
 
-* **Prototypes** (``evaluate.report_prototypes`` of them, round-robin over the classes: the
-  first prototype of each class, then the second, ...; prototypes of no class, e.g. a
-  pool prototype no ProtoPool slot uses or a PIP-Net prototype without a weight > 1e-3,
-  are not shown): where the prototype was pushed (push.json: the training view for
-  ProtoMask, with the training image and that view's box; the training image with the
-  feature-map cell for the full-image models, ProtoPool's push.json having ProtoPNet's
-  format), then its top-k test inputs by similarity (PIP-Net: pooled presence) with the
-  saliency overlay (ProtoMask: the matched view; otherwise the image as the model sees
-  it). PIP-Net is never pushed (its prototypes are softmax channels, not vectors to
-  project), so its rows start with the top test inputs and a sentence says why.
+* **Metrics**: every metric with its full name, better direction and meaning
+  (:data:`model.formatting.METRICS`).
+* **Prototypes by class** (the global view): per class the units of the model's own
+  classification layer (its prototypes; ProtoPool's slots; PIP-Net's prototypes with a
+  weight above 1e-3), each with its prototype as pushed and its weight to the class;
+  duplicates flagged (:mod:`model.report_duplicates`: same push source, or similarity
+  within 1e-3 on most test inputs).
+* **Prototypes** (``evaluate.report_prototypes`` of them, round-robin over the classes:
+  the first prototype of each class, then the second, ...; prototypes of no class are not
+  shown): where the prototype was pushed (push.json: the training view for ProtoMask,
+  with the training image and that view's box; for the full-image models ProtoPNet's
+  self-activation, :mod:`model.report_self_activation`: the upsampled similarity over the
+  training image with the box of its 95th-percentile region), then its top-k test inputs
+  by similarity (PIP-Net: pooled presence) with the saliency overlay (ProtoMask: the
+  matched view; otherwise the image as the model sees it). PIP-Net is never pushed (its
+  prototypes are softmax channels, not vectors to project), so a sentence says why.
 * **Test images** (``evaluate.report_images``, spread over the sorted test split): the
-  image with its view boxes (ProtoMask) and, for each of its top-k prototypes, the
+  image (ProtoMask: with its view boxes) and, for each of its top-k prototypes, the
   saliency on the image canvas (pasted back for ProtoMask), the matched view's box, the
-  prototype's push source, its class and similarity; with a native map
-  (:data:`pipeline.model_inputs.KINDS`) a second row with the upsampled similarity /
-  presence maps.
+  prototype's push source, its class and similarity; with a native map a second row with
+  the upsampled similarity / presence maps; then ProtoPNet's local analysis
+  (:mod:`model.report_evidence`): the units contributing most (similarity x weight) to the
+  predicted class and to the runner-up.
 
 Overlays: the positive part of a map scaled to its 99.5th percentile, drawn with the jet
 colour map whose opacity grows with the value; the white outline is S (the top
@@ -31,16 +40,17 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import cv2
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
-from model.formatting import REPORT, format_metric
-from model.metric_layout import GROUPS, value_of
-from model.metrics import top_fraction_mask
+from model import report_sections as sections
+from model.pipnet import PRESENCE_THRESHOLD
+from model.report_drawing import TILE, overlay, save_png, upscale, with_boxes
+from model.report_duplicates import duplicates
+from model.report_evidence import class_evidence, own_units, runner_up, top_contributions
+from model.report_self_activation import high_activation_box, self_activation
 from model.saliency import prototype_saliency
 from pipeline import layout
 from pipeline.atomic import atomic_file
@@ -54,66 +64,7 @@ from pipeline.tables import read_table
 from pipeline.view_datasets import normalise
 from pipeline.views import resize_square
 
-TILE = 128  # displayed side of a tile in px (PNGs are at least this large)
-
-
-# ------------------------------------------------------------------------- drawing
-def upscale(rgb: np.ndarray, side: int = TILE) -> np.ndarray:
-    """Enlarge small images (nearest for tiny crops, keeping aspect) so tiles are readable."""
-    h, w = rgb.shape[:2]
-    f = max(1, int(np.ceil(side / max(h, w))))
-    if f == 1:
-        return rgb
-    return cv2.resize(rgb, (w * f, h * f), interpolation=cv2.INTER_NEAREST)
-
-
-def overlay(
-    rgb: np.ndarray, saliency: np.ndarray, top_fraction: float, g: Optional[np.ndarray] = None
-) -> np.ndarray:
-    """rgb (H, W, 3) uint8 with the saliency (H, W) heat map, S outlined white, G green."""
-    sal = np.clip(np.nan_to_num(saliency.astype(np.float64)), 0, None)
-    positive = sal[sal > 0]
-    # scale to a high percentile, not the maximum: a few extreme LRP pixels would leave
-    # everything else invisible
-    peak = float(np.percentile(positive, 99.5)) if positive.size else 0.0
-    norm = np.clip(sal / peak, 0, 1) if peak > 0 else sal
-    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-    alpha = (0.85 * norm)[:, :, None]  # linear: weak diffuse relevance stays faint
-    out = (rgb * (1 - alpha) + heat * alpha).astype(np.uint8)
-    f = max(1, int(np.ceil(TILE / max(rgb.shape[:2]))))
-    out = cv2.resize(out, (rgb.shape[1] * f, rgb.shape[0] * f), interpolation=cv2.INTER_NEAREST)
-    s = top_fraction_mask(torch.from_numpy(saliency.astype(np.float32)), top_fraction).numpy()
-    _outline(out, s, f, (255, 255, 255))
-    if g is not None:
-        _outline(out, g, f, (0, 200, 0))
-    return out
-
-
-def _outline(canvas: np.ndarray, mask: np.ndarray, factor: int, colour: tuple) -> None:
-    if not mask.any():
-        return
-    big = cv2.resize(
-        mask.astype(np.uint8), (canvas.shape[1], canvas.shape[0]), interpolation=cv2.INTER_NEAREST
-    )
-    contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(canvas, contours, -1, colour, 1)
-
-
-def with_boxes(rgb: np.ndarray, boxes: np.ndarray, labels: bool = True) -> np.ndarray:
-    """The image enlarged (:func:`upscale`) with inclusive boxes (x0, y0, x1, y1) drawn:
-    numbered views (``labels``) or single regions (:func:`pipeline.drawing.draw_boxes`)."""
-    out = upscale(rgb).copy()
-    boxes = np.asarray(boxes).reshape(-1, 4)
-    return draw_boxes(
-        out, boxes, out.shape[0] / rgb.shape[0], views=range(len(boxes)) if labels else None
-    )
-
-
-def save_png(path: Path, rgb: np.ndarray) -> None:
-    """Write H x W x 3 uint8 pixels as a PNG (folders made as needed), to a temporary name
-    renamed over ``path``: a hard-linked copy in the DVC cache is never written into."""
-    with atomic_file(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG", optimize=False)
+__all__ = ["TILE", "ReportBuilder", "save_png", "shown_prototypes"]
 
 
 # --------------------------------------------------------------------------- builder
@@ -136,6 +87,10 @@ class ReportBuilder:
         self.images: dict[str, np.ndarray] = {}  # file name -> pixels, written by write()
         self.grid: tuple[int, int] = (1, 1)  # a full-image model's feature-map grid (h, w)
         self._classes: Optional[list[int]] = None  # class of each prototype
+        self._sim: Optional[Tensor] = None  # (N, P) every test input's similarities
+        self._root: Optional[Path] = None  # the project folder
+        self.class_entries: list[dict] = []  # the global view (add_evidence)
+        self.unit_name = "prototype"  # a unit of the classification layer (or "slot")
 
     # ---- test images
     def sample_rows(self, n: int) -> list[int]:
@@ -182,6 +137,7 @@ class ReportBuilder:
         """Top-k test inputs of the shown prototypes (:func:`shown_prototypes`) with their
         input-level saliency, and the push sources (push.json)."""
         self._classes = head.prototype_classes.tolist()
+        self._sim, self._root = sim.detach().float().cpu(), project_root
         shown = shown_prototypes(self._classes, self.ev.report_prototypes)
         self._load_push(project_root, inputs, shown)
         if not shown:
@@ -218,15 +174,90 @@ class ReportBuilder:
             {"prototype": p, "class": self._classes[p], "top": by_p[p]} for p in shown
         ]
 
+    @torch.no_grad()
+    def add_evidence(self, model: nn.Module, inputs, device: torch.device) -> None:
+        """After :meth:`add_prototypes`: each sample's contributions (similarity x weight
+        of the model's classification layer, :mod:`model.report_evidence`) to its predicted
+        and runner-up class, the per-class global view with duplicate flags, and for the
+        full-image models the pushed prototypes' self-activation."""
+        if self.samples:
+            rows = [s["row"] for s in self.samples]
+            out = model(normalise(torch.stack([inputs.raw(i) for i in rows])).to(device))
+            evidence = class_evidence(self.kind, model, out)
+            for j, sample in enumerate(self.samples):
+                logits = out.logits[j].float().cpu()
+                sample["evidence"] = [
+                    (role, c, float(logits[c]), top_contributions(evidence, j, c, self.ev.top_k))
+                    for role, c in zip(("predicted", "runner-up"), runner_up(logits), strict=True)
+                ]
+        else:
+            x = normalise(inputs.raw(0)[None]).to(device)
+            evidence = class_evidence(self.kind, model, model(x))
+        self.unit_name = evidence.unit_name
+        if self.spec.full_image and self.spec.pushed:
+            self._self_activations(model, device)
+        self._class_entries(own_units(model, evidence), evidence)
+
+    def _self_activations(self, model: nn.Module, device: torch.device) -> None:
+        """Replace each pushed prototype's context by its self-activation over the source
+        image (heat, S of the top 5 %) with the box of the 95th-percentile region."""
+        by_image: dict[int, list[int]] = {}
+        for p, entry in sorted(self.push.items()):
+            by_image.setdefault(entry["image_id"], []).append(p)
+        for ps in by_image.values():
+            small = self.push[ps[0]]["small"]
+            maps = self_activation(self.kind, model, small, ps, device)
+            for p, act in zip(ps, maps, strict=True):
+                img = overlay(small, act, 0.05)
+                box = high_activation_box(act)
+                draw_boxes(img, box[None], img.shape[0] / small.shape[0])
+                self.push[p]["context"] = img
+                self.push[p]["box95"] = box.tolist()
+
+    def _class_entries(self, units: list[list[int]], evidence) -> None:
+        """The global view's rows: per class its units with prototype, weight, push
+        thumbnail and duplicate flag."""
+        protos = sorted({int(evidence.unit_prototypes[u]) for us in units for u in us})
+        sources = {p: self.push[p]["source"] for p in protos if p in self.push}
+        present = PRESENCE_THRESHOLD if self.spec.presence else None
+        flags = duplicates(protos, sources, self._sim, present=present)
+        self.class_entries = []
+        for c, us in enumerate(units):
+            rows = []
+            for u in us:
+                p = int(evidence.unit_prototypes[u])
+                push = self.push.get(p)
+                pixels = None if push is None else push.get("view_rgb", push["context"])
+                rows.append(
+                    {
+                        "unit": u,
+                        "prototype": p,
+                        "weight": float(evidence.weights[c, u]),
+                        "duplicate": flags.get(p),
+                        "pixels": None if pixels is None else upscale(pixels, TILE // 2),
+                        "name": f"push_{p}_thumb",
+                    }
+                )
+            images = {
+                self.push[p]["image_id"] for p in {r["prototype"] for r in rows} if p in self.push
+            }
+            summary = f"{len(rows)} {self.unit_name}s"
+            if images:
+                summary += f", pushed onto {len(images)} training image{'s' * (len(images) > 1)}"
+            self.class_entries.append({"class": c, "units": rows, "summary": summary})
+
     def _load_push(self, project_root: Path, inputs, shown: list[int]) -> None:
-        """Push source pixels of the shown prototypes and of those in the samples."""
+        """Push source pixels and source keys of the prototypes of some class, the shown
+        ones and those in the samples."""
         path = (
             project_root / layout.train_dir(self.kind, self.seed) / self.ev.checkpoint / "push.json"
         )
         if not self.spec.pushed or not path.is_file():
             return
         records = {int(r["prototype"]): r for r in json.loads(path.read_text())}
-        wanted = set(shown) | {p for s in self.samples for p in s["ids"]}
+        classes = self._classes or []
+        wanted = set(shown) | {p for p, c in enumerate(classes) if c >= 0}
+        wanted |= {p for s in self.samples for p in s["ids"]}
         images, _ = read_table(project_root / layout.IMAGES_INDEX, "images")
         paths = dict(zip(images["image_id"].to_pylist(), images["path"].to_pylist(), strict=True))
         crops, _ = read_table(project_root / layout.CROPS_INDEX, "crops")
@@ -265,6 +296,7 @@ class ReportBuilder:
                     entry["view_rgb"] = cs.rows(np.array([row]))[0]
                 entry["context"] = with_boxes(rgb, np.asarray([box]), labels=False)
                 entry["box"] = box
+                entry["source"] = (image_id, int(rec["view"]))
             else:
                 small = resize_square(rgb, self.input_size)
                 gh, gw = self.grid
@@ -273,6 +305,8 @@ class ReportBuilder:
                 box = [w * cell_w, h * cell_h, (w + 1) * cell_w - 1, (h + 1) * cell_h - 1]
                 entry["context"] = with_boxes(small, np.asarray([box]), labels=False)
                 entry["cell"] = (h, w)
+                entry["small"] = small
+                entry["source"] = (image_id, h, w)
             self.push[p] = entry
 
     # ---- writing
@@ -282,58 +316,42 @@ class ReportBuilder:
         for old in list(out_dir.glob("*.png")) + list(out_dir.glob("img/*.png")):
             old.unlink()
         body = [
-            self._header(metrics),
-            self._metrics_table(metrics),
+            sections.links(self.kind, self.seed, self._root),
+            sections.header(self.spec.title, metrics, self.ev.top_fraction),
+            sections.metrics_table(metrics),
+            self._class_section(),
             self._prototype_section(),
             self._sample_section(),
         ]
         for name, pixels in self.images.items():
             save_png(out_dir / name, pixels)
-        page = _PAGE.format(title=html.escape(f"{self.kind} evaluation"), body="\n".join(body))
+        page = sections.page(f"{self.spec.title} evaluation, seed {self.seed}", body)
         with atomic_file(out_dir / "index.html") as tmp:  # never into a linked cache file
             tmp.write_text(page, encoding="utf-8")
 
-    def _img(self, name: str, pixels: np.ndarray, caption: str, width: int = TILE) -> str:
+    def img(self, name: str, pixels: np.ndarray, caption: str, width: int = TILE) -> str:
+        """A figure showing ``pixels`` (written as img/<name>.png) with its caption."""
         self.images[f"img/{name}.png"] = pixels
         return (
-            f'<figure><img src="img/{name}.png" width="{width}" alt="{html.escape(name)}">'
+            f'<figure><img src="img/{name}.png" width="{width}" alt="{name}">'
             f"<figcaption>{caption}</figcaption></figure>"
         )
 
-    def _class(self, c: int) -> str:
-        names = self.test.class_names
-        if not 0 <= c < len(names):
-            return str(c)
-        name = names[c]
-        shown = html.escape(name.replace("_", " "))
-        return f"<span title='{html.escape(name)}'>{shown}</span>"
+    def class_label(self, c: int) -> str:
+        """Class ``c``'s name as HTML."""
+        return sections.class_label(self.test.class_names, c)
 
-    def _header(self, metrics: dict) -> str:
-        model = self.spec.title
-        run = {k: value_of(metrics, k) for k in GROUPS["run"]}
-        method = run["saliency"]
-        if method == "prp":
-            method = f"PRP ({run['lrp_composite']})"
-        return (
-            f"<h1>{model}: explanations on the test split</h1>"
-            f"<p>{run['test_images']} test images, checkpoint "
-            f"<code>{run['checkpoint']}</code>, saliency {html.escape(str(method))}, "
-            f"top-{run['top_k']} prototypes per image. Overlays: heat = positive "
-            f"saliency (scaled to its 99.5th percentile), white outline = S (top "
-            f"{100 * self.ev.top_fraction:g}% pixels), green outline = ground-truth "
-            f"object.</p>"
-        )
-
-    def _metrics_table(self, metrics: dict) -> str:
-        rows = []
-        for key, value in _flatten(metrics):
-            text = html.escape(format_metric(value, REPORT))
-            rows.append(f"<tr><td>{html.escape(key)}</td><td>{text}</td></tr>")
-        return (
-            "<h2>Metrics</h2><details open><summary>metrics JSON (also "
-            "<code>metrics.json</code>)</summary><table class='m'>"
-            + "".join(rows)
-            + "</table></details>"
+    def _class_section(self) -> str:
+        if not self.class_entries:
+            return "<h2 id='classes'>Prototypes by class</h2><p>none.</p>"
+        note = _push_note(self.spec.pushed)
+        if self.spec.full_image and self.spec.pushed:
+            note += (
+                " Push source: the prototype's self-activation over its training image "
+                "(upsampled similarity; box: the region at or above its 95th percentile)."
+            )
+        return sections.class_section(
+            self, self.class_entries, self.unit_name, self.spec.pushed, note
         )
 
     def _push_tiles(self, p: int) -> str:
@@ -345,31 +363,32 @@ class ReportBuilder:
         tiles = []
         if "view_rgb" in push:
             tiles.append(
-                self._img(
+                self.img(
                     f"push_{p}_view",
                     upscale(push["view_rgb"]),
                     f"pushed view<br>train image {push['image_id']}",
                 )
             )
-            tiles.append(self._img(f"push_{p}_context", push["context"], "its box"))
+            tiles.append(self.img(f"push_{p}_context", push["context"], "its box"))
         else:
             h, w = push["cell"]
             tiles.append(
-                self._img(
+                self.img(
                     f"push_{p}_context",
                     push["context"],
-                    f"pushed patch (cell {h},{w})<br>train image {push['image_id']}",
+                    f"pushed patch (cell {h},{w}): its self-activation<br>train image "
+                    f"{push['image_id']}; box: 95th percentile",
                 )
             )
         return "".join(tiles)
 
     def _prototype_section(self) -> str:
         if not self.prototypes:
-            return "<h2>Prototypes</h2><p>none shown (evaluate.report_prototypes is 0).</p>"
+            return "<a id='prototypes'></a><h2>Prototypes</h2><p>none shown (evaluate.report_prototypes is 0).</p>"
         what = "test image (model input)" if self.spec.full_image else "matched view"
         by = "pooled presence" if self.spec.presence else "similarity"
         parts = [
-            f"<h2>Prototypes</h2><p>Each row: "
+            f"<a id='prototypes'></a><h2>Prototypes</h2><p>Each row: "
             f"{'where the prototype was pushed, then ' if self.spec.pushed else ''}its "
             f"top-{self.ev.top_k} test inputs by {by} ({what}) with the saliency "
             f"of that prototype.{_push_note(self.spec.pushed)}</p>"
@@ -383,32 +402,37 @@ class ReportBuilder:
                 label = int(self.test.labels[row])
                 view = f", view {meta['view']}" if meta["view"] is not None else ""
                 tiles.append(
-                    self._img(
+                    self.img(
                         f"proto_{p}_top{rank}",
                         overlay(meta["rgb"], meta["map"], self.ev.top_fraction),
                         f"#{rank + 1} image {image_id}{view}<br>{self.score} {meta['sim']:.3f}<br>"
-                        f"{self._class(label)}",
+                        f"{self.class_label(label)}",
                     )
                 )
             parts.append(
                 f"<div class='row'><div class='label'>prototype {p}<br>class "
-                f"{self._class(entry['class'])}</div>{''.join(tiles)}</div>"
+                f"{self.class_label(entry['class'])}</div>{''.join(tiles)}</div>"
             )
         return "\n".join(parts)
 
     def _sample_section(self) -> str:
         if not self.samples:
-            return "<h2>Test images</h2><p>none shown (evaluate.report_images is 0).</p>"
+            return "<a id='images'></a><h2>Test images</h2><p>none shown (evaluate.report_images is 0).</p>"
+        first = (
+            "the test image"
+            if self.spec.full_image
+            else "the test image with its numbered view boxes"
+        )
+        pasted = (
+            "" if self.spec.full_image else " pasted back into the matched view's box (outlined)"
+        )
         parts = [
-            "<h2>Test images</h2><p>Each row: the test image (ProtoMask: with its view "
-            "boxes, numbered), then for each of its top prototypes the saliency on the "
-            "image canvas"
-            + (
-                " pasted back into the matched view's box (outlined)"
-                if not self.spec.full_image
-                else ""
-            )
-            + ", and the prototype's push source.</p>"
+            f"<a id='images'></a><h2>Test images</h2><p>Each row: {first}, then for each of its top "
+            f"prototypes the saliency on the image canvas{pasted}, and the prototype's push "
+            "source. Below it, as ProtoPNet's local analysis: the "
+            f"{self.unit_name}s contributing most to the predicted class and to the runner-up "
+            f"(contribution = similarity x weight of the classification layer; the "
+            f"contributions of all {self.unit_name}s sum to the logit).</p>"
         ]
         classes = self._classes
         for s in sorted(self.samples, key=lambda d: d["row"]):
@@ -419,11 +443,11 @@ class ReportBuilder:
             first = upscale(s["rgb"]) if self.spec.full_image else with_boxes(s["rgb"], boxes)
             verdict = "correct" if s["pred"] == label else "wrong"
             tiles = [
-                self._img(
+                self.img(
                     f"test_{image_id}",
                     first,
-                    f"image {image_id}<br>true {self._class(label)}<br>predicted "
-                    f"{self._class(s['pred'])} ({verdict})",
+                    f"image {image_id}<br>true {self.class_label(label)}<br>predicted "
+                    f"{self.class_label(s['pred'])} ({verdict})",
                 )
             ]
             for method, maps in s["maps"].items():
@@ -445,17 +469,25 @@ class ReportBuilder:
                         )
                     pc_ = classes[p] if classes else -1
                     tiles.append(
-                        self._img(
+                        self.img(
                             f"test_{image_id}_{method}_{rank}",
                             img,
-                            f"prototype {p} ({self._class(pc_)})<br>{self.score} "
+                            f"prototype {p} ({self.class_label(pc_)})<br>{self.score} "
                             f"{s['sims'][rank]:.3f}{view}",
                         )
                     )
                     if method == self.ev.saliency and p in self.push:
                         tiles.append(self._push_thumb(p))
             parts.append(f"<div class='row'>{''.join(tiles)}</div>")
+            parts.append(self._evidence_row(s))
         return "\n".join(parts)
+
+    def _evidence_row(self, sample: dict) -> str:
+        tables = [
+            sections.contribution_table(self, role, c, logit, rows, self.unit_name)
+            for role, c, logit, rows in sample.get("evidence", [])
+        ]
+        return f"<div class='row evidence-row'>{''.join(tables)}</div>"
 
     def _push_thumb(self, p: int) -> str:
         push = self.push[p]
@@ -500,34 +532,3 @@ def _push_note(pushed: bool) -> str:
         "map, not vectors that could be projected onto a training patch, so there is no "
         "push source to show."
     )
-
-
-def _flatten(doc: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    out = []
-    for key, value in doc.items():
-        if isinstance(value, dict) and "absent" not in value:
-            out.extend(_flatten(value, f"{prefix}{key}."))
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
-h2 {{ border-bottom: 1px solid #ccc; margin-top: 1.6em; }}
-.row {{ display: flex; flex-wrap: wrap; align-items: flex-start; gap: 6px;
-        border-bottom: 1px solid #eee; padding: 8px 0; }}
-.label {{ width: 120px; font-weight: bold; font-size: 12px; align-self: center;
-          overflow-wrap: anywhere; }}
-figure {{ margin: 0; text-align: center; width: min-content; }}
-figcaption {{ font-size: 10px; line-height: 1.2; overflow-wrap: anywhere; min-width: 64px; }}
-img {{ image-rendering: pixelated; border: 1px solid #999; display: block; }}
-table.m {{ border-collapse: collapse; font-size: 12px; }}
-table.m td {{ border: 1px solid #ddd; padding: 2px 6px; }}
-</style></head>
-<body>
-{body}
-</body></html>
-"""
