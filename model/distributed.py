@@ -1,13 +1,13 @@
-"""DistributedDataParallel helpers: the same train code runs alone or under ``torchrun``.
+"""Process-group helpers: the same train and evaluate code runs alone or under ``torchrun``.
 
 Without ``torchrun`` (no WORLD_SIZE > 1 in the environment) every helper is a no-op:
-rank 0 of 1, no sampler, no wrapping.
+rank 0 of 1, no sampler, no wrapping, every item this process's share.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
+
+T = TypeVar("T")
 
 
 def active() -> bool:
@@ -45,6 +47,16 @@ def world_size() -> int:
 def local_rank() -> int:
     """This process's rank on its machine (0 without torchrun)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def local_world_size() -> int:
+    """Processes of the group on this machine (1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank in the group (0 without distribution)."""
+    return dist.get_rank() if active() else 0
 
 
 def is_main() -> bool:
@@ -101,3 +113,19 @@ def gather_rows(ids: torch.Tensor, *columns: torch.Tensor) -> tuple[torch.Tensor
     _, first = np.unique(ids.cpu().numpy(), return_index=True)  # first occurrence of each id
     keep = torch.from_numpy(np.sort(first))
     return (ids[keep], *[c[keep] for c in cols])
+
+
+def my_share(items: list[T]) -> list[tuple[int, T]]:
+    """This rank's items with their positions: every world_size-th, from its rank on
+    (round robin keeps the shares within one item of each other)."""
+    return list(enumerate(items))[rank() :: world_size()]
+
+
+def gather_to_main(value: T) -> Optional[list[T]]:
+    """Every rank's ``value`` on rank 0, in rank order (``[value]`` without distribution);
+    None on the other ranks. Tensors in ``value`` should be on the CPU."""
+    if not active():
+        return [value]
+    gathered: Optional[list] = [None] * dist.get_world_size() if is_main() else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered

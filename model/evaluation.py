@@ -4,10 +4,13 @@ for one model. :func:`run_evaluation` is the list of steps:
 1. :func:`open_run`: the trained network (:mod:`model.loading`), the test images with their
    ground truth and view boxes (:mod:`pipeline.evaluation_set`) and their model inputs,
    clean and perturbed (:mod:`pipeline.model_inputs`, :mod:`pipeline.perturbation`);
-2. one pass over the test images in batches (:mod:`model.explain_pass`): forward, top-k
-   prototypes, their saliency on the clean and the perturbed input put on the image canvas,
-   per-item metrics against the ground truth (:mod:`model.map_stats`); only these small
-   arrays are kept, never the maps;
+2. one pass over the test images in batches (:mod:`model.explain_pass`): inputs prepared
+   in ``evaluate.loader_workers`` DataLoader workers (:mod:`pipeline.evaluation_loader`),
+   forward, top-k prototypes, their saliency on the clean and the perturbed input put on
+   the image canvas, per-item metrics against the ground truth (:mod:`model.map_stats`);
+   only these small arrays are kept, never the maps. Under ``torchrun`` each rank runs
+   its share of the batches and rank 0 gathers them in batch order, then alone does steps
+   3-5 and writes the outputs (the same bytes as one process);
 3. the scalars (:mod:`model.scalars`): class-balanced accuracy, top-3, macro F1, global
    size, sparsity, NPR, intra/inter PD, PSC, PRC, CRC and the segmenter's mask consistency
    (from the mask shards: the masks the test images' views were cut from), then each
@@ -64,7 +67,7 @@ from pipeline.model_inputs import ModelInputs
 from pipeline.params import Params
 from pipeline.progress import Steps, get_logger
 from pipeline.run_log import write_run_log
-from pipeline.tables import read_table
+from pipeline.tables import read_info
 
 __all__ = [
     "METRIC_KEYS",
@@ -119,8 +122,9 @@ def run_evaluation(
     project_root: Path = Path("."),
     write: bool = True,
     seed: Optional[int] = None,
-) -> Evaluation:
-    """Evaluate one trained model (a model and a training seed) on the test split.
+) -> Optional[Evaluation]:
+    """Evaluate one trained model (a model and a training seed) on the test split; under
+    ``torchrun`` (a joined process group) every rank takes part in the pass.
 
     Args:
         params: the project params (section evaluate; data.root; train.seeds).
@@ -131,7 +135,7 @@ def run_evaluation(
         seed: the training seed, one of train.seeds (None: the first of them).
 
     Returns:
-        The metrics document, the timings and the report.
+        The metrics document, the timings and the report; None on ranks other than 0.
     """
     if kind not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {kind!r}")
@@ -143,6 +147,9 @@ def run_evaluation(
     steps.done("inputs", f"{len(run.test.image_ids)} test images, {kind} model on {run.device}")
     with run.inputs.masks:  # the mask shards, opened once each
         results = explain_test_set(run, timer)
+        if results is None:  # another rank's share, gathered on rank 0
+            return None
+        run.report.samples = results.samples
         scores = results.scores()
         steps.done("saliency", f"{', '.join(run.methods)} maps of the top {run.k} prototypes")
         with timer.section("scalars"):
@@ -161,7 +168,6 @@ def run_evaluation(
                 run.device,
                 project_root,
             )
-            run.report.add_evidence(run.model, run.inputs, run.device)
     doc = metrics_document(run, metrics, others, sanity)
     timer.mark("total")
     result = Evaluation(kind, seed, doc, timer.rounded(), run.report)
@@ -180,7 +186,7 @@ def open_run(params: Params, kind: str, seed: int, project_root: Path) -> EvalRu
     report builder."""
     ev = params.evaluate
     device = resolve_device(ev.device, "evaluate.device")
-    images_info = read_table(project_root / layout.IMAGES_INDEX, "images")[1]
+    images_info = read_info(project_root / layout.IMAGES_INDEX, "images")
     num_classes = len(images_info["facts"]["class_names"])
     model, train = load_model(project_root, kind, ev.checkpoint, num_classes, device, seed)
     model = explained_model(model, kind)

@@ -1,5 +1,12 @@
 """One pass over the test images, in batches of ``evaluate.batch_size``.
 
+The batches are fixed by the test split alone (rows 0..B-1, B..2B-1, ...). Under
+``torchrun`` each rank takes every world-size-th batch (:func:`model.distributed.my_share`);
+DataLoader workers prepare each batch's inputs (:mod:`pipeline.evaluation_loader`); each
+batch's per-item results (a :class:`PassResults` of that batch alone) are gathered on rank
+0 and joined in batch order. A batch holds the same rows whatever the number of processes
+or workers, so the joined results, and the metrics, are the same bytes as one process's.
+
 What differs per model kind comes from :data:`pipeline.model_inputs.KINDS` (through
 :mod:`model.model_kinds`):
 
@@ -19,13 +26,14 @@ What differs per model kind comes from :data:`pipeline.model_inputs.KINDS` (thro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from model import distributed as dist_utils
 from model.map_stats import ActivationStats, MapStats
 from model.metrics import box_mask, top_k_indices
 from model.model_kinds import native_maps, similarities, upsampled_native
@@ -34,10 +42,11 @@ from model.report import ReportBuilder
 from model.saliency import paste_back, prototype_saliency, resize_maps
 from model.scalars import Scores
 from model.timing import Timer
-from pipeline.evaluation_set import TestSet, load_image, load_segmentation
+from pipeline import devices
+from pipeline.evaluation_loader import PreparedBatch, PreparedInputs, prepared_batches
+from pipeline.evaluation_set import TestSet
 from pipeline.model_inputs import ModelInputs, ModelKind, model_kind
 from pipeline.params import EvaluateParams
-from pipeline.perturbation import perturb_image, perturbation_seed
 from pipeline.progress import Progress, get_logger, track
 from pipeline.view_datasets import normalise
 
@@ -76,6 +85,7 @@ class Batch:
 
     rows: list[int]
     rgbs: list[np.ndarray]  # the decoded clean images
+    segmentations: list[Optional[np.ndarray]]  # their ground-truth objects (or None)
     x: Tensor  # normalised clean input (on the device)
     xp: Tensor  # normalised perturbed input
     out: Any  # the model's outputs on x
@@ -98,7 +108,8 @@ class BatchMaps:
 
 @dataclass
 class PassResults:
-    """What the pass keeps: the model's outputs, per-item metrics, sanity pairs."""
+    """What the pass keeps: the model's outputs, per-item metrics, sanity pairs, the
+    report's samples (those of one batch, or of every batch joined in order)."""
 
     stats: dict[str, MapStats]
     parts: dict[str, list[Tensor]] = field(
@@ -108,6 +119,7 @@ class PassResults:
     )
     sanity: list[SanityRow] = field(default_factory=list)
     activation: ActivationStats = field(default_factory=ActivationStats)
+    samples: list[dict] = field(default_factory=list)  # ReportBuilder.samples entries
 
     def add(self, batch: Batch) -> None:
         """Keep a batch's similarities, logits, top-k ids and matched views (CPU)."""
@@ -121,32 +133,85 @@ class PassResults:
         ):
             self.parts[name].append(value.cpu())
 
+    def extend(self, later: PassResults) -> None:
+        """Append the results of the batches that come after these."""
+        for method, stats in self.stats.items():
+            other = later.stats[method]
+            for f in fields(MapStats):
+                mine = getattr(stats, f.name)
+                if isinstance(mine, list):
+                    mine.extend(getattr(other, f.name))
+            stats.any_g |= other.any_g
+            stats.any_box |= other.any_box
+        for name, values in self.parts.items():
+            values.extend(later.parts[name])
+        self.activation.merge(later.activation)
+        self.sanity.extend(later.sanity)
+        self.samples.extend(later.samples)
+
     def scores(self) -> Scores:
         """The kept outputs of every batch, concatenated."""
         joined = {name: torch.cat(values) for name, values in self.parts.items()}
         return Scores(**joined, activation=self.activation.results())
 
 
-def explain_test_set(run: EvalRun, timer: Timer) -> PassResults:
-    """The pass over every test image (timed as forward, saliency and metrics).
+def on_cpu(value: Any) -> Any:
+    """``value`` with every tensor inside it (dataclasses, dicts, lists, tuples) on the
+    CPU: what a rank sends to rank 0."""
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, SanityRow):
+        return SanityRow(*(on_cpu(v) for v in value))
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        for f in fields(value):
+            setattr(value, f.name, on_cpu(getattr(value, f.name)))
+    return value
+
+
+def batch_rows(n: int, batch_size: int) -> list[list[int]]:
+    """The pass's batches of test rows: consecutive runs of ``batch_size`` rows."""
+    return [list(range(start, min(n, start + batch_size))) for start in range(0, n, batch_size)]
+
+
+def loader_workers(ev: EvaluateParams) -> int:
+    """evaluate.loader_workers, or (null) this process's share of the machine's cores,
+    at most 8: torchrun's LOCAL_WORLD_SIZE processes share them."""
+    return devices.worker_count(ev.loader_workers, dist_utils.local_world_size(), cap=8)
+
+
+def explain_test_set(run: EvalRun, timer: Timer) -> Optional[PassResults]:
+    """The pass over every test image (timed as inputs, forward, saliency and metrics):
+    this rank's batches, gathered on rank 0.
 
     Args:
         run: the evaluation.
         timer: takes the seconds of each step.
 
     Returns:
-        The kept outputs, per-item metrics and sanity pairs.
+        On rank 0 (or without distribution) the kept outputs, per-item metrics, sanity
+        pairs and report samples of every batch, in batch order; None on the other ranks.
     """
     ev, n = run.ev, len(run.test.image_ids)
-    results = PassResults({m: MapStats(ev.top_fraction) for m in run.methods})
     samples = set(run.report.sample_rows(n))
-    starts = range(0, n, ev.batch_size)
+    mine = dist_utils.my_share(batch_rows(n, ev.batch_size))
+    dataset = PreparedInputs(run.inputs, run.test, ev.perturb, ev.seed)
+    prepared = prepared_batches(dataset, [rows for _, rows in mine], loader_workers(ev))
     desc = f"evaluate {run.kind} seed {run.report.seed}: saliency"
-    bar = Progress(desc, len(starts), "batch", logger=log, every=0.25, leave=False)
-    for start in track(starts, bar):
-        rows = list(range(start, min(n, start + ev.batch_size)))
+    bar = Progress(
+        desc, len(mine), "batch", logger=log, every=0.25, leave=False, enabled=dist_utils.is_main()
+    )
+    done: list[tuple[int, PassResults]] = []
+    batches = iter(prepared)
+    for index, _ in track(mine, bar):
+        with timer.section("inputs"):
+            inputs = next(batches)
+        results = PassResults({m: MapStats(ev.top_fraction) for m in run.methods})
         with timer.section("forward"):
-            batch = forward_batch(run, rows)
+            batch = forward_batch(run, inputs)
             results.add(batch)
             results.activation.add(*activation_maps(run, batch))
             results.activation.add_features(batch.out, batch.ids, run.test.labels[batch.rows])
@@ -154,24 +219,22 @@ def explain_test_set(run: EvalRun, timer: Timer) -> PassResults:
             maps = batch_saliency(run, batch)
         with timer.section("metrics"):
             score_batch(run, batch, maps, results, samples)
-    return results
+        done.append((index, on_cpu(results)))
+    with timer.section("gather"):
+        gathered = dist_utils.gather_to_main(done)
+    if gathered is None:
+        return None
+    ordered = sorted((pair for rank in gathered for pair in rank), key=lambda pair: pair[0])
+    joined = PassResults({m: MapStats(ev.top_fraction) for m in run.methods})
+    for _, results in ordered:
+        joined.extend(results)
+    return joined
 
 
-def forward_batch(run: EvalRun, rows: list[int]) -> Batch:
-    """Test rows ``rows`` through the model, clean and perturbed, with their top-k."""
-    test, inputs, ev = run.test, run.inputs, run.ev
-    rgbs = [load_image(inputs.data_root, test.paths[i]) for i in rows]
-    clean = torch.stack([inputs.raw(i) for i in rows])
-    pert = torch.stack(
-        [
-            inputs.perturbed(
-                perturb_image(rgb, ev.perturb, perturbation_seed(ev.seed, test.image_ids[i])),
-                test,
-                i,
-            )
-            for rgb, i in zip(rgbs, rows, strict=True)
-        ]
-    )
+def forward_batch(run: EvalRun, inputs: PreparedBatch) -> Batch:
+    """A prepared batch of test rows through the model, clean and perturbed, with their
+    top-k."""
+    clean, pert = inputs.clean, inputs.perturbed
     x, xp = normalise(clean).to(run.device), normalise(pert).to(run.device)
     with torch.no_grad():
         out, out_p = run.model(x, return_embeddings=True), run.model(xp)
@@ -179,7 +242,18 @@ def forward_batch(run: EvalRun, rows: list[int]) -> Batch:
     sim, sim_p = similarities(run.kind, head, out), similarities(run.kind, head, out_p)
     if run.spec.native:
         run.report.grid = tuple(native_maps(run.kind, out).shape[-2:])
-    return Batch(rows, rgbs, x, xp, out, out_p, sim, sim_p, top_k_indices(sim, run.k))
+    return Batch(
+        inputs.rows,
+        inputs.rgbs,
+        inputs.segmentations,
+        x,
+        xp,
+        out,
+        out_p,
+        sim,
+        sim_p,
+        top_k_indices(sim, run.k),
+    )
 
 
 def activation_maps(run: EvalRun, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -258,7 +332,7 @@ def score_batch(
     for j, i in enumerate(batch.rows):
         canvas = canvases(run, batch, maps, j)
         h, w = (int(v) for v in test.sizes[i])
-        g = load_segmentation(run.inputs.data_root, test.segmentation[i], h, w)
+        g = batch.segmentations[j]
         xy, vis = test.parts_of(i)
         box = box_mask(test.object_box(i), h, w)
         for method, (mc, mp) in canvas.items():
@@ -274,14 +348,16 @@ def score_batch(
                 {m: c[0].cpu() for m, c in canvas.items()},
                 g,
             )
+            results.samples.append(run.report.samples.pop())  # joined in batch order later
     keep_sanity_pairs(run, batch, maps, results.sanity)
 
 
 def keep_sanity_pairs(run: EvalRun, batch: Batch, maps: BatchMaps, sanity: list[SanityRow]) -> None:
-    """Add the batch's top-1 pairs to ``sanity`` until it holds evaluate.sanity_images."""
+    """Add the top-1 pairs of the batch's rows among the first evaluate.sanity_images
+    test rows to ``sanity``."""
     k = run.k
-    for j in range(len(batch.rows)):
-        if len(sanity) >= run.ev.sanity_images:
+    for j, i in enumerate(batch.rows):
+        if i >= run.ev.sanity_images:
             return
         native = None
         if run.spec.native:

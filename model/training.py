@@ -18,7 +18,6 @@ is rebuilt from ``latest/`` or by training again, never loaded.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -62,7 +61,7 @@ from pipeline.params import (
 from pipeline.pipnet_views import TwoViewDataset
 from pipeline.progress import Progress, StepClock, format_duration, get_logger, track
 from pipeline.run_log import write_run_log
-from pipeline.tables import read_table
+from pipeline.tables import read_info
 from pipeline.view_datasets import FullImageDataset, ViewDataset
 
 MODELS = layout.MODELS
@@ -161,8 +160,7 @@ def loader(dataset: Dataset, train: TrainParams, *, shuffle_seed: Optional[int])
 def loader_workers(train: TrainParams) -> int:
     """train.loader_workers, or (null) this process's share of the machine's cores, at
     most 8: torchrun's LOCAL_WORLD_SIZE processes share them."""
-    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return devices.worker_count(train.loader_workers, ranks, cap=8)
+    return devices.worker_count(train.loader_workers, dist_utils.local_world_size(), cap=8)
 
 
 def autocast(device: torch.device, train: TrainParams):
@@ -319,7 +317,7 @@ def start_run(
         "val": make_dataset(kind, params, "val", project_root, augment=False),
     }
     num_classes = len(
-        read_table(project_root / layout.IMAGES_INDEX, "images")[1]["facts"]["class_names"]
+        read_info(project_root / layout.IMAGES_INDEX, "images")["facts"]["class_names"]
     )
     model = build_model(kind, train, num_classes).to(device)
     if device.type == "cuda" and train.channels_last:
@@ -492,7 +490,7 @@ def run_training(
     out_dir = project_root / layout.train_dir(kind, seed)
     metrics_path = project_root / layout.train_metrics(kind, seed)
     device = resolve_device(params.train.device)
-    crops_fp = read_table(project_root / layout.CROPS_INDEX, "crops")[1]["fingerprint"]
+    crops_fp = read_info(project_root / layout.CROPS_INDEX, "crops")["fingerprint"]
     fp = training_fingerprint(
         params, kind, crops_fp, precision_of(device, params.train), dist_utils.world_size()
     )

@@ -477,6 +477,15 @@ class EvaluateParams:
         interval=Interval(1, 4096),
         speed_only=True,
     )
+    loader_workers: Optional[int] = param(
+        None,
+        "DataLoader worker processes per evaluate process preparing the inputs (decoding, "
+        "the perturbed copy, the ground truth) while the model runs (null: the CPU cores "
+        "this process may use divided by the evaluate processes on this machine, at most "
+        "8; 0: prepare in the main process).",
+        interval=Interval(0, 64),
+        speed_only=True,
+    )
     max_images: Optional[int] = param(
         None,
         "Evaluate only the first this many test images (null: all).",

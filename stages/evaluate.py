@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from pipeline import layout
 from pipeline.params import Params
 from stages.common import chosen_seeds, model_option, seed_option, stage_command
+
+if TYPE_CHECKING:
+    from model.evaluation import Evaluation
 
 
 @stage_command(
@@ -19,27 +24,41 @@ from stages.common import chosen_seeds, model_option, seed_option, stage_command
         "copy of each image for stability/PSC/PRC/CRC; a model-randomisation sanity check. Writes "
         "metrics/evaluate/<model>/seed-<seed>.json and the report "
         "artifacts/evaluate/<model>/seed-<seed>/index.html (+ PNGs), as params evaluate says; "
-        "once per seed of train.seeds (or the one --seed names)."
+        "once per seed of train.seeds (or the one --seed names). Under torchrun the ranks share "
+        "the test images and rank 0 writes the same files as one process."
     ),
 )
 @model_option("Which trained network.")
 @seed_option()
 def evaluate(params: Params, kind: str, seed: int | None) -> None:
-    """Evaluate one trained model per seed and print a summary line each."""
+    """Evaluate one trained model per seed and print a summary line each (rank 0)."""
+    from model import distributed
     from model.evaluation import run_evaluation
+
+    distributed.init_from_env()
+    try:
+        for one in chosen_seeds(params, seed):
+            result = run_evaluation(params, kind, seed=one)
+            if result is not None:
+                click.echo(summary_line(result))
+    finally:
+        distributed.shutdown()
+
+
+def summary_line(result: Evaluation) -> str:
+    """One evaluation in a line: test images, the headline metrics, time, the report."""
     from model.formatting import SHORT, format_metric
     from model.metric_layout import HEADLINE, value_of
 
-    for one in chosen_seeds(params, seed):
-        result = run_evaluation(params, kind, seed=one)
-        m = {key: format_metric(value_of(result.metrics, key), SHORT) for key in HEADLINE}
-        click.echo(
-            f"evaluate {kind} seed {one}: {value_of(result.metrics, 'test_images')} test "
-            f"images, balanced accuracy {m['balanced_accuracy']}%, object overlap "
-            f"{m['object_overlap']}, background overlap {m['background_overlap']}, consistency "
-            f"{m['consistency']} in {result.timings['total_with_report']:.0f} s; "
-            f"report {layout.evaluate_dir(kind, one) / 'index.html'}"
-        )
+    kind, seed = result.kind, result.seed
+    m = {key: format_metric(value_of(result.metrics, key), SHORT) for key in HEADLINE}
+    return (
+        f"evaluate {kind} seed {seed}: {value_of(result.metrics, 'test_images')} test "
+        f"images, balanced accuracy {m['balanced_accuracy']}%, object overlap "
+        f"{m['object_overlap']}, background overlap {m['background_overlap']}, consistency "
+        f"{m['consistency']} in {result.timings['total_with_report']:.0f} s; "
+        f"report {layout.evaluate_dir(kind, seed) / 'index.html'}"
+    )
 
 
 @stage_command(

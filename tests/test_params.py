@@ -308,6 +308,7 @@ def test_the_speed_only_keys() -> None:
         "train.loader_workers",
         "evaluate.device",
         "evaluate.batch_size",
+        "evaluate.loader_workers",
     ]
 
 
