@@ -18,6 +18,11 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# sam2 (segment.backend sam2) is a source archive whose build imports torch: build it
+	# against the pinned torch of this venv (build isolation would fetch another torch)
+	# and without its optional CUDA extension (only hole filling in masks uses it).
+	$(BIN)/python -m pip install --quiet -c constraints.txt setuptools torch torchvision
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation -c constraints.txt sam2
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
@@ -35,7 +40,7 @@ test: install
 
 # Re-pin every package after changing install_requires in setup.cfg.
 lock: install
-	{ head -2 constraints.txt; python -m pip freeze --exclude-editable | grep -vi '^protomask'; } > constraints.txt.new
+	{ head -2 constraints.txt; python -m pip freeze --all --exclude pip --exclude-editable | grep -vi '^protomask'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 clean-venv:

@@ -46,6 +46,7 @@ from pipeline.param_loading import (
     read_params_yaml,
     within,
 )
+from pipeline.sam2_params import Sam2Params
 
 __all__ = [
     "AugmentParams",
@@ -63,6 +64,7 @@ __all__ = [
     "PerturbParams",
     "ProtoPoolParams",
     "PrototypeModelParams",
+    "Sam2Params",
     "SamParams",
     "SegmentParams",
     "SyntheticParams",
@@ -269,8 +271,9 @@ class SegmentParams:
 
     backend: str = param(
         "classical",
-        "Segmenter: sam (needs segment.sam.checkpoint) or the offline scikit-image one.",
-        choices=("classical", "sam"),
+        "Segmenter: sam (needs segment.sam.checkpoint), sam2 (needs segment.sam2.checkpoint) "
+        "or the offline scikit-image one.",
+        choices=("classical", "sam", "sam2"),
     )
     device: str = param(
         "auto", "auto | cpu | cuda | cuda:N (auto: every GPU if any, else CPU).", speed_only=True
@@ -292,6 +295,7 @@ class SegmentParams:
         speed_only=True,
     )
     sam: SamParams = section(SamParams, "Segment Anything settings.")
+    sam2: Sam2Params = section(Sam2Params, "SAM 2 settings.")
     classical: ClassicalParams = section(ClassicalParams, "Classical segmenter settings.")
 
 
@@ -590,6 +594,11 @@ class Params:
             raise ParamsError(
                 "segment.sam.checkpoint must name a local SAM checkpoint file "
                 "when segment.backend is sam, got null"
+            )
+        if self.segment.backend == "sam2" and not self.segment.sam2.checkpoint:
+            raise ParamsError(
+                "segment.sam2.checkpoint must name a local SAM 2 checkpoint file "
+                "when segment.backend is sam2, got null"
             )
 
 

@@ -87,12 +87,21 @@ def _segmenter(params: SegmentParams):
     return _SEGMENTERS[key]
 
 
+def _images_per_batch(params: SegmentParams) -> int:
+    """Images handed to the segmenter at once (SAM models batch them; classical: one)."""
+    if params.backend == "sam":
+        return params.sam.images_per_batch
+    if params.backend == "sam2":
+        return params.sam2.images_per_batch
+    return 1
+
+
 def segment_shard(task: ShardTask) -> ShardSummary:
     """Segment the images of one shard and write it (runs on a dask worker)."""
     segment = _segmenter(task.params)
     root = Path(task.data_root)
     results: list[ImageResult] = []
-    batch_size = task.params.sam.images_per_batch if task.params.backend == "sam" else 1
+    batch_size = _images_per_batch(task.params)
     pending: list[tuple[int, object]] = []
     report = ShardReporter(task.out_path)
 
@@ -157,8 +166,12 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardT
 
         # before any worker starts: a wrong model_type is one line, not a worker's traceback
         checkpoint_sha = file_sha256(check_checkpoint(seg))
+    elif seg.backend == "sam2":
+        from pipeline.segmenters.sam2_loading import check_sam2
+
+        checkpoint_sha = check_sam2(seg)
     # Settings that change the masks; device, workers, scheduler and batch sizes do not.
-    semantic = seg.classical if seg.backend == "classical" else seg.sam
+    semantic = {"classical": seg.classical, "sam": seg.sam, "sam2": seg.sam2}[seg.backend]
     base = result_fingerprint(semantic) + seg.backend + info["fingerprint"] + checkpoint_sha
     tasks = []
     for index, start in enumerate(range(0, len(rows), seg.shard_size)):

@@ -180,6 +180,10 @@ def build_segmenter(params: SegmentParams, worker_index: int = 0) -> Segmenter:
         from pipeline.segmenters.classical import segment_classical
 
         return lambda images: [segment_classical(image, params.classical) for image in images]
+    if params.backend == "sam2":
+        from pipeline.segmenters.sam2_loading import build_sam2_segmenter
+
+        return build_sam2_segmenter(params, worker_index)
     from pipeline.segmenters.sam_batched import BatchedSamGenerator
 
     device = resolve_device(params.device, "segment.device", worker_index)
