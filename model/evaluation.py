@@ -168,6 +168,7 @@ def run_evaluation(
                 run.device,
                 project_root,
             )
+            run.report.add_evidence(run.model, run.inputs, run.device)
     doc = metrics_document(run, metrics, others, sanity)
     timer.mark("total")
     result = Evaluation(kind, seed, doc, timer.rounded(), run.report)
