@@ -110,7 +110,7 @@ def build(root: Path, rows: int, views: int, shard_size: int) -> None:
             fill="zero",
             num_views=views,
             mask_shard=f"shard-{index:05d}.h5",
-            compression="none",
+            codec="none",
         )
         tasks.append(SimpleNamespace(index=index, out_path=str(path)))
     facts = index_facts(CropsParams(num_views=views, size=2))

@@ -3,15 +3,18 @@
 One crop shard per mask shard (``crops-00003.h5`` from ``shard-00003.h5``: the names are
 built in pipeline/mask_shards.py). Layout::
 
-    attrs: format, version, fingerprint, size, fill, num_views, mask_shard
+    attrs: format, version, fingerprint, size, fill, num_views, mask_shard, codec
            (fixed-length strings and integers; num_views is kept for the record and
            the format's bytes: readers take M from the crops index facts, the one
            documented place for it, never from a shard)
-    crops (R, S, S, 3) uint8   the distinct views, one chunk per crop (gzip level 1, lzf or
-                               uncompressed: param crops.compression), so one crop
-                               reads without its neighbours; an image's distinct views
-                               are consecutive rows, in view order
-    full  (N, S, S, 3) uint8   every image, whole, resized to S x S (the baseline's input)
+    crops                      the distinct views, one chunk per crop, stored as param
+                               crops.codec says (pipeline/crop_codecs.py: raw (R, S, S, 3)
+                               uint8 behind an HDF5 filter, or one encoded image per row
+                               plus crops_nbytes), so one crop reads without its
+                               neighbours; an image's distinct views are consecutive
+                               rows, in view order
+    full                       every image, whole, resized to S x S (the baseline's
+                               input), stored like crops
     views/<column> (N*M, ...)  one row per view: the crops index rows of this shard
                                (VIEW_COLUMNS), fixed-size types only, one chunk each
 
@@ -22,6 +25,8 @@ its reuse check and every read of a damaged chunk.
 A repeated view (duplicate_of >= 0) is not stored again: its ``row`` is the row of the
 view it repeats. No variable-length HDF5 type is used (their global heap leaves
 uninitialised bytes), times are not tracked, so the same inputs give the same bytes.
+Version 2 shards (before codecs: gzip, lzf or raw pixels, no ``codec`` attribute) still
+read; the crops stage rebuilds them on its next run (their fingerprint is stale).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import h5py
 import numpy as np
 
 from pipeline.atomic import atomic_file
+from pipeline.crop_codecs import LEGACY_CODEC, Codec, codec_named
 from pipeline.errors import ArtifactError
 from pipeline.hdf5_files import (
     CheckedWriter,
@@ -44,7 +50,8 @@ from pipeline.hdf5_files import (
 )
 
 FORMAT = "protomask.crops"
-VERSION = 2  # 2: Fletcher-32 on every chunk, content digest
+VERSION = 3  # 2: Fletcher-32 on every chunk, content digest; 3: param crops.codec
+READABLE_VERSIONS = (2, 3)
 KIND, STAGE = "crop shard", "crops"
 
 # Per-view columns stored in every shard, with their fixed-size dtypes and trailing shape.
@@ -70,22 +77,6 @@ def crop_shard_paths(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob("crops-*.h5"))
 
 
-COMPRESSION = {
-    "gzip": {"compression": "gzip", "compression_opts": 1},
-    "lzf": {"compression": "lzf"},
-    "none": {},
-}
-
-
-def _images_dataset(writer: CheckedWriter, name: str, images: np.ndarray, compression: str) -> None:
-    """(n, S, S, 3) uint8, one chunk per image, compressed as ``compression`` says."""
-    if compression not in COMPRESSION:
-        raise ValueError(
-            f"compression must be one of {', '.join(COMPRESSION)}, got {compression!r}"
-        )
-    writer.dataset(name, images, rows_per_chunk=1, **COMPRESSION[compression])
-
-
 def write_crop_shard(
     path: Path,
     crops: np.ndarray,
@@ -97,9 +88,11 @@ def write_crop_shard(
     fill: str,
     num_views: int,
     mask_shard: str,
-    compression: str = "gzip",
+    codec: str = LEGACY_CODEC,
 ) -> None:
-    """Write one crop shard atomically; identical inputs give identical bytes."""
+    """Write one crop shard atomically, its images stored as ``codec`` (a crops.codec
+    value); identical inputs give identical bytes."""
+    images_codec = codec_named(codec)
     missing = set(VIEW_COLUMNS) - set(views)
     if missing or len(crops) == 0 or len(full) == 0:
         raise ValueError(
@@ -121,11 +114,12 @@ def write_crop_shard(
                     "fill": np.bytes_(fill),
                     "num_views": np.int32(num_views),
                     "mask_shard": np.bytes_(mask_shard),
+                    "codec": np.bytes_(codec),
                 }
             )
             writer = CheckedWriter(f)
-            _images_dataset(writer, "crops", crops, compression)
-            _images_dataset(writer, "full", full, compression)
+            images_codec.write(writer, "crops", np.ascontiguousarray(crops, np.uint8))
+            images_codec.write(writer, "full", np.ascontiguousarray(full, np.uint8))
             for name, (dtype, tail) in VIEW_COLUMNS.items():
                 data = np.asarray(views[name]).astype(dtype, copy=False)
                 if data.shape[1:] != tail:
@@ -139,20 +133,46 @@ def check_crop_shard(path: Path | str, fingerprint: str) -> ShardCheck:
     return check_shard(path, FORMAT, VERSION, fingerprint)
 
 
+class StoredImages:
+    """One image dataset of a crop shard (``crops`` or ``full``), decoded by its codec on
+    read: ``images[k]`` -> (S, S, 3) uint8, ``images[lo:hi]`` -> (n, S, S, 3) uint8."""
+
+    def __init__(self, file: h5py.File, name: str, codec: Codec) -> None:
+        self.file, self.name, self.codec = file, name, codec
+        self._length = len(file[name])
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self._length)
+            return self.codec.read(self.file, self.name, lo, max(lo, hi))[::step]
+        k = int(key) + (self._length if int(key) < 0 else 0)
+        if not 0 <= k < self._length:
+            raise IndexError(f"{self.name} row {key} of {self._length}")
+        return self.codec.read(self.file, self.name, k, k + 1)[0]
+
+
 class CropShard:
     """Read access to one crop shard. Opens the file on construction; close() or ``with``."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._file = open_stamped(self.path, FORMAT, VERSION, KIND, STAGE)
+        self._file = open_stamped(self.path, FORMAT, READABLE_VERSIONS, KIND, STAGE)
         try:
             with reading(self.path, KIND, STAGE, "its datasets and attributes"):
-                self.crops = self._file["crops"]
-                self.full = self._file["full"]
+                self.codec = attr_text(self._file.attrs.get("codec", LEGACY_CODEC))
+                codec = codec_named(self.codec)
+                self.crops = StoredImages(self._file, "crops", codec)
+                self.full = StoredImages(self._file, "full", codec)
                 self.fingerprint = attr_text(self._file.attrs["fingerprint"])
                 self.size = int(self._file.attrs["size"])
                 self.fill = attr_text(self._file.attrs["fill"])
                 self.mask_shard = attr_text(self._file.attrs["mask_shard"])
+        except ValueError as exc:  # a codec this code does not know
+            self._file.close()
+            raise ArtifactError(f"{self.path}: {exc}; rerun {STAGE}") from None
         except ArtifactError:
             self._file.close()
             raise
@@ -174,7 +194,7 @@ class CropShard:
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Crops of the given rows (any order, repeats allowed) as (len, S, S, 3) uint8,
-        reading the one contiguous block that spans them."""
+        reading (and decoding) the one contiguous block that spans them."""
         rows = np.asarray(rows, np.int64)
         lo, hi = int(rows.min()), int(rows.max()) + 1
         with reading(self.path, KIND, STAGE, f"crops rows {lo}..{hi - 1}"):

@@ -209,7 +209,7 @@ def crop_shard(task: CropTask) -> CropSummary:
         size=task.params.size,
         fill=task.params.fill,
         num_views=task.params.num_views,
-        compression=task.params.compression,
+        codec=task.params.codec,
         mask_shard=Path(task.mask_path).name,
     )
     return CropSummary(task.index, len(task.images), next_row, fallbacks)

@@ -191,9 +191,13 @@ def check_shard(path: Path | str, fmt: str, version: int, fingerprint: str) -> S
 
 
 # ------------------------------------------------------------------------ reading
-def open_stamped(path: Path, fmt: str, version: int, kind: str, stage: str) -> h5py.File:
+def open_stamped(
+    path: Path, fmt: str, version: int | tuple[int, ...], kind: str, stage: str
+) -> h5py.File:
     """Open ``path`` for reading; an ArtifactError naming it when it is unreadable, of
-    another format, or of another version (``kind``: "mask shard"; ``stage``: to rerun)."""
+    another format, or of a version not in ``version`` (one, or those the reader knows;
+    ``kind``: "mask shard"; ``stage``: to rerun)."""
+    versions = (version,) if isinstance(version, int) else tuple(version)
     try:
         f = h5py.File(path, "r")
         found, found_version = attr_text(f.attrs.get("format")), f.attrs.get("version")
@@ -210,11 +214,12 @@ def open_stamped(path: Path, fmt: str, version: int, kind: str, stage: str) -> h
     if found != fmt:
         f.close()
         raise ArtifactError(f"{path}: not a protomask {kind} (format {found!r})")
-    if found_version is None or int(found_version) != version:
+    if found_version is None or int(found_version) not in versions:
         f.close()
+        known = " or ".join(str(v) for v in versions)
         raise ArtifactError(
             f"{path}: {kind} version {found_version} is not known to this "
-            f"code (it reads version {version}); rerun {stage}"
+            f"code (it reads version {known}); rerun {stage}"
         )
     return f
 

@@ -324,11 +324,23 @@ class CropsParams:
         "mask's mean colour.",
         choices=("original", "zero", "mean"),
     )
-    compression: str = param(
-        "gzip",
-        "Compression of the crop shards' images: gzip (level 1, the "
-        "smallest files), lzf (faster to read and write, larger), none.",
-        choices=("gzip", "lzf", "none"),
+    codec: str = param(
+        "blosc-zstd",
+        "How crop shards store the views: raw pixels behind an HDF5 filter (blosc-zstd: "
+        "the default, smallest of the lossless codecs that read as fast as gzip; gzip: "
+        "level 1, the format before codecs; lzf; none), each view encoded losslessly "
+        "(png, webp-lossless: smaller, slower to read and write), or LOSSY (jpeg-q90, "
+        "webp-q90: several times smaller; only when asked for). README: Crop storage.",
+        choices=(
+            "blosc-zstd",
+            "gzip",
+            "lzf",
+            "none",
+            "png",
+            "webp-lossless",
+            "jpeg-q90",
+            "webp-q90",
+        ),
     )
     workers: Optional[int] = param(
         None,

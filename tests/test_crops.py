@@ -98,25 +98,6 @@ def test_rerun_reuses_shards_and_a_param_change_rebuilds(cropped, tmp_path) -> N
     assert artifact_bytes(project) == first
 
 
-@pytest.mark.parametrize("compression", ["lzf", "none"])
-def test_compression_param_changes_files_not_pixels(cropped, tmp_path, compression) -> None:
-    """crops.compression trades file size for speed; the views read back are the same."""
-    source, first = cropped
-    project = copy_project(source, tmp_path / "p")
-    assert run_crops(tiny_crops_params(compression=compression), project)["shards_reused"] == 0
-    for gzip_shard in crop_shard_paths(source / layout.CROPS_DIR):
-        with (
-            CropShard(gzip_shard) as a,
-            CropShard(project / layout.CROPS_DIR / gzip_shard.name) as b,
-        ):
-            assert np.array_equal(a.crops[:], b.crops[:]) and np.array_equal(a.full[:], b.full[:])
-            assert a.crops.compression == "gzip" and b.crops.compression == (
-                None if compression == "none" else compression
-            )
-    dataset = ViewDataset(project / layout.CROPS_DIR, "train")
-    assert torch.equal(dataset[0][0], ViewDataset(source / layout.CROPS_DIR, "train")[0][0])
-
-
 def test_few_masks_are_cycled_and_maskless_images_fall_back(cropped, tmp_path) -> None:
     project = copy_project(cropped[0], tmp_path / "p")
     shard_path = project / layout.SEGMENT_DIR / "shard-00001.h5"

@@ -408,13 +408,13 @@ def test_each_choice_list_is_its_implementation_registry() -> None:
     module cannot import those without torch, so this test ties them)."""
     from model.backbones import backbone_names
     from model.saliency import COMPOSITES, METHODS
-    from pipeline.crop_shards import COMPRESSION
+    from pipeline.crop_codecs import CODECS
     from pipeline.datasets import SOURCES
     from pipeline.views import FILL_MODES
 
     pairs = [
         ((CropsParams, "fill"), FILL_MODES),
-        ((CropsParams, "compression"), COMPRESSION),
+        ((CropsParams, "codec"), CODECS),
         ((DataParams, "source"), SOURCES),
         ((EvaluateParams, "saliency"), METHODS),
         ((EvaluateParams, "lrp_composite"), COMPOSITES),

@@ -69,7 +69,7 @@ def shards(tmp_path_factory) -> tuple[Path, list[SimpleNamespace]]:
             fill="zero",
             num_views=VIEWS,
             mask_shard=f"shard-{k:05d}.h5",
-            compression="none",
+            codec="none",
         )
         tasks.append(SimpleNamespace(index=k, out_path=str(path)))
     return crops_dir, tasks

@@ -239,7 +239,7 @@ def test_a_damaged_chunk_in_a_dataloader_worker_ends_in_one_line(project) -> Non
 
 
 def test_uncompressed_crops_are_checked_too(tmp_path) -> None:
-    """crops.compression none has no decompression to fail: the checksum still catches a
+    """crops.codec none has no decompression to fail: the checksum still catches a
     flipped pixel instead of handing it to training."""
     from pipeline.crop_shards import VIEW_COLUMNS, write_crop_shard
 
@@ -257,7 +257,7 @@ def test_uncompressed_crops_are_checked_too(tmp_path) -> None:
         fill="zero",
         num_views=3,
         mask_shard="shard-00000.h5",
-        compression="none",
+        codec="none",
     )
     flip_in_chunk(path, "crops", 1)
     with CropShard(path) as shard:
