@@ -208,7 +208,7 @@ class ReportBuilder:
             small = self.push[ps[0]]["small"]
             maps = self_activation(self.kind, model, small, ps, device)
             for p, act in zip(ps, maps, strict=True):
-                img = overlay(small, act, 0.05)
+                img = overlay(small, act - act.min(), 0.05)  # ProtoPNet: min-max scaled
                 box = high_activation_box(act)
                 draw_boxes(img, box[None], img.shape[0] / small.shape[0])
                 self.push[p]["context"] = img
@@ -432,7 +432,7 @@ class ReportBuilder:
             "source. Below it, as ProtoPNet's local analysis: the "
             f"{self.unit_name}s contributing most to the predicted class and to the runner-up "
             f"(contribution = similarity x weight of the classification layer; the "
-            f"contributions of all {self.unit_name}s sum to the logit).</p>"
+            f"contributions of all {self.unit_name}s sum to the logit{_unit_note(self.kind)}).</p>"
         ]
         classes = self._classes
         for s in sorted(self.samples, key=lambda d: d["row"]):
@@ -522,6 +522,15 @@ def _method_name(method: str, native: Optional[str]) -> str:
         "gradient": "input x gradient",
         "upsampled": f"upsampled {native} map (the model's own)",
     }.get(method, method)
+
+
+def _unit_note(kind: str) -> str:
+    """What a unit's similarity is, where it is not the prototype's own similarity."""
+    return {
+        "protopool": "; a slot's similarity is the focal g(d_min) - g(d_avg) of its pool "
+        "prototype, as ProtoPool's classification layer reads it",
+        "pipnet": "; the similarity is the pooled presence, zeroed below PIP-Net's 0.1 cut-off",
+    }.get(kind, "")
 
 
 def _push_note(pushed: bool) -> str:

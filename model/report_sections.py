@@ -13,7 +13,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from model.formatting import REPORT, facts_of, format_metric
-from model.metric_layout import GROUPS, value_of
+from model.metric_layout import GROUPS, HEADLINE, value_of
 from model.report_evidence import Contribution
 from pipeline import layout
 
@@ -87,9 +87,23 @@ def header(title: str, metrics: dict, top_fraction: float) -> str:
 
 
 def metrics_table(metrics: dict) -> str:
-    """Every metric: full name (the JSON key below it), value, better direction, meaning."""
+    """The headline metrics, then every other metric in a folded table: full name (the
+    JSON key below it), value, better direction, meaning; the run's settings are in the
+    header."""
+    rows = [(k, v) for k, v in flatten(metrics) if not k.startswith("run.")]
+    headline = [(k, v) for k, v in rows if k in HEADLINE]
+    rest = [(k, v) for k, v in rows if k not in HEADLINE]
+    return (
+        "<h2 id='metrics'>Metrics</h2>"
+        + _metric_rows(headline)
+        + f"<details><summary>all {len(rest)} other metrics (also <code>metrics.json</code>; "
+        "README: Metrics)</summary>" + _metric_rows(rest) + "</details>"
+    )
+
+
+def _metric_rows(items: list[tuple[str, Any]]) -> str:
     rows = []
-    for key, value in flatten(metrics):
+    for key, value in items:
         facts = facts_of(key)
         name = html.escape(facts.label) if facts else ""
         where = "native maps: " if key.startswith("native.") else ""
@@ -100,11 +114,9 @@ def metrics_table(metrics: dict) -> str:
             f"<td>{html.escape(facts.meaning) if facts else ''}</td></tr>"
         )
     return (
-        "<h2 id='metrics'>Metrics</h2><details open><summary>every metric (also "
-        "<code>metrics.json</code>; README: Metrics)</summary><table class='m'>"
-        "<tr><th>metric</th><th>value</th><th>better</th><th>meaning</th></tr>"
+        "<table class='m'><tr><th>metric</th><th>value</th><th>better</th><th>meaning</th></tr>"
         + "".join(rows)
-        + "</table></details>"
+        + "</table>"
     )
 
 
@@ -186,7 +198,7 @@ figcaption {{ font-size: 10px; line-height: 1.2; overflow-wrap: anywhere; min-wi
 img {{ image-rendering: pixelated; border: 1px solid #999; display: block; }}
 table.m {{ border-collapse: collapse; font-size: 12px; }}
 table.m td, table.m th {{ border: 1px solid #ddd; padding: 2px 6px; }}
-.evidence {{ font-size: 12px; }}
+.evidence {{ font-size: 12px; max-width: 420px; }}
 .dup {{ color: #b00; font-weight: bold; }}
 </style></head>
 <body>

@@ -21,7 +21,7 @@ def self_activation(
 ) -> np.ndarray:
     """(len(prototypes), S, S) the upsampled similarity of each prototype over ``image``
     (S x S x 3 uint8, the model's input size)."""
-    x = normalise(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None])
+    x = normalise(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None])  # a writable copy
     out = model(x.to(device))
     maps = native_maps(kind, out)[0, prototypes]
     side = image.shape[0]
