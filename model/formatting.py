@@ -93,6 +93,13 @@ METRICS: tuple[MetricFacts, ...] = tuple(
         ("vlc", "VLC", None, "1 - IoU between the S of an image's top prototypes"),
         ("intra_pd", "intra PD", None, "1 - cosine between an image's top prototypes"),
         ("inter_pd", "inter PD", None, "1 - cosine between classes' top prototypes"),
+        (
+            "intra_fd",
+            "intra FD",
+            None,
+            "1 - cosine between the features an image's top prototypes matched",
+        ),
+        ("inter_fd", "inter FD", None, "1 - cosine between classes' matched features"),
         ("object_overlap", "object overlap (%)", "higher", "share of G covered by S"),
         ("background_overlap", "background overlap (%)", "lower", "share of S outside G"),
         ("ior", "IOR", "higher", "normalised saliency inside G minus outside, in [-1, 1]"),
@@ -195,14 +202,6 @@ METRICS: tuple[MetricFacts, ...] = tuple(
             None,
             "images the segmenter gave no usable mask",
         ),
-        (
-            "intra_fd",
-            "intra FD",
-            None,
-            "1 - cosine between the features an image's top prototypes matched",
-            False,
-        ),
-        ("inter_fd", "inter FD", None, "1 - cosine between classes' matched features", False),
         (
             "randomisation.spearman_abs",
             "randomisation: Spearman of |saliency|",
