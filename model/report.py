@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from model import report_sections as sections
 from model.pipnet import PRESENCE_THRESHOLD
 from model.report_drawing import TILE, overlay, save_png, upscale, with_boxes
-from model.report_duplicates import duplicates
+from model.report_duplicates import Duplicate, duplicates
 from model.report_evidence import class_evidence, own_units, runner_up, top_contributions
 from model.report_self_activation import high_activation_box, self_activation
 from model.saliency import prototype_saliency
@@ -193,7 +193,6 @@ class ReportBuilder:
         else:
             x = normalise(inputs.raw(0)[None]).to(device)
             evidence = class_evidence(self.kind, model, model(x))
-        self.unit_name = evidence.unit_name
         if self.spec.full_image and self.spec.pushed:
             self._self_activations(model, device)
         self._class_entries(own_units(model, evidence), evidence)
@@ -217,15 +216,20 @@ class ReportBuilder:
     def _class_entries(self, units: list[list[int]], evidence) -> None:
         """The global view's rows: per class its units with prototype, weight, push
         thumbnail and duplicate flag."""
+        self.unit_name = evidence.unit_name
         protos = sorted({int(evidence.unit_prototypes[u]) for us in units for u in us})
         sources = {p: self.push[p]["source"] for p in protos if p in self.push}
         present = PRESENCE_THRESHOLD if self.spec.presence else None
         flags = duplicates(protos, sources, self._sim, present=present)
         self.class_entries = []
         for c, us in enumerate(units):
-            rows = []
+            rows, first_unit = [], {}
             for u in us:
                 p = int(evidence.unit_prototypes[u])
+                twin = first_unit.setdefault(p, u)  # ProtoPool: one prototype in two slots
+                flag = flags.get(p)
+                if twin != u:
+                    flag = Duplicate(p, f"the same prototype as {self.unit_name} {twin}")
                 push = self.push.get(p)
                 pixels = None if push is None else push.get("view_rgb", push["context"])
                 rows.append(
@@ -233,7 +237,7 @@ class ReportBuilder:
                         "unit": u,
                         "prototype": p,
                         "weight": float(evidence.weights[c, u]),
-                        "duplicate": flags.get(p),
+                        "duplicate": flag,
                         "pixels": None if pixels is None else upscale(pixels, TILE // 2),
                         "name": f"push_{p}_thumb",
                     }

@@ -233,3 +233,21 @@ def test_the_report_renders_in_a_real_browser_offline_with_every_image(
     chromium(folder / "index.html", f"--screenshot={shot}", "--window-size=1000,1400")
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (1400, 1000) and pixels.std() > 10  # not a blank page
+
+
+def test_a_protopool_prototype_in_two_slots_of_a_class_is_flagged() -> None:
+    from model.report import ReportBuilder
+
+    model = tiny("protopool")
+    with torch.no_grad():  # class 0: both slots -> prototype 4; class 1 -> 2, 3
+        model.head.slots.zero_()
+        model.head.slots[0, :, 4] = 1.0
+        model.head.slots[1, 0, 2] = model.head.slots[1, 1, 3] = 1.0
+        model.head.slots[2, 0, 0] = model.head.slots[2, 1, 5] = 1.0
+        out = model(torch.randn(1, 3, 32, 32))
+    evidence = class_evidence("protopool", model, out)
+    builder = ReportBuilder("protopool", 0, None, FAST, 32)
+    builder._class_entries(own_units(model, evidence), evidence)
+    flags = [[u["duplicate"] for u in e["units"]] for e in builder.class_entries]
+    assert flags[1] == flags[2] == [None, None] and flags[0][0] is None
+    assert flags[0][1].of == 4 and flags[0][1].reason == "the same prototype as slot 0"
