@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -179,6 +180,7 @@ class StageResult:
     stage: str
     images: int
     seconds: float
+    cpu_seconds: float
     main_rss: int
     worker_rss: int
     workers: int
@@ -191,12 +193,24 @@ class StageResult:
     def ms_per_image(self) -> float:
         return 1000.0 * self.seconds / self.images
 
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return 1000.0 * self.cpu_seconds / self.images
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of every finished child process of this one and of its
+    descendants that were waited for (the stage's workers: their stage reaps them)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
 
 def run_stage(project: Path, argv: tuple[str, ...], images: int, interval: float) -> StageResult:
     """Run ``protomask <argv>`` in ``project`` while sampling its process tree."""
     env = dict(os.environ, PYTHONPATH=str(REPO), DVC_NO_ANALYTICS="1", PROTOMASK_LOG="WARNING")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     log = project / f"scale-{argv[0]}.log"
+    cpu_before = children_cpu_seconds()
     start = time.perf_counter()
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -228,6 +242,7 @@ def run_stage(project: Path, argv: tuple[str, ...], images: int, interval: float
         stage=argv[0],
         images=images,
         seconds=seconds,
+        cpu_seconds=children_cpu_seconds() - cpu_before,
         main_rss=peaks.main().peak_rss,
         worker_rss=max((w.peak_rss for w in workers), default=0),
         workers=len(workers),
@@ -258,9 +273,9 @@ def run_size(args: argparse.Namespace, images: int) -> list[StageResult]:
 
 # ------------------------------------------------------------------ the table
 HEADER = (
-    "| images | stage | wall s | ms/image | main peak RSS MiB | worker peak RSS MiB (n) "
+    "| images | stage | wall s | ms/image | CPU ms/image | main peak RSS MiB | worker peak RSS MiB (n) "
     "| tree RSS MiB | main open files | tree open files |\n"
-    "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -268,7 +283,8 @@ def row(r: StageResult) -> str:
     """One table row."""
     worker = f"{r.worker_rss / MIB:.0f} ({r.workers})" if r.workers else "-"
     return (
-        f"| {r.images:,} | {r.stage} | {r.seconds:.1f} | {r.ms_per_image:.3f} | "
+        f"| {r.images:,} | {r.stage} | {r.seconds:.1f} | {r.ms_per_image:.2f} | "
+        f"{r.cpu_ms_per_image:.2f} | "
         f"{r.main_rss / MIB:.0f} | {worker} | {r.tree_rss / MIB:.0f} | {r.main_fds} | "
         f"{r.tree_fds} |"
     )
@@ -277,14 +293,15 @@ def row(r: StageResult) -> str:
 def ratio_rows(small: list[StageResult], large: list[StageResult]) -> list[str]:
     """Per stage, large over small: time per image, peak RSS (main, worker), open files."""
     lines = [
-        f"| stage | ms/image x | main RSS x | worker RSS x | main open files "
+        f"| stage | ms/image x | CPU ms/image x | main RSS x | worker RSS x | main open files "
         f"{small[0].images:,} -> {large[0].images:,} | tree open files |",
-        "|---|---:|---:|---:|---|---|",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for a, b in zip(small, large, strict=True):
         worker = f"{b.worker_rss / a.worker_rss:.2f}" if a.worker_rss else "-"
         lines.append(
             f"| {a.stage} | {b.ms_per_image / a.ms_per_image:.2f} | "
+            f"{b.cpu_ms_per_image / a.cpu_ms_per_image:.2f} | "
             f"{b.main_rss / a.main_rss:.2f} | {worker} | {a.main_fds} -> {b.main_fds} | "
             f"{a.tree_fds} -> {b.tree_fds} |"
         )
