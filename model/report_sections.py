@@ -168,9 +168,10 @@ def class_section(tiles: Tiles, entries: list[dict], unit: str, pushed: bool, no
                     f"<br><span class='dup'>duplicate of {u['duplicate'].of}: "
                     f"{html.escape(u['duplicate'].reason)}</span>"
                 )
-            caption = (
-                f"{unit} {u['unit']}: prototype {u['prototype']}<br>weight {u['weight']:.3g}{flag}"
-            )
+            name = f"prototype {u['prototype']}"
+            if unit == "slot":
+                name = f"slot {u['unit']}: {name}"
+            caption = f"{name}<br>weight {u['weight']:.3g}{flag}"
             if u["pixels"] is not None:
                 cells.append(tiles.img(u["name"], u["pixels"], caption, 64))
             else:
