@@ -2,14 +2,15 @@
 DataLoader workers, and two torchrun processes sharing the test batches, side by side on
 one project (run by hand, not a test).
 
-    python benchmarks/evaluate.py                  # builds the default-size project
-    python benchmarks/evaluate.py --project DIR    # a project with a trained protomask
+    python benchmarks/evaluate.py                  # in a temporary folder
+    python benchmarks/evaluate.py --project DIR    # built there once, reused after
 
-Without ``--project`` it builds the default synthetic project (240 images of 128 px, 70
-in the test split, 8 views of 64 px, EfficientNet-Lite0) in a temporary folder and trains
-ProtoMask for one joint epoch and its push: what evaluate costs does not depend on how
-well the model learned. Each way runs ``protomask evaluate --model protomask`` in its own
-process(es) with the default evaluate params otherwise; the time is the run log's
+Where DIR has no trained ProtoMask (or without ``--project``) it builds the default
+synthetic project (240 images of 128 px, 70 in the test split, 8 views of 64 px,
+EfficientNet-Lite0) and trains ProtoMask for one joint epoch and its push: what
+evaluate costs does not depend on how well the model learned. Each way runs ``protomask
+evaluate --model protomask`` in its own process(es) with the default evaluate params
+otherwise; the time is the run log's
 ``total`` (the evaluation, without the process start and the report's PNG writing).
 Prints each way's seconds, its share of time preparing inputs on rank 0, the speed-up
 over the serial path and whether its metrics file has the serial run's bytes (torchrun
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline import layout  # noqa: E402
-from pipeline.params import Params, as_dict  # noqa: E402
+from pipeline.params import Params, as_dict, load_params  # noqa: E402
 
 
 def build_project(root: Path) -> Params:
@@ -47,9 +48,7 @@ def build_project(root: Path) -> Params:
     from pipeline.synthetic import generate_synthetic
 
     defaults = Params()
-    short = replace(
-        defaults.train.protomask, warmup_epochs=0, joint_epochs=1, last_layer_epochs=0
-    )
+    short = replace(defaults.train.protomask, warmup_epochs=0, joint_epochs=1, last_layer_epochs=0)
     params = replace(defaults, train=replace(defaults.train, device="cpu", protomask=short))
     generate_synthetic(root / layout.SYNTHETIC_ROOT, params.data.synthetic)
     run_prepare(params.data, root)
@@ -71,8 +70,10 @@ def evaluate(project: Path, params: Params, workers: int, procs: int) -> dict:
         launch += ["--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     started = time.perf_counter()
-    subprocess.run(launch + stage, cwd=project, env=env, check=True, capture_output=True)
+    done = subprocess.run(launch + stage, cwd=project, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(launch + stage)} failed:\n{done.stderr[-3000:]}")
     log = json.loads((project / layout.run_log("evaluate-protomask-seed-0")).read_text())
     metrics = (project / layout.evaluate_metrics("protomask", 0)).read_bytes()
     return {"log": log, "wall": wall, "metrics": metrics}
@@ -80,20 +81,19 @@ def evaluate(project: Path, params: Params, workers: int, procs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--project", type=Path, help="a project with a trained protomask")
+    parser.add_argument("--project", type=Path, help="the project folder (built if needed)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--procs", type=int, default=2, help="torchrun processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        if args.project is None:
-            project = Path(tmp)
-            print("building the default-size project ...", file=sys.stderr)
+        project = Path(tmp) if args.project is None else args.project.resolve()
+        project.mkdir(parents=True, exist_ok=True)
+        saved = project / "params.yaml"
+        if not (project / layout.train_dir("protomask", 0) / "best").is_dir():
+            print(f"building the default-size project in {project} ...", file=sys.stderr)
             params = build_project(project)
-        else:
-            project = args.project.resolve()
-            from pipeline.params import load_params
-
-            params = load_params(project / "params.yaml")
+            saved.write_text(yaml.safe_dump(as_dict(params)))
+        params = load_params(saved)
         ways = {
             "serial (1 process, inputs in it)": (0, 1),
             f"{args.workers} loader workers (1 process)": (args.workers, 1),
