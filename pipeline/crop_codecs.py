@@ -19,7 +19,7 @@ same pixels give the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import cv2
@@ -44,9 +44,10 @@ class PixelCodec:
         """Store ``images`` (n, S, S, 3) uint8 as dataset ``name``."""
         writer.dataset(name, images, rows_per_chunk=1, **self.filters)
 
-    def read(self, file: h5py.File, name: str, lo: int, hi: int) -> np.ndarray:
-        """Images ``lo..hi-1`` of dataset ``name`` as (hi - lo, S, S, 3) uint8."""
-        return file[name][lo:hi]
+    def reader(self, file: h5py.File, name: str) -> Callable[[int, int], np.ndarray]:
+        """``read(lo, hi)``: images ``lo..hi-1`` of dataset ``name``, (hi - lo, S, S, 3)."""
+        dataset = file[name]
+        return lambda lo, hi: dataset[lo:hi]
 
 
 @dataclass(frozen=True)
@@ -82,15 +83,20 @@ class ImageCodec:
         writer.dataset(name, rows, rows_per_chunk=1, **hdf5plugin.Zstd(clevel=1))
         writer.dataset(name + NBYTES_SUFFIX, lengths, rows_per_chunk=len(lengths))
 
-    def read(self, file: h5py.File, name: str, lo: int, hi: int) -> np.ndarray:
-        """Images ``lo..hi-1`` of dataset ``name``, decoded, as (hi - lo, S, S, 3) uint8."""
-        side = int(file.attrs["size"])
-        rows = file[name][lo:hi]
-        lengths = file[name + NBYTES_SUFFIX][lo:hi]
-        out = np.empty((len(rows), side, side, 3), np.uint8)
-        for k, (row, length) in enumerate(zip(rows, lengths, strict=True)):
-            out[k] = self.decode(row[: int(length)], side)
-        return out
+    def reader(self, file: h5py.File, name: str) -> Callable[[int, int], np.ndarray]:
+        """``read(lo, hi)``: images ``lo..hi-1`` of dataset ``name``, decoded, as
+        (hi - lo, S, S, 3) uint8 (the lengths are read once, here)."""
+        dataset, side = file[name], int(file.attrs["size"])
+        lengths = file[name + NBYTES_SUFFIX][:]
+
+        def read(lo: int, hi: int) -> np.ndarray:
+            rows = dataset[lo:hi]
+            out = np.empty((len(rows), side, side, 3), np.uint8)
+            for k, row in enumerate(rows):
+                out[k] = self.decode(row[: int(lengths[lo + k])], side)
+            return out
+
+        return read
 
 
 Codec = PixelCodec | ImageCodec

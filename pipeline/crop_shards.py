@@ -138,8 +138,9 @@ class StoredImages:
     read: ``images[k]`` -> (S, S, 3) uint8, ``images[lo:hi]`` -> (n, S, S, 3) uint8."""
 
     def __init__(self, file: h5py.File, name: str, codec: Codec) -> None:
-        self.file, self.name, self.codec = file, name, codec
+        self.name = name
         self._length = len(file[name])
+        self._read = codec.reader(file, name)
 
     def __len__(self) -> int:
         return self._length
@@ -147,11 +148,11 @@ class StoredImages:
     def __getitem__(self, key: int | slice) -> np.ndarray:
         if isinstance(key, slice):
             lo, hi, step = key.indices(self._length)
-            return self.codec.read(self.file, self.name, lo, max(lo, hi))[::step]
+            return self._read(lo, max(lo, hi))[::step]
         k = int(key) + (self._length if int(key) < 0 else 0)
         if not 0 <= k < self._length:
             raise IndexError(f"{self.name} row {key} of {self._length}")
-        return self.codec.read(self.file, self.name, k, k + 1)[0]
+        return self._read(k, k + 1)[0]
 
 
 class CropShard:
