@@ -227,22 +227,8 @@ def loader_overhead(project: Path, args: argparse.Namespace) -> None:
     )
     model = train_bench.build(ns, classes)
     in_memory = train_bench.train_steps(model, train_bench.memory_batches(ns, classes), ns, 10)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=args.batch,
-        shuffle=True,
-        drop_last=True,
-        num_workers=args.loader_workers,
-        pin_memory=args.device.startswith("cuda"),
-        persistent_workers=args.loader_workers > 0,
-    )
-
-    def from_loader():
-        while True:
-            for views, labels, _ in loader:
-                yield views, labels
-
-    through = train_bench.train_steps(model, from_loader(), ns, 10)
+    batches = train_bench.loader_batches(dataset, args.batch, args.loader_workers, args.device)
+    through = train_bench.train_steps(model, batches, ns, 10)
     print(
         f"training images/s ({args.backbone}, {args.views} views x {args.crop_size} px): "
         f"{in_memory:.1f} from memory, {through:.1f} through the loader "

@@ -83,6 +83,22 @@ def memory_batches(args: argparse.Namespace, num_classes: int):
         yield views, labels
 
 
+def loader_batches(dataset, batch: int, workers: int, device: str):
+    """(views, labels) from a shuffling DataLoader over ``dataset``, epoch after epoch."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=workers > 0,
+    )
+    while True:
+        for views, labels, _ in loader:
+            yield views, labels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
@@ -122,22 +138,8 @@ def main() -> None:
     if args.device.startswith("cuda"):
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     if dataset is not None:
-        loader = DataLoader(
-            dataset,
-            batch_size=args.batch,
-            shuffle=True,
-            drop_last=True,
-            num_workers=args.workers,
-            pin_memory=args.device.startswith("cuda"),
-            persistent_workers=args.workers > 0,
-        )
-
-        def from_loader():
-            while True:
-                for views, labels, _ in loader:
-                    yield views, labels
-
-        through = train_steps(model, from_loader(), args, args.steps)
+        batches = loader_batches(dataset, args.batch, args.workers, args.device)
+        through = train_steps(model, batches, args, args.steps)
         print(f"loader ({args.workers} workers): {through:.1f} images/s")
         print(
             f"loader overhead: {100 * (in_memory / through - 1):.1f} % "
