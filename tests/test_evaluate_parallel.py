@@ -16,7 +16,7 @@ import yaml
 from model.evaluation import run_evaluation
 from pipeline import layout
 from pipeline.params import EvaluateParams, Params, as_dict
-from tests.test_train_ddp import torchrun
+from tests.launch import torchrun
 from tests.tiny_project import copy_project, tiny_trained_params
 
 # 6 test images in 3 batches of 2: rank 0 takes batches 0 and 2, rank 1 batch 1; the

@@ -4,10 +4,7 @@ exactly as one process does."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -16,26 +13,10 @@ from model.checkpoint import load_checkpoint
 from pipeline import layout
 from pipeline.params import as_dict
 from tests import ddp_check
+from tests.launch import torchrun
 from tests.tiny_project import copy_project, tiny_train_params
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=0",
-        "--rdzv_backend=c10d",
-        "--rdzv_endpoint=127.0.0.1:0",
-        *args,
-    ]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def test_two_ranks_train_and_gather_like_one_process(
