@@ -50,7 +50,7 @@ from typing import Any, Optional
 
 from model.explain_pass import EvalRun, PassResults, explain_test_set
 from model.loading import load_model
-from model.map_stats import ACTIVATION_KEYS, SALIENCY_KEYS
+from model.map_stats import ACTIVATION_KEYS, COMPLETENESS_KEYS, SALIENCY_KEYS
 from model.metric_layout import NATIVE, grouped
 from model.metrics import to_jsonable
 from model.model_kinds import explained_model, make_explainer
@@ -99,6 +99,7 @@ MODEL_KEYS = (
     "local_size",
     "entropy",
     *ACTIVATION_KEYS,
+    *COMPLETENESS_KEYS,
     "mask_consistency",
 )
 METRIC_KEYS = MODEL_KEYS + SALIENCY_KEYS + ("randomisation",)
@@ -229,6 +230,7 @@ def scalar_metrics(
     """
     metrics = model_metrics(scores, run.test.labels, run.model.head, run.num_classes)
     metrics["mask_consistency"] = segmenter_consistency(run.test, run.inputs.masks)
+    metrics.update(results.completeness.results())
     per_method = {
         m: s.results(run.model.head.num_prototypes, run.test.parts_known)
         for m, s in results.stats.items()

@@ -34,12 +34,14 @@ import torch
 from torch import Tensor, nn
 
 from model import distributed as dist_utils
-from model.map_stats import ActivationStats, MapStats
+from model.completeness_pass import add_completeness
+from model.map_stats import ActivationStats, CompletenessStats, MapStats
 from model.metrics import box_mask, top_k_indices
 from model.model_kinds import native_maps, similarities, upsampled_native
+from model.pass_maps import prototype_activation, saliency_canvas
 from model.randomisation import SanityRow, finite
 from model.report import ReportBuilder
-from model.saliency import paste_back, prototype_saliency, resize_maps
+from model.saliency import prototype_saliency
 from model.scalars import Scores
 from model.timing import Timer
 from pipeline import devices
@@ -119,6 +121,7 @@ class PassResults:
     )
     sanity: list[SanityRow] = field(default_factory=list)
     activation: ActivationStats = field(default_factory=ActivationStats)
+    completeness: CompletenessStats = field(default_factory=CompletenessStats)
     samples: list[dict] = field(default_factory=list)  # ReportBuilder.samples entries
 
     def add(self, batch: Batch) -> None:
@@ -146,6 +149,7 @@ class PassResults:
         for name, values in self.parts.items():
             values.extend(later.parts[name])
         self.activation.merge(later.activation)
+        self.completeness.merge(later.completeness)
         self.sanity.extend(later.sanity)
         self.samples.extend(later.samples)
 
@@ -209,7 +213,7 @@ def explain_test_set(run: EvalRun, timer: Timer) -> Optional[PassResults]:
     for index, _ in track(mine, bar):
         with timer.section("inputs"):
             inputs = next(batches)
-        results = PassResults({m: MapStats(ev.top_fraction) for m in run.methods})
+        results = new_results(run)
         with timer.section("forward"):
             batch = forward_batch(run, inputs)
             results.add(batch)
@@ -219,16 +223,26 @@ def explain_test_set(run: EvalRun, timer: Timer) -> Optional[PassResults]:
             maps = batch_saliency(run, batch)
         with timer.section("metrics"):
             score_batch(run, batch, maps, results, samples)
+        with timer.section("completeness"):
+            add_completeness(run, batch, maps, results.completeness)
         done.append((index, on_cpu(results)))
     with timer.section("gather"):
         gathered = dist_utils.gather_to_main(done)
     if gathered is None:
         return None
     ordered = sorted((pair for rank in gathered for pair in rank), key=lambda pair: pair[0])
-    joined = PassResults({m: MapStats(ev.top_fraction) for m in run.methods})
+    joined = new_results(run)
     for _, results in ordered:
         joined.extend(results)
     return joined
+
+
+def new_results(run: EvalRun) -> PassResults:
+    """Empty results of the pass: a MapStats per method, completeness on or off."""
+    return PassResults(
+        {m: MapStats(run.ev.top_fraction) for m in run.methods},
+        completeness=CompletenessStats(run.ev.output_completeness),
+    )
 
 
 def forward_batch(run: EvalRun, inputs: PreparedBatch) -> Batch:
@@ -257,19 +271,12 @@ def forward_batch(run: EvalRun, inputs: PreparedBatch) -> Batch:
 
 
 def activation_maps(run: EvalRun, batch: Batch) -> tuple[Tensor, Tensor]:
-    """(B, K, h, w) the top-k prototypes' own activation maps, clean and perturbed: the
-    similarity per location (ProtoPNet, ProtoPool) or per view as an (M, 1) map
-    (ProtoMask), PIP-Net's presence maps (the reference's ``similarity_maps``)."""
-    pair = []
-    for out in (batch.out, batch.out_p):
-        if run.spec.presence:
-            maps = out.maps
-        else:
-            maps = run.model.head.similarity(out.distances.float())
-        idx = batch.ids.reshape(*batch.ids.shape, *([1] * (maps.dim() - 2)))
-        maps = maps.float().gather(1, idx.expand(-1, -1, *maps.shape[2:]))
-        pair.append(maps[..., None] if maps.dim() == 3 else maps)
-    return pair[0], pair[1]
+    """(B, K, h, w) the top-k prototypes' own activation maps
+    (:func:`model.pass_maps.prototype_activation`), clean and perturbed."""
+    return (
+        prototype_activation(run, batch.out, batch.ids),
+        prototype_activation(run, batch.out_p, batch.ids),
+    )
 
 
 def batch_saliency(run: EvalRun, batch: Batch) -> BatchMaps:
@@ -303,20 +310,16 @@ def canvases(
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """Method -> (clean, perturbed) (K, H, W) maps of batch image ``j`` on its canvas."""
     i = batch.rows[j]
-    h, w = (int(v) for v in run.test.sizes[i])
-    if not run.spec.full_image:
-        boxes = torch.as_tensor(run.test.boxes[i])
-        return {
-            run.ev.saliency: (
-                paste_back(maps.maps[0, j], boxes[maps.m_clean[j].cpu()], h, w),
-                paste_back(maps.maps[1, j], boxes[maps.m_pert[j].cpu()], h, w),
-            )
-        }
-    ids = batch.ids[j]
+    clean, pert = (None, None) if maps.m_clean is None else (maps.m_clean[j], maps.m_pert[j])
     out = {
-        run.ev.saliency: (resize_maps(maps.maps[0, j], h, w), resize_maps(maps.maps[1, j], h, w))
+        run.ev.saliency: (
+            saliency_canvas(run, i, maps.maps[0, j], clean),
+            saliency_canvas(run, i, maps.maps[1, j], pert),
+        )
     }
     if run.spec.native:
+        h, w = (int(v) for v in run.test.sizes[i])
+        ids = batch.ids[j]
         out["upsampled"] = tuple(
             upsampled_native(run.kind, native_maps(run.kind, o)[j, ids], h, w)
             for o in (batch.out, batch.out_p)

@@ -147,6 +147,33 @@ METRICS: tuple[MetricFacts, ...] = tuple(
         ("plc_perturbed", "PLC under perturbation (cells)", "lower", "shift of the maximum"),
         ("palc_perturbed", "PALC under perturbation (%)", "lower", "change of activation mask"),
         ("pac_perturbed", "PAC under perturbation (%)", "lower", "change of activation values"),
+        (
+            "vlc_completeness",
+            "VLC, noise outside S's box (%)",
+            "lower",
+            "1 - IoU of S before and after noise outside the box of S",
+        ),
+        ("vac_completeness", "VAC, noise outside S's box (%)", "lower", "change of R's values"),
+        (
+            "plc_completeness",
+            "PLC, noise outside S's box (cells)",
+            "lower",
+            "shift of the prototype's activation maximum",
+        ),
+        ("psc_completeness", "PSC, noise outside S's box (%)", "lower", "change of its score"),
+        ("prc_completeness", "PRC, noise outside S's box (ranks)", "lower", "change of its rank"),
+        (
+            "palc_completeness",
+            "PALC, noise outside S's box (%)",
+            "lower",
+            "change of its activation mask",
+        ),
+        (
+            "pac_completeness",
+            "PAC, noise outside S's box (%)",
+            "lower",
+            "change of its activation values",
+        ),
         ("iou", "IoU of S with G (%)", "higher", "intersection over union of S and G"),
         ("oirr", "OIRR", "lower", "mean saliency on S outside G over inside G"),
         (

@@ -37,6 +37,7 @@ from model.metrics import (
     top_fraction_mask,
     vlc,
 )
+from model.metrics.completeness import COMPLETENESS_NAMES
 from model.metrics.features import top_k_features
 from model.metrics.prototypes import NO_PARTS, class_unit_sums, inter_distance, intra_pd
 from model.metrics.reference import NO_BOX
@@ -292,3 +293,36 @@ class ActivationStats:
         counts = torch.tensor([self.class_sums[c][1] for c in classes], dtype=torch.float64)
         out["inter_fd"] = inter_distance(sums, counts, "inter FD")
         return out
+
+
+# output completeness (model.completeness_pass), in the order of the metrics JSON
+COMPLETENESS_KEYS = tuple(f"{name}_completeness" for name in COMPLETENESS_NAMES)
+COMPLETENESS_OFF = "evaluate.output_completeness is false"
+
+
+@dataclass
+class CompletenessStats:
+    """Per-item output-completeness changes (:mod:`model.metrics.completeness`): one item
+    per (image, noised prototype)."""
+
+    enabled: bool = True
+    values: dict = field(default_factory=lambda: {name: [] for name in COMPLETENESS_NAMES})
+
+    def add(self, changes: dict[str, np.ndarray]) -> None:
+        """Add items: name -> (N,) per-item values."""
+        for name in COMPLETENESS_NAMES:
+            self.values[name].append(changes[name])
+
+    def merge(self, other: CompletenessStats) -> None:
+        """Add the items of ``other`` (the batches after these)."""
+        for name, items in other.values.items():
+            self.values[name].extend(items)
+
+    def results(self) -> dict[str, Any]:
+        """key -> float or Absent (COMPLETENESS_KEYS, in that order)."""
+        if not self.enabled:
+            return {key: Absent(COMPLETENESS_OFF) for key in COMPLETENESS_KEYS}
+        return {
+            key: mean_of(self.values[name])
+            for key, name in zip(COMPLETENESS_KEYS, COMPLETENESS_NAMES, strict=True)
+        }

@@ -68,6 +68,15 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "palc_perturbed",
         "pac_perturbed",
     ),
+    "completeness": (  # output completeness: noise outside the box of S
+        "vlc_completeness",
+        "vac_completeness",
+        "plc_completeness",
+        "psc_completeness",
+        "prc_completeness",
+        "palc_completeness",
+        "pac_completeness",
+    ),
     "segmenter": ("mask_consistency", "fallback_share"),
     "randomisation": (),  # the check's dict, as it is
     "run": ("model", "seed", "checkpoint", "saliency", "lrp_composite", "test_images", "top_k"),

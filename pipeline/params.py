@@ -523,6 +523,24 @@ class EvaluateParams:
         "Seed of the perturbation noise and of the randomised weights.",
         interval=Interval(0, 2**31 - 1),
     )
+    output_completeness: bool = param(
+        True,
+        "Output completeness (the reference's): per test image and top prototype, Gaussian "
+        "noise outside the bounding box of its S; the *_completeness changes of its "
+        "saliency, activation and score (extra forwards and saliency passes).",
+    )
+    completeness_top_k: int = param(
+        5,
+        "Output completeness: the first this many of an image's top_k prototypes get a "
+        "noised copy each (the reference: all 5).",
+        interval=Interval(1, 100),
+    )
+    completeness_noise_std: float = param(
+        0.05,
+        "Output completeness: standard deviation of the noise in the normalised input "
+        "(the reference: 0.05).",
+        interval=Interval(0, 100),
+    )
     verdict_min_test_images: int = param(
         30,
         "compare: no verdict on the paper's claim with fewer test images than this.",
