@@ -32,6 +32,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import numpy as np
@@ -100,12 +101,44 @@ def _attributes_document(designs: list[ClassDesign]) -> dict:
     }
 
 
+# The per-image listing files of the CUB layout, by the key _write_images writes them under.
+LISTING_FILES = {
+    "images": "images.txt",
+    "labels": "image_class_labels.txt",
+    "split": "train_test_split.txt",
+    "boxes": "bounding_boxes.txt",
+    "part_locs": "parts/part_locs.txt",
+}
+
+
 def _write_dataset(out: Path, cfg: SyntheticParams) -> None:
     """Write the complete CUB layout into the (empty) folder ``out``."""
     designs = class_designs(cfg)
-    lines: dict[str, list[str]] = {
-        k: [] for k in ("images", "labels", "split", "boxes", "part_locs")
-    }
+    (out / "parts").mkdir()
+    with contextlib.ExitStack() as stack:
+        # Every image's lines go out as it is drawn: memory stays flat in the image count.
+        lines = {
+            key: stack.enter_context((out / name).open("w", encoding="utf-8", newline="\n"))
+            for key, name in LISTING_FILES.items()
+        }
+        _write_images(out, cfg, designs, lines)
+
+    def write(name: str, rows: list[str]) -> None:
+        (out / name).write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+    write("classes.txt", [f"{d.class_id} {d.folder}" for d in designs])
+    write("parts/parts.txt", [f"{i} {n}" for i, n in enumerate(PART_NAMES, start=1)])
+    write_json(out / "attributes.json", _attributes_document(designs), sort_keys=False)
+    write_json(
+        out / "generator.json",
+        {"generator": "protomask.synthetic", "version": GENERATOR_VERSION, "params": as_dict(cfg)},
+    )
+
+
+def _write_images(
+    out: Path, cfg: SyntheticParams, designs: list[ClassDesign], lines: dict[str, TextIO]
+) -> None:
+    """Draw and write every image and its segmentation; its lines of the listing files."""
     image_id = 0
     for design in designs:
         (out / "images" / design.folder).mkdir(parents=True)
@@ -122,32 +155,15 @@ def _write_dataset(out: Path, cfg: SyntheticParams) -> None:
             (out / "segmentations" / rel).write_bytes(
                 _png_bytes(np.where(image.mask, 255, 0).astype(np.uint8))
             )
-            lines["images"].append(f"{image_id} {rel}")
-            lines["labels"].append(f"{image_id} {design.class_id}")
-            lines["split"].append(f"{image_id} {0 if is_test[index] else 1}")
+            lines["images"].write(f"{image_id} {rel}\n")
+            lines["labels"].write(f"{image_id} {design.class_id}\n")
+            lines["split"].write(f"{image_id} {0 if is_test[index] else 1}\n")
             x, y, w, h = image.box_xywh
-            lines["boxes"].append(f"{image_id} {x:.1f} {y:.1f} {w:.1f} {h:.1f}")
+            lines["boxes"].write(f"{image_id} {x:.1f} {y:.1f} {w:.1f} {h:.1f}\n")
             for part_id, name in enumerate(PART_NAMES, start=1):
                 point = image.keypoints[name]
                 loc = f"{point[0]:.1f} {point[1]:.1f} 1" if point else "0.0 0.0 0"
-                lines["part_locs"].append(f"{image_id} {part_id} {loc}")
-
-    def write(name: str, rows: list[str]) -> None:
-        (out / name).write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-
-    (out / "parts").mkdir()
-    write("images.txt", lines["images"])
-    write("classes.txt", [f"{d.class_id} {d.folder}" for d in designs])
-    write("image_class_labels.txt", lines["labels"])
-    write("train_test_split.txt", lines["split"])
-    write("bounding_boxes.txt", lines["boxes"])
-    write("parts/parts.txt", [f"{i} {n}" for i, n in enumerate(PART_NAMES, start=1)])
-    write("parts/part_locs.txt", lines["part_locs"])
-    write_json(out / "attributes.json", _attributes_document(designs), sort_keys=False)
-    write_json(
-        out / "generator.json",
-        {"generator": "protomask.synthetic", "version": GENERATOR_VERSION, "params": as_dict(cfg)},
-    )
+                lines["part_locs"].write(f"{image_id} {part_id} {loc}\n")
 
 
 # ------------------------------------------------------- replacing the folder
