@@ -28,6 +28,8 @@ from pipeline.params import EvaluateParams, Params
 
 MODELS = layout.MODELS
 REFERENCE = "protomask"  # the model whose claims are checked against every other one
+OUTCOMES = ("holds", "does not hold", "undecided", "not measured")  # of a claim
+VERDICT_WORDS = {True: "holds", False: "does not hold", None: "undecided"}
 
 # (metric, label, better direction or None) of compare's rows (model/formatting.py holds
 # the facts); its dotted key in the metrics JSON: path_of
@@ -221,8 +223,8 @@ def cell(runs: Runs, model: str, key: str) -> str:
 def compare_document(
     runs: Runs, rules: EvaluateParams, assessed: Optional[Assessment] = None
 ) -> dict[str, Any]:
-    """metrics/compare.json: seeds, every model's mean/std/n per metric, ProtoMask's paired
-    differences with their 95 % intervals, and each claim's outcome."""
+    """artifacts/evaluate/comparison.json: seeds, every model's mean/std/n per metric,
+    ProtoMask's paired differences with their 95 % intervals, and each claim's outcome."""
     table = summary_table(runs)
     assessed = assess(runs, rules) if assessed is None else assessed
     found, result = assessed.claims, assessed.verdict
@@ -240,8 +242,20 @@ def compare_document(
         "claims": {
             b: {f"{c.key} {c.want}": c.outcome for c in found if c.baseline == b} for b in baselines
         },
-        "verdict": {True: "holds", False: "does not hold", None: "undecided"}[result.holds],
+        "verdict": VERDICT_WORDS[result.holds],
         "reason": result.reason,
+    }
+
+
+def verdict_document(runs: Runs, assessed: Assessment) -> dict[str, Any]:
+    """metrics/compare.json, the compare stage's DVC metric (short, for ``dvc metrics
+    show``): the verdict, the seeds per model, and how many claims hold, do not hold or are
+    undecided; the whole comparison is artifacts/evaluate/comparison.json."""
+    outcomes = [c.outcome for c in assessed.claims]
+    return {
+        "verdict": VERDICT_WORDS[assessed.verdict.holds],
+        "seeds": min((len(seeds) for seeds in runs.values()), default=0),
+        "claims": {outcome: outcomes.count(outcome) for outcome in OUTCOMES},
     }
 
 
@@ -351,13 +365,15 @@ def read_metrics(
 def run_compare(
     params: Params, project_root: Path = Path("."), models: tuple[str, ...] = MODELS
 ) -> Verdict:
-    """Write artifacts/evaluate/comparison.md and metrics/compare.json from the metrics of
+    """Write artifacts/evaluate/comparison.md and .json and metrics/compare.json from the metrics of
     ``models`` (default: all, as the compare stage) over train.seeds; return the verdict."""
     runs = read_metrics(list(params.train.seeds), project_root, models)
     rules = params.evaluate
     assessed = assess(runs, rules)
     with atomic_file(project_root / layout.COMPARISON) as tmp:
         tmp.write_text(comparison_markdown(runs, rules, assessed))
-    with atomic_file(project_root / layout.COMPARE_METRICS) as tmp:
+    with atomic_file(project_root / layout.COMPARISON_JSON) as tmp:
         tmp.write_text(json.dumps(compare_document(runs, rules, assessed), indent=2) + "\n")
+    with atomic_file(project_root / layout.COMPARE_METRICS) as tmp:
+        tmp.write_text(json.dumps(verdict_document(runs, assessed), indent=2) + "\n")
     return assessed.verdict

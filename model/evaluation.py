@@ -51,7 +51,7 @@ from typing import Any, Optional
 from model.explain_pass import EvalRun, PassResults, explain_test_set
 from model.loading import load_model
 from model.map_stats import ACTIVATION_KEYS, COMPLETENESS_KEYS, SALIENCY_KEYS
-from model.metric_layout import NATIVE, grouped
+from model.metric_layout import NATIVE, grouped, headline_document
 from model.metrics import to_jsonable
 from model.model_kinds import explained_model, make_explainer
 from model.randomisation import randomisation_check
@@ -281,7 +281,8 @@ def _json_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_outputs(result: Evaluation, project_root: Path) -> None:
-    """metrics/evaluate/<kind>/seed-<seed>.json, and the report folder (index.html, PNGs,
+    """metrics/evaluate/<kind>/seed-<seed>.json (every metric), its headline
+    metrics/headline/<kind>/seed-<seed>.json, and the report folder (index.html, PNGs,
     metrics.json)."""
     out_dir = project_root / layout.evaluate_dir(result.kind, result.seed)
     result.report.write(out_dir, result.metrics)
@@ -291,3 +292,6 @@ def write_outputs(result: Evaluation, project_root: Path) -> None:
             tmp.write_text(
                 json.dumps(result.metrics, indent=2, sort_keys=False, allow_nan=False) + "\n"
             )
+    headline = headline_document(result.metrics)
+    with atomic_file(project_root / layout.headline_metrics(result.kind, result.seed)) as tmp:
+        tmp.write_text(json.dumps(headline, indent=2, allow_nan=False) + "\n")

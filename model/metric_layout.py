@@ -142,3 +142,22 @@ def value_of(doc: dict, key: str) -> Any:
     """A metric of a metrics document by its name (``test_images``, ``vlc``): the value at
     :func:`path_of`; None when missing."""
     return lookup(doc, path_of(key))
+
+
+# The headline file of a run (metrics/headline/<model>/seed-<seed>.json, the DVC metric
+# of evaluate, so that ``dvc metrics show`` stays short): the headline, then these.
+HEADLINE_EXTRAS = ("abstained", "test_images")
+
+
+def headline_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """The headline keys and the :data:`HEADLINE_EXTRAS` present in a grouped metrics
+    document, flat; an absent metric (``{"absent": reason}``, the reason stays in the whole
+    document) or a missing one is None."""
+
+    def scalar(key: str) -> Any:
+        value = value_of(doc, key)
+        return None if isinstance(value, dict) else value
+
+    out = {key: scalar(key) for key in HEADLINE}
+    out.update({key: scalar(key) for key in HEADLINE_EXTRAS if scalar(key) is not None})
+    return out

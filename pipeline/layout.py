@@ -46,9 +46,11 @@ def train_metrics(model: str, seed: int) -> Path:
 
 
 EVALUATE_DIR = ARTIFACTS / "evaluate"  # one report folder per model and seed
-EVALUATE_METRICS = METRICS / "evaluate"  # what compare reads
+EVALUATE_METRICS = METRICS / "evaluate"  # every metric of a run: what compare reads
+HEADLINE_METRICS = METRICS / "headline"  # a run's headline: the DVC metrics of evaluate
 COMPARISON = EVALUATE_DIR / "comparison.md"
-COMPARE_METRICS = METRICS / "compare.json"  # mean +- std and paired differences
+COMPARISON_JSON = EVALUATE_DIR / "comparison.json"  # mean +- std, paired differences, claims
+COMPARE_METRICS = METRICS / "compare.json"  # the verdict: the DVC metric of compare
 
 
 def evaluate_dir(model: str, seed: int) -> Path:
@@ -59,6 +61,11 @@ def evaluate_dir(model: str, seed: int) -> Path:
 def evaluate_metrics(model: str, seed: int) -> Path:
     """metrics/evaluate/<model>/seed-<seed>.json"""
     return EVALUATE_METRICS / model / f"seed-{seed}.json"
+
+
+def headline_metrics(model: str, seed: int) -> Path:
+    """metrics/headline/<model>/seed-<seed>.json"""
+    return HEADLINE_METRICS / model / f"seed-{seed}.json"
 
 
 # Wall-clock facts of the last run of each stage (seconds, images/s, shards reused): not a

@@ -64,7 +64,8 @@ def summary_line(result: Evaluation) -> str:
 @stage_command(
     "compare",
     help=(
-        "Write artifacts/evaluate/comparison.md and metrics/compare.json from "
+        "Write artifacts/evaluate/comparison.md and .json and the verdict "
+        "metrics/compare.json from "
         "metrics/evaluate/<model>/seed-<seed>.json of every model and seed of train.seeds: "
         "each metric as mean +- std over the seeds, ProtoMask minus each baseline paired by "
         "seed with a 95 % interval, and the paper's claims (background overlap lower, object "

@@ -186,9 +186,16 @@ def test_run_compare_reads_every_seed_and_names_a_missing_one(tmp_path: Path) ->
         "The claims hold" in text
         and "| metric | protomask | protopnet | protopool | pipnet |" in text
     )
-    document = json.loads((tmp_path / layout.COMPARE_METRICS).read_text())
+    document = json.loads((tmp_path / layout.COMPARISON_JSON).read_text())
     assert document["verdict"] == "holds"
     assert set(document["claims"]) == {"protopnet", "protopool", "pipnet"}
+    claims = sum(len(c) for c in document["claims"].values())
+    short = json.loads((tmp_path / layout.COMPARE_METRICS).read_text())
+    assert short == {
+        "verdict": "holds",
+        "seeds": 3,
+        "claims": {"holds": claims, "does not hold": 0, "undecided": 0, "not measured": 0},
+    }
 
 
 def test_train_seeds_must_be_distinct_in_range_and_listed() -> None:

@@ -16,7 +16,7 @@ import torch
 from model.comparison import run_compare
 from model.evaluation import METRIC_KEYS, SALIENCY_KEYS, run_evaluation
 from model.loading import load_model
-from model.metric_layout import GROUPS, HEADLINE, NATIVE, value_of
+from model.metric_layout import GROUPS, HEADLINE, NATIVE, headline_document, value_of
 from pipeline import layout
 from pipeline.evaluation_set import load_test_set
 from pipeline.imageio import load_rgb
@@ -108,6 +108,26 @@ def test_metrics_file_layout_headline_on_top_every_other_key_in_its_group(
     assert set(METRIC_KEYS) | set(GROUPS["run"]) <= set(HEADLINE) | {
         k for keys in GROUPS.values() for k in keys
     } | {"randomisation"}
+
+
+def test_the_headline_file_is_the_headline_of_the_whole_document(evaluated: Path) -> None:
+    """metrics/headline/<model>/seed-<seed>.json (evaluate's DVC metric): the headline keys,
+    abstained and test_images, flat, the same values; an absent metric is null there."""
+    for kind in ("protomask", "protopnet"):
+        doc = metrics_of(evaluated, kind)
+        short = json.loads((evaluated / layout.headline_metrics(kind, 0)).read_text())
+        assert list(short)[: len(HEADLINE)] == list(HEADLINE)
+        assert set(short) <= set(HEADLINE) | {"abstained", "test_images"}
+        assert short["test_images"] == doc["run"]["test_images"]
+        for key in HEADLINE:
+            value = doc[key]
+            assert short[key] == (None if isinstance(value, dict) else value), key
+    assert headline_document({"object_overlap": {"absent": "no masks"}}) == {
+        "balanced_accuracy": None,
+        "object_overlap": None,
+        "background_overlap": None,
+        "consistency": None,
+    }
 
 
 @pytest.mark.parametrize("kind", ["protomask", "protopnet"])
@@ -215,12 +235,9 @@ def test_dvc_stages_name_the_layout_paths() -> None:
     assert ev["matrix"]["model"] == list(layout.MODELS)
     assert ev["cmd"] == "protomask evaluate --model ${item.model} --seed ${item.seed}"
     item = ("${item.model}", "${item.seed}")
-    assert ev["outs"] == [str(layout.evaluate_dir(*item))]
-    assert ev["metrics"] == [str(layout.evaluate_metrics(*item))]
     assert str(layout.train_dir(*item)) in ev["deps"]  # params: tests/test_params_dvc.py
-    compare = stages["compare"]
-    assert compare["deps"][0] == str(layout.EVALUATE_METRICS)
-    assert compare["outs"] == [str(layout.COMPARISON)]
+    assert stages["compare"]["deps"][0] == str(layout.EVALUATE_METRICS)
+    # outs and metrics: tests/test_layout.py
 
 
 @pytest.mark.parametrize("fill", ["original", "zero", "mean"])

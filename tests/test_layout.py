@@ -21,19 +21,22 @@ def dvc_stages() -> dict:
 def test_dvc_outputs_are_the_layout_paths() -> None:
     stages = dvc_stages()
     assert out_paths(stages["synthesize"]) == [str(layout.SYNTHETIC_ROOT)]
-    assert stages["prepare"]["outs"] == [str(layout.PREPARE_DIR)]
-    assert stages["prepare"]["metrics"] == [str(layout.PREPARE_METRICS)]
-    assert out_paths(stages["segment"]) == [str(layout.SEGMENT_DIR)]
-    assert stages["segment"]["metrics"] == [str(layout.SEGMENT_METRICS)]
-    assert out_paths(stages["crops"]) == [str(layout.CROPS_DIR)]
-    assert stages["crops"]["metrics"] == [str(layout.CROPS_METRICS)]
+    # the data stages' facts are plain outputs: `dvc metrics show` lists the models only
+    assert stages["prepare"]["outs"] == [str(layout.PREPARE_DIR), str(layout.PREPARE_METRICS)]
+    assert out_paths(stages["segment"]) == [str(layout.SEGMENT_DIR), str(layout.SEGMENT_METRICS)]
+    assert out_paths(stages["crops"]) == [str(layout.CROPS_DIR), str(layout.CROPS_METRICS)]
+    for name in ("prepare", "segment", "crops"):
+        assert "metrics" not in stages[name]
     item = ("${item.model}", "${item.seed}")
     assert out_paths(stages["train"]) == [str(layout.train_dir(*item))]
     assert stages["train"]["metrics"] == [str(layout.train_metrics(*item))]
-    assert out_paths(stages["evaluate"]) == [str(layout.evaluate_dir(*item))]
-    assert stages["evaluate"]["metrics"] == [str(layout.evaluate_metrics(*item))]
+    assert out_paths(stages["evaluate"]) == [
+        str(layout.evaluate_dir(*item)),
+        str(layout.evaluate_metrics(*item)),
+    ]
+    assert stages["evaluate"]["metrics"] == [str(layout.headline_metrics(*item))]
     assert str(layout.EVALUATE_METRICS) in stages["compare"]["deps"]
-    assert out_paths(stages["compare"]) == [str(layout.COMPARISON)]
+    assert out_paths(stages["compare"]) == [str(layout.COMPARISON), str(layout.COMPARISON_JSON)]
     assert stages["compare"]["metrics"] == [str(layout.COMPARE_METRICS)]
     assert layout.IMAGES_INDEX.parent == layout.PREPARE_DIR
 
