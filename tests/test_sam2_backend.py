@@ -20,7 +20,7 @@ from pipeline.params import Sam2Params, SegmentParams  # noqa: E402
 from pipeline.segmenters.sam2_batched import BatchedSam2Generator, feature_sizes  # noqa: E402
 from pipeline.segmenters.sam2_loading import build_sam2_segmenter, load_sam2  # noqa: E402
 from pipeline.segmenters.tiny_sam2 import build_tiny_sam2  # noqa: E402
-from tests.test_sam_batched import IMAGES, assert_matches_stock  # noqa: E402
+from tests.sam_checks import IMAGES, assert_matches_stock  # noqa: E402
 
 # low enough that the random tiny model's masks survive, high enough that the
 # predicted-IoU and stability filters both drop some

@@ -16,9 +16,9 @@ pytest.importorskip("pycocotools")
 
 from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
 
-from pipeline.segmenters.base import MaskSet  # noqa: E402
 from pipeline.segmenters.sam_batched import BatchedSamGenerator  # noqa: E402
 from pipeline.segmenters.tiny_sam import build_tiny_sam  # noqa: E402
+from tests.sam_checks import IMAGES, assert_matches_stock  # noqa: E402
 
 # thresholds low enough that the random tiny model's masks survive, high enough that
 # the predicted-IoU and stability filters both drop some
@@ -38,64 +38,9 @@ def model():
     return build_tiny_sam(seed=0)
 
 
-def structured_image(h: int, w: int, seed: int) -> np.ndarray:
-    """A flat background with a few coloured rectangles."""
-    rng = np.random.default_rng(seed)
-    image = np.empty((h, w, 3), dtype=np.uint8)
-    image[:] = rng.integers(0, 255, 3)
-    for _ in range(6):
-        y0, x0 = rng.integers(0, h - 4), rng.integers(0, w - 4)
-        y1, x1 = rng.integers(y0 + 3, h + 1), rng.integers(x0 + 3, w + 1)
-        image[y0:y1, x0:x1] = rng.integers(0, 255, 3)
-    return image
-
-
-IMAGES = [structured_image(40, 56, 1), structured_image(64, 48, 2), structured_image(50, 50, 3)]
-
-
 def stock_records(model, image, **params):
     gen = SamAutomaticMaskGenerator(model, output_mode="binary_mask", **params)
     return gen.generate(image)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of bool masks a (n, H, W) and b (m, H, W); two empty masks: 1."""
-    fa = a.reshape(len(a), -1).astype(np.float64)
-    fb = b.reshape(len(b), -1).astype(np.float64)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-
-
-def assert_matches_stock(records: list, ours: MaskSet, image: np.ndarray) -> None:
-    h, w = image.shape[:2]
-    assert (ours.height, ours.width) == (h, w)
-    assert len(ours) == len(records), (len(ours), len(records))
-    if not records:
-        return
-    stock_masks = np.stack([r["segmentation"] for r in records])
-    our_masks = ours.decode()
-    assert our_masks.shape == stock_masks.shape
-    iou = mask_iou(our_masks, stock_masks)
-    # greedy one-to-one matching by IoU
-    pairs, used = [], set()
-    for i in np.argsort(-iou.max(1)):
-        j = max((j for j in range(len(records)) if j not in used), key=lambda j: iou[i, j])
-        used.add(j)
-        pairs.append((i, j))
-    for i, j in pairs:
-        rec = records[j]
-        assert iou[i, j] >= 0.99, (i, j, iou[i, j])
-        assert abs(ours.predicted_iou[i] - rec["predicted_iou"]) <= 1e-4
-        # stability of an empty mask is 0/0 = nan in both (kept when the threshold is 0)
-        assert np.isclose(
-            ours.stability_score[i], rec["stability_score"], rtol=0, atol=1e-4, equal_nan=True
-        ), (ours.stability_score[i], rec["stability_score"])
-        x, y, bw, bh = rec["bbox"]  # stock: XYWH of the inclusive box
-        assert ours.boxes[i].tolist() == [x, y, x + bw, y + bh]
-        np.testing.assert_allclose(ours.points[i], rec["point_coords"][0], atol=1e-4)
-        assert ours.crop_boxes[i].tolist() == rec["crop_box"]
-        assert ours.areas[i] == rec["area"]
 
 
 def check_batch(model, params, images=IMAGES, **ours_kw) -> list:
