@@ -530,9 +530,10 @@ class EvaluateParams:
         "saliency, activation and score (extra forwards and saliency passes).",
     )
     completeness_top_k: int = param(
-        5,
+        1,
         "Output completeness: the first this many of an image's top_k prototypes get a "
-        "noised copy each (the reference: all 5).",
+        "noised copy each (the reference: all 5; each costs a forward and a saliency pass "
+        "per image, so 1 here).",
         interval=Interval(1, 100),
     )
     completeness_noise_std: float = param(

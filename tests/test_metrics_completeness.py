@@ -4,19 +4,25 @@ on hand-computed inputs, and their edge cases (a box over the whole input: no no
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from model.evaluation import run_evaluation
 from model.map_stats import COMPLETENESS_KEYS, CompletenessStats
+from model.metric_layout import value_of
 from model.metrics.common import Absent
 from model.metrics.completeness import (
     COMPLETENESS_NAMES,
     completeness_changes,
     explanation_box,
 )
+from pipeline.params import EvaluateParams
 from pipeline.perturbation import completeness_rng, noise_outside_box, pixels_in_box
+from tests.tiny_project import copy_project, tiny_trained_params
 
 
 def test_pixels_in_box_of_an_unresized_view_are_the_box_itself() -> None:
@@ -111,3 +117,27 @@ def test_stats_average_items_and_say_when_off() -> None:
     assert on.results() == {key: 2.0 for key in COMPLETENESS_KEYS}
     off = CompletenessStats(enabled=False).results()
     assert all(isinstance(v, Absent) and "output_completeness" in v.reason for v in off.values())
+
+
+@pytest.mark.parametrize("kind", ["protomask", "protopnet"])
+def test_evaluate_without_noise_changes_nothing(
+    trained_project: Path, tmp_path: Path, kind: str
+) -> None:
+    """With noise std 0 the noised input is the clean one: every change is 0 (the r-th
+    prototype's view, map and score are matched up right)."""
+    ev = EvaluateParams(
+        device="cpu",
+        batch_size=2,
+        max_images=2,
+        sanity_images=0,
+        report_prototypes=0,
+        report_images=0,
+        loader_workers=0,
+        completeness_top_k=2,
+    )
+    params = replace(tiny_trained_params(), evaluate=replace(ev, completeness_noise_std=0.0))
+    project = copy_project(trained_project, tmp_path / "p")
+    doc = run_evaluation(params, kind, project, write=False).metrics
+    assert {key: value_of(doc, key) for key in COMPLETENESS_KEYS} == dict.fromkeys(
+        COMPLETENESS_KEYS, 0.0
+    )
