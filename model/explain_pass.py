@@ -22,6 +22,9 @@ What differs per model kind comes from :data:`pipeline.model_inputs.KINDS` (thro
    map, the upsampled similarity / presence map as a second method ``upsampled``) and
    reduced to per-item metrics (:class:`MapStats`) against the ground truth; the
    report's samples and the sanity check's pairs kept.
+4. :func:`model.completeness_pass.add_completeness`: output completeness, the input noised
+   outside the box of each of the first ``evaluate.completeness_top_k`` prototypes' S
+   through the model and the saliency again (:class:`CompletenessStats`).
 """
 
 from __future__ import annotations
