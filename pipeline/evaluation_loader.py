@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.errors import ProtomaskError
 from pipeline.evaluation_set import TestSet, load_image, load_segmentation
 from pipeline.model_inputs import ModelInputs, ViewMasks
 from pipeline.params import PerturbParams
@@ -91,13 +93,43 @@ def collate(items: list[tuple]) -> PreparedBatch:
     )
 
 
-def prepared_batches(dataset: PreparedInputs, batches: list[list[int]], workers: int) -> DataLoader:
+# A loader worker that cannot hand its batch over (its tensors go through shared memory:
+# a full /dev/shm, e.g. Docker's 64 MB default, or a file-size limit) drops it without
+# an error, and the stage would wait for it forever: after this long without a batch,
+# evaluate stops and says so. Preparing one batch takes well under a second per image.
+LOADER_TIMEOUT_S = 600
+
+
+def prepared_batches(
+    dataset: PreparedInputs,
+    batches: list[list[int]],
+    workers: int,
+    timeout_s: float = LOADER_TIMEOUT_S,
+) -> Iterator[PreparedBatch]:
     """The batches of test rows ``batches``, prepared in ``workers`` processes (0: in this
-    one), in the order given."""
-    return DataLoader(
+    one), in the order given; ProtomaskError when the workers deliver nothing for
+    ``timeout_s`` seconds."""
+    loader = DataLoader(
         dataset,
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=collate,
         persistent_workers=False,
+        timeout=timeout_s if workers else 0,
     )
+    items = iter(loader)
+    while True:
+        try:
+            batch = next(items)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise ProtomaskError(
+                f"evaluate: the {workers} loader workers delivered no batch for "
+                f"{timeout_s:.0f} s (a worker could not hand its batch over: often a full "
+                "/dev/shm, e.g. a container's 64 MB); enlarge /dev/shm or set "
+                "evaluate.loader_workers: 0"
+            ) from None
+        yield batch

@@ -4,6 +4,7 @@ CPU ranks sharing the test batches, write the same bytes as one process alone.""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -15,6 +16,8 @@ import yaml
 
 from model.evaluation import run_evaluation
 from pipeline import layout
+from pipeline.errors import ProtomaskError
+from pipeline.evaluation_loader import prepared_batches
 from pipeline.params import EvaluateParams, Params, as_dict
 from tests.launch import torchrun
 from tests.tiny_project import copy_project, tiny_trained_params
@@ -86,3 +89,21 @@ def test_two_torchrun_ranks_write_the_bytes_of_one_process(single: Path, tmp_pat
     run = torchrun(["-m", "stages.cli", "evaluate", "--model", "protomask", "--seed", "0"], project)
     assert run.stdout.count("evaluate protomask seed 0: 6 test images") == 1  # rank 0 only
     assert outputs(project, "protomask") == reference
+
+
+class SlowRows(torch.utils.data.Dataset):
+    """Rows that take longer to prepare than the loader may wait (a stuck worker)."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> int:
+        time.sleep(3)
+        return i
+
+
+def test_loader_workers_that_deliver_nothing_stop_evaluate_with_the_cause() -> None:
+    """A worker that cannot hand its batch over (full /dev/shm) must not hang evaluate."""
+    batches = prepared_batches(SlowRows(), [[0], [1]], workers=1, timeout_s=1)
+    with pytest.raises(ProtomaskError, match=r"delivered no batch for 1 s.*loader_workers: 0"):
+        next(iter(batches))

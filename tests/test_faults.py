@@ -71,6 +71,9 @@ def project(trained_project: Path, tmp_path_factory) -> Path:
         sanity_images=2,
         report_prototypes=2,
         report_images=1,
+        # the file-size limit of the full-disk test also caps the loader workers'
+        # shared-memory files, a different fault (tests/test_evaluate_parallel.py)
+        loader_workers=0,
     )
     params = replace(tiny_trained_params(), evaluate=quick)
     (root / "params.yaml").write_text(yaml.safe_dump(as_dict(params)))
