@@ -255,7 +255,7 @@ def verdict_document(runs: Runs, assessed: Assessment) -> dict[str, Any]:
     return {
         "verdict": VERDICT_WORDS[assessed.verdict.holds],
         "seeds": min((len(seeds) for seeds in runs.values()), default=0),
-        "claims": {outcome: outcomes.count(outcome) for outcome in OUTCOMES},
+        "claims": {o.replace(" ", "_"): outcomes.count(o) for o in OUTCOMES},  # column names
     }
 
 

@@ -194,7 +194,7 @@ def test_run_compare_reads_every_seed_and_names_a_missing_one(tmp_path: Path) ->
     assert short == {
         "verdict": "holds",
         "seeds": 3,
-        "claims": {"holds": claims, "does not hold": 0, "undecided": 0, "not measured": 0},
+        "claims": {"holds": claims, "does_not_hold": 0, "undecided": 0, "not_measured": 0},
     }
 
 
