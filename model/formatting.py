@@ -153,6 +153,12 @@ METRICS: tuple[MetricFacts, ...] = tuple(
             "lower",
             "1 - IoU of S before and after noise outside the box of S",
         ),
+        (
+            "vlc_sbox_completeness",
+            "VLC of S's box, noise outside it (%)",
+            "lower",
+            "1 - IoU of the boxes of S before and after",
+        ),
         ("vac_completeness", "VAC, noise outside S's box (%)", "lower", "change of R's values"),
         (
             "plc_completeness",

@@ -70,6 +70,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "completeness": (  # output completeness: noise outside the box of S
         "vlc_completeness",
+        "vlc_sbox_completeness",
         "vac_completeness",
         "plc_completeness",
         "psc_completeness",

@@ -90,6 +90,7 @@ def test_changes_by_hand() -> None:
     )
     assert list(out) == list(COMPLETENESS_NAMES)
     assert out["vlc"][0] == pytest.approx(100.0)  # disjoint S: 1 - IoU = 1
+    assert out["vlc_sbox"][0] == pytest.approx(100.0)  # one-pixel boxes, disjoint too
     # sorted R (4, 0, 0, 0) vs (2, 0, 0, 0): 1 - 2 / 4
     assert out["vac"][0] == pytest.approx(50.0)
     assert out["plc"][0] == 2.0  # |1 - 0| + |1 - 0|
@@ -99,11 +100,23 @@ def test_changes_by_hand() -> None:
     assert out["pac"][0] == pytest.approx(100.0 * (1 - 1 / 3))  # sorted 1 vs 3
 
 
+def test_the_box_form_compares_the_boxes_of_s() -> None:
+    # 3 x 3, top 2 of 9 pixels (fraction 0.25 -> 2): S = {(0, 0), (0, 2)}, box = row 0 (3 px);
+    # S~ = {(0, 0), (1, 0)}, box = column 0 rows 0-1 (2 px): masks share 1 of 3 pixels,
+    # boxes share 1 of 4: VLC 100 (1 - 1/3), VLC_sbox 100 (1 - 1/4)
+    sal = [[5.0, 0.0, 4.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    sal_n = [[5.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    act = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    out = changes_of(sal, sal_n, act, act, [1.0], [1.0], 0, fraction=2 / 9)
+    assert out["vlc"][0] == pytest.approx(100 * (1 - 1 / 3))
+    assert out["vlc_sbox"][0] == pytest.approx(75.0)
+
+
 def test_unchanged_input_gives_zero_change_and_a_zero_score_is_undefined() -> None:
     sal = [[0.0, 3.0], [1.0, 2.0]]
     act = [[0.5, 0.25], [0.0, 1.0]]
     out = changes_of(sal, sal, act, act, [0.0, 1.0], [0.0, 1.0], 0)
-    for name in ("vlc", "vac", "plc", "prc", "palc", "pac"):
+    for name in ("vlc", "vlc_sbox", "vac", "plc", "prc", "palc", "pac"):
         assert out[name][0] == 0.0, name
     assert math.isnan(out["psc"][0])  # |s~ - s| / s with s = 0
 

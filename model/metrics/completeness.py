@@ -7,7 +7,8 @@ For an image's r-th top prototype p, with S, R (:mod:`model.metrics.saliency`) a
 activation map A (:mod:`model.metrics.reference`) on the clean input, and S~, R~, A~ on
 the copy noised outside the box of S (:func:`pipeline.perturbation.noise_outside_box`):
 
-* VLC = 100 (1 - IoU(S, S~)); VAC = 100 (1 - sum min(R_(i), R~_(i)) / sum max(...)),
+* VLC = 100 (1 - IoU(S, S~)); VLC_sbox = 100 (1 - IoU(box(S), box(S~))), the boxes of
+  the two masks (the reference's ``use_bbox`` form: 1 - box IoU); VAC = 100 (1 - sum min(R_(i), R~_(i)) / sum max(...)),
   values sorted in descending order (:func:`model.metrics.mask_change`,
   :func:`model.metrics.activation_change`);
 * PLC = |dr| + |dc| between the maxima of A and A~, in map cells; PALC = 100 (1 -
@@ -29,6 +30,7 @@ from model.metrics.common import ArrayLike, as_bool, as_tensor
 from model.metrics.prototypes import prc, psc
 from model.metrics.reference import (
     activation_change,
+    bounding_box_fill,
     location_change,
     mask_change,
     min_max_mask,
@@ -36,7 +38,7 @@ from model.metrics.reference import (
 from model.metrics.saliency import top_fraction_mask
 
 # the per-item changes, in the order of the metrics JSON (keys: name + "_completeness")
-COMPLETENESS_NAMES = ("vlc", "vac", "plc", "psc", "prc", "palc", "pac")
+COMPLETENESS_NAMES = ("vlc", "vlc_sbox", "vac", "plc", "psc", "prc", "palc", "pac")
 
 
 def explanation_box(S: ArrayLike) -> Optional[tuple[int, int, int, int]]:
@@ -61,7 +63,7 @@ def completeness_changes(
     ids: ArrayLike,
     top_fraction: float,
 ) -> dict[str, np.ndarray]:
-    """The seven changes (module doc) per item n: one prototype ``ids[n]`` of one image,
+    """The eight changes (module doc) per item n: one prototype ``ids[n]`` of one image,
     clean vs its own noised copy.
 
     Args:
@@ -85,6 +87,7 @@ def completeness_changes(
     i = as_tensor(ids).long().reshape(-1, 1)
     out = {
         "vlc": mask_change(s, s_n),
+        "vlc_sbox": mask_change(bounding_box_fill(s), bounding_box_fill(s_n)),
         "vac": activation_change(sal * s, sal_n * s_n),
         "plc": location_change(a, a_n).astype(np.float64),
         "psc": psc(scores, scores_noised, i)[:, 0],
