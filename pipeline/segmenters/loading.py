@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.devices import resolve_device
 from pipeline.errors import ProtomaskError
-from pipeline.params import SegmentParams
+from pipeline.params import Sam2Params, SamParams, SegmentParams
 from pipeline.segmenters.base import MaskSet
 
 Segmenter = Callable[[list[np.ndarray]], list[MaskSet]]
@@ -27,23 +27,49 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_path(params: SegmentParams) -> Path:
-    """The SAM checkpoint file, checked to exist and be readable."""
-    path = Path(params.sam.checkpoint or "")
-    if not params.sam.checkpoint or not path.is_file():
-        raise ProtomaskError(
-            f"segment.sam.checkpoint: SAM checkpoint file {params.sam.checkpoint!r} not found; "
-            f"download the {params.sam.model_type} checkpoint yourself (nothing is fetched at "
-            f"run time) and name its local path there"
-        )
+def readable_checkpoint(name: str | None, key: str, missing: str) -> Path:
+    """The checkpoint file ``name`` of param ``key``, checked to exist and be readable;
+    else one line naming the key and the file (``missing``: what is missing and what to do)."""
+    path = Path(name or "")
+    if not name or not path.is_file():
+        raise ProtomaskError(f"{key}: {missing}")
     try:
         with open(path, "rb") as f:
             f.read(1)
     except OSError as exc:
-        raise ProtomaskError(
-            f"segment.sam.checkpoint: cannot read {path} ({exc.strerror})"
-        ) from None
+        raise ProtomaskError(f"{key}: cannot read {path} ({exc.strerror})") from None
     return path
+
+
+def checkpoint_path(params: SegmentParams) -> Path:
+    """The SAM checkpoint file, checked to exist and be readable."""
+    return readable_checkpoint(
+        params.sam.checkpoint,
+        "segment.sam.checkpoint",
+        f"SAM checkpoint file {params.sam.checkpoint!r} not found; download the "
+        f"{params.sam.model_type} checkpoint yourself (nothing is fetched at run time) and "
+        "name its local path there",
+    )
+
+
+def generator_options(s: SamParams | Sam2Params) -> dict[str, object]:
+    """The automatic-mask-generator settings that SAM and SAM 2 share, from their params
+    section (``segment.sam`` or ``segment.sam2``: the same field names)."""
+    return dict(
+        points_per_side=s.points_per_side,
+        points_per_batch=s.points_per_batch,
+        pred_iou_thresh=s.pred_iou_thresh,
+        stability_score_thresh=s.stability_score_thresh,
+        stability_score_offset=s.stability_score_offset,
+        box_nms_thresh=s.box_nms_thresh,
+        crop_n_layers=s.crop_n_layers,
+        crop_nms_thresh=s.crop_nms_thresh,
+        crop_overlap_ratio=s.crop_overlap_ratio,
+        crop_n_points_downscale_factor=s.crop_n_points_downscale_factor,
+        min_mask_region_area=s.min_mask_region_area,
+        autocast_bf16=s.bf16,
+        encoder_batch_size=s.encoder_batch_size,
+    )
 
 
 Shapes = dict[str, tuple[int, ...]]
@@ -187,21 +213,4 @@ def build_segmenter(params: SegmentParams, worker_index: int = 0) -> Segmenter:
     from pipeline.segmenters.sam_batched import BatchedSamGenerator
 
     device = resolve_device(params.device, "segment.device", worker_index)
-    s = params.sam
-    generator = BatchedSamGenerator(
-        load_sam(params, device),
-        points_per_side=s.points_per_side,
-        points_per_batch=s.points_per_batch,
-        pred_iou_thresh=s.pred_iou_thresh,
-        stability_score_thresh=s.stability_score_thresh,
-        stability_score_offset=s.stability_score_offset,
-        box_nms_thresh=s.box_nms_thresh,
-        crop_n_layers=s.crop_n_layers,
-        crop_nms_thresh=s.crop_nms_thresh,
-        crop_overlap_ratio=s.crop_overlap_ratio,
-        crop_n_points_downscale_factor=s.crop_n_points_downscale_factor,
-        min_mask_region_area=s.min_mask_region_area,
-        autocast_bf16=s.bf16,
-        encoder_batch_size=s.encoder_batch_size,
-    )
-    return generator.generate
+    return BatchedSamGenerator(load_sam(params, device), **generator_options(params.sam)).generate

@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.devices import resolve_device
 from pipeline.errors import ProtomaskError
 from pipeline.params import SegmentParams
 from pipeline.sam2_params import TINY_SAM2
-from pipeline.segmenters.base import MaskSet
-from pipeline.segmenters.loading import Segmenter, file_sha256
+from pipeline.segmenters.loading import (
+    Segmenter,
+    file_sha256,
+    generator_options,
+    readable_checkpoint,
+)
 
 # what sam2.build_sam.build_sam2 sets on top of the config (apply_postprocessing=True)
 _BUILD_SAM2_OPTIONS = {
@@ -59,21 +61,13 @@ def config_path(params: SegmentParams) -> Path | None:
 def checkpoint_path(params: SegmentParams) -> Path:
     """The SAM 2 checkpoint file, checked to exist and be readable."""
     name = params.sam2.checkpoint
-    path = Path(name or "")
-    if not name or not path.is_file():
-        raise ProtomaskError(
-            f"segment.sam2.checkpoint: SAM 2 checkpoint file {name!r} not found; download "
-            "the checkpoint of segment.sam2.config yourself (nothing is fetched at run "
-            "time) and name its local path there"
-        )
-    try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except OSError as exc:
-        raise ProtomaskError(
-            f"segment.sam2.checkpoint: cannot read {path} ({exc.strerror})"
-        ) from None
-    return path
+    return readable_checkpoint(
+        name,
+        "segment.sam2.checkpoint",
+        f"SAM 2 checkpoint file {name!r} not found; download the checkpoint of "
+        "segment.sam2.config yourself (nothing is fetched at run time) and name its local "
+        "path there",
+    )
 
 
 def build_model(params: SegmentParams):
@@ -160,25 +154,5 @@ def build_sam2_segmenter(params: SegmentParams, worker_index: int = 0) -> Segmen
     """A function from a batch of RGB images to their masks, with SAM 2."""
     from pipeline.segmenters.sam2_batched import BatchedSam2Generator
 
-    s = params.sam2
-    generator = BatchedSam2Generator(
-        load_sam2(params, resolve_device(params.device, "segment.device", worker_index)),
-        points_per_side=s.points_per_side,
-        points_per_batch=s.points_per_batch,
-        pred_iou_thresh=s.pred_iou_thresh,
-        stability_score_thresh=s.stability_score_thresh,
-        stability_score_offset=s.stability_score_offset,
-        box_nms_thresh=s.box_nms_thresh,
-        crop_n_layers=s.crop_n_layers,
-        crop_nms_thresh=s.crop_nms_thresh,
-        crop_overlap_ratio=s.crop_overlap_ratio,
-        crop_n_points_downscale_factor=s.crop_n_points_downscale_factor,
-        min_mask_region_area=s.min_mask_region_area,
-        autocast_bf16=s.bf16,
-        encoder_batch_size=s.encoder_batch_size,
-    )
-
-    def segment(images: list[np.ndarray]) -> list[MaskSet]:
-        return generator.generate(images)
-
-    return segment
+    model = load_sam2(params, resolve_device(params.device, "segment.device", worker_index))
+    return BatchedSam2Generator(model, **generator_options(params.sam2)).generate
