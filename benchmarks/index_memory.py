@@ -9,9 +9,11 @@ submitted at once, the crops index assembled whole) and ours, and their ratio:
 1. dataset: a torch Dataset's crops index for the train split (ViewDataset), and the
    bytes it pickles to each DataLoader worker;
 2. crops index: the crops index written from the crop shards' per-view tables;
-3. prepare decode: decoding every listed image through the thread pool;
-4. prepare index: the images index (15 part keypoints per image) written from its rows;
-5. evaluate: the test set's ground truth and view boxes (load_test_set).
+3. prepare listing: a reader's listing of the images (15 part keypoints each) held as a
+   tuple of ImageRecord with a PartLocation per keypoint (before) or as a RecordTable;
+4. prepare decode: decoding every listed image through the thread pool;
+5. prepare index: the images index (15 part keypoints per image) written from its rows;
+6. evaluate: the test set's ground truth and view boxes (load_test_set).
 
 Run by hand:
 
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,7 +49,12 @@ from pipeline import layout  # noqa: E402
 from pipeline.crop_shards import CropShard, write_crop_shard  # noqa: E402
 from pipeline.crops import index_facts, write_index  # noqa: E402
 from pipeline.params import CropsParams  # noqa: E402
-from pipeline.records import DatasetListing, ImageRecord, PartLocation  # noqa: E402
+from pipeline.records import (  # noqa: E402
+    DatasetListing,
+    ImageRecord,
+    PartLocation,
+    RecordTable,
+)
 from pipeline.tables import SCHEMAS, write_table  # noqa: E402
 
 SPLITS = np.array([b"train", b"val", b"test"])
@@ -155,16 +163,35 @@ def image_row(i: int) -> dict:
     }
 
 
+def listed_images(rows: int) -> Iterator[ImageRecord]:
+    """Records as a CUB reader lists them: own path, box and keypoints per image."""
+    for i in range(rows):
+        yield ImageRecord(
+            i + 1,
+            f"images/{i % 64}.png",
+            i % 200,
+            i % 10 < 8,
+            (i % 7 + 0.5, 2.0, 300.0, 200.0),
+            tuple(PartLocation(q + 1, i + 10.0 * q, 5.5 * q, q % 3 != 0) for q in range(PARTS)),
+            f"segmentations/{i % 64}.png",
+        )
+
+
 def listing(rows: int) -> DatasetListing:
-    parts = tuple(PartLocation(q + 1, 10.0 * q, 5.0 * q, q % 3 != 0) for q in range(PARTS))
     return DatasetListing(
-        records=tuple(
-            ImageRecord(i + 1, f"images/{i % 64}.png", i % 200, i % 10 < 8, (1, 2, 300, 200), parts)
-            for i in range(rows)
-        ),
+        records=RecordTable(listed_images(rows)),
         class_names=tuple(f"c{i}" for i in range(200)),
         source="cub",
     )
+
+
+def listing_naive(rows: int):
+    """A tuple of per-image record objects, a PartLocation per keypoint (readers before)."""
+    return len(tuple(listed_images(rows)))
+
+
+def listing_ours(rows: int):
+    return len(RecordTable(listed_images(rows)))
 
 
 # ------------------------------------------------------------------ the steps, both ways
@@ -249,7 +276,7 @@ def decode_naive(root: Path, records: DatasetListing):
     window = prepare.bounded_map
     prepare.bounded_map = lambda pool, fn, items, window: pool.map(fn, items)
     try:
-        return len(prepare.decode_all(records, root, 2)[0])
+        return int(prepare.decode_all(records, root, 2)[0].ok.sum())
     finally:
         prepare.bounded_map = window
 
@@ -257,7 +284,7 @@ def decode_naive(root: Path, records: DatasetListing):
 def decode_ours(root: Path, records: DatasetListing):
     from pipeline.prepare import decode_all
 
-    return len(decode_all(records, root, 2)[0])
+    return int(decode_all(records, root, 2)[0].ok.sum())
 
 
 def images_index_naive(root: Path, rows: int):
@@ -303,6 +330,7 @@ def evaluate_ours(root: Path):
 STEPS = {
     "dataset (train split)": (dataset_naive, dataset_ours),
     "crops index": (crops_index_naive, crops_index_ours),
+    "prepare listing": (listing_naive, listing_ours),
     "prepare decode": (decode_naive, decode_ours),
     "prepare images index": (images_index_naive, images_index_ours),
     "evaluate test set": (evaluate_naive, evaluate_ours),
@@ -331,6 +359,8 @@ def run_one(root: Path, step: str, way: int, rows: int) -> None:
         args = (root, listing(rows))  # the reader's listing exists before decoding
     elif step == "prepare images index":
         args = (root, rows)
+    elif step == "prepare listing":
+        args = (rows,)
     warm_up(root)
     start = time.perf_counter()
     peak, result = measure(lambda: fn(*args))

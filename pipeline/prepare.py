@@ -13,10 +13,10 @@ The rejects table lists, one row each, what prepare does not use as the reader f
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,7 +29,7 @@ from pipeline.errors import DatasetError, ImageDecodeError
 from pipeline.imageio import load_rgb, pixel_hash, read_mask_png, resolve_inside
 from pipeline.params import DataParams, result_fingerprint
 from pipeline.progress import Progress, get_logger, track
-from pipeline.records import DatasetListing, ImageRecord
+from pipeline.records import DatasetListing, ImageRecord, RecordTable
 from pipeline.tables import TableWriter, write_table
 
 A = TypeVar("A")
@@ -42,8 +42,52 @@ class Decoded:
 
     width: int
     height: int
-    pixel_hash: str
+    pixel_hash: str  # 32 hex characters (pipeline.imageio.pixel_hash)
     segmentation_problem: str | None = None  # why its segmentation PNG does not decode
+
+
+@dataclass(frozen=True)
+class DecodedTable:
+    """What prepare learned by decoding, per listing row, as flat columns."""
+
+    ok: np.ndarray  # bool: the image decoded
+    width: np.ndarray  # int32
+    height: np.ndarray  # int32
+    digest: np.ndarray  # (rows, 16) uint8: the pixel hash's bytes
+    segmentation_problems: dict[int, str]  # row -> why its segmentation PNG does not decode
+
+    @classmethod
+    def of(cls, decoded: Sequence[Decoded | None]) -> DecodedTable:
+        """The table of one Decoded (or None: did not decode) per row."""
+        table = cls.empty(len(decoded))
+        for row, facts in enumerate(decoded):
+            if facts is not None:
+                table.set(row, facts)
+        return table
+
+    @classmethod
+    def empty(cls, rows: int) -> DecodedTable:
+        """A table of ``rows`` images none of which decoded yet."""
+        return cls(
+            np.zeros(rows, dtype=np.bool_),
+            np.zeros(rows, dtype=np.int32),
+            np.zeros(rows, dtype=np.int32),
+            np.zeros((rows, 16), dtype=np.uint8),
+            {},
+        )
+
+    def set(self, row: int, facts: Decoded) -> None:
+        """Record the facts of the image in ``row``."""
+        self.ok[row] = True
+        self.width[row] = facts.width
+        self.height[row] = facts.height
+        self.digest[row] = np.frombuffer(bytes.fromhex(facts.pixel_hash), dtype=np.uint8)
+        if facts.segmentation_problem is not None:
+            self.segmentation_problems[row] = facts.segmentation_problem
+
+    def pixel_hash(self, row: int) -> str:
+        """The row's pixel hash as written in the images index."""
+        return self.digest[row].tobytes().hex()
 
 
 def index_fingerprint(data: DataParams) -> str:
@@ -72,7 +116,7 @@ def bounded_map(
 
 def decode_all(
     listing: DatasetListing, root: Path, workers: int
-) -> tuple[dict[int, Decoded], list[dict]]:
+) -> tuple[DecodedTable, list[dict]]:
     """Decode every listed image and its segmentation PNG (if any); return what decoded
     and the images that did not, with reasons."""
 
@@ -89,7 +133,7 @@ def decode_all(
                 problem = exc.reason
         return Decoded(rgb.shape[1], rgb.shape[0], pixel_hash(rgb), problem)
 
-    decoded: dict[int, Decoded] = {}
+    decoded = DecodedTable.empty(len(listing.records))
     rejects: list[dict] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = bounded_map(pool, decode, listing.records, window=IN_FLIGHT_PER_WORKER * workers)
@@ -100,97 +144,116 @@ def decode_all(
             every=0.25,
             leave=False,
         )
-        for record, result in track(zip(listing.records, results, strict=False), bar):
+        for row, result in track(enumerate(results), bar):
             if isinstance(result, str):
+                record = listing.records[row]
                 rejects.append({"image_id": record.image_id, "path": record.path, "reason": result})
             else:
-                decoded[record.image_id] = result
+                decoded.set(row, result)
     return decoded, rejects
 
 
+SPLIT_NAMES = ("train", "val", "test")  # split codes 0, 1, 2
+TRAIN, VAL, TEST = range(3)
+
+
+def _split_name(is_train: bool) -> str:
+    return "train" if is_train else "test"
+
+
 def remove_duplicates(
-    records: list[ImageRecord], decoded: dict[int, Decoded]
-) -> tuple[list[ImageRecord], list[dict]]:
-    """Keep one image per distinct pixel content: a training copy when there is one.
+    records: RecordTable, rows: np.ndarray, decoded: DecodedTable
+) -> tuple[np.ndarray, list[dict]]:
+    """Keep one of ``rows`` per distinct pixel content: a training copy when there is one.
 
     Same pixels under two names would leak between splits (or weigh one photo twice);
-    the removed copies are returned as rows of the duplicates table.
+    returns the kept rows by image id and the removed copies as rows of the duplicates
+    table.
     """
-    groups: dict[str, list[ImageRecord]] = defaultdict(list)
-    for record in records:
-        groups[decoded[record.image_id].pixel_hash].append(record)
-    kept, duplicates = [], []
-    for group in groups.values():
-        keep = min(group, key=lambda r: (not r.is_train, r.image_id))
-        kept.append(keep)
-        for other in group:
-            if other is keep:
-                continue
-            duplicates.append(
-                {
-                    "image_id": other.image_id,
-                    "path": other.path,
-                    "dataset_split": "train" if other.is_train else "test",
-                    "kept_image_id": keep.image_id,
-                    "kept_path": keep.path,
-                    "kept_split": "train" if keep.is_train else "test",
-                }
-            )
-    kept.sort(key=lambda r: r.image_id)
+    rows = np.asarray(rows, dtype=np.int64)
+    ids, train = records.image_ids()[rows], records.is_train()[rows]
+    digest = decoded.digest[rows].view(">u8")  # two big-endian words: byte order kept
+    order = np.lexsort((ids, ~train, digest[:, 1], digest[:, 0]))
+    first = np.ones(len(order), dtype=np.bool_)
+    first[1:] = np.any(np.diff(digest[order], axis=0) != 0, axis=1)
+    group_keep = order[np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))]
+    duplicates = []
+    for position in np.flatnonzero(~first):
+        other, keep = records[int(rows[order[position]])], records[int(rows[group_keep[position]])]
+        duplicates.append(
+            {
+                "image_id": other.image_id,
+                "path": other.path,
+                "dataset_split": _split_name(other.is_train),
+                "kept_image_id": keep.image_id,
+                "kept_path": keep.path,
+                "kept_split": _split_name(keep.is_train),
+            }
+        )
+    kept = order[first]
+    kept = rows[kept[np.argsort(ids[kept], kind="stable")]]
     duplicates.sort(key=lambda row: row["image_id"])
     return kept, duplicates
 
 
 def assign_splits(
-    records: list[ImageRecord], class_names: tuple[str, ...], val_fraction: float, seed: int
-) -> dict[int, str]:
-    """train | val | test per image id: val carved from train, stratified and seeded.
+    image_ids: np.ndarray,
+    class_ids: np.ndarray,
+    is_train: np.ndarray,
+    class_names: tuple[str, ...],
+    val_fraction: float,
+    seed: int,
+) -> np.ndarray:
+    """Split code (TRAIN | VAL | TEST) per image: val carved from train, stratified and
+    seeded by image id, so independent of the images' order.
 
     Every class must keep at least one training image; test is the dataset's own.
     """
-    by_class: dict[int, list[int]] = defaultdict(list)
-    split: dict[int, str] = {}
-    for record in records:
-        if record.is_train:
-            by_class[record.class_id].append(record.image_id)
-            split[record.image_id] = "train"
-        else:
-            split[record.image_id] = "test"
-    missing = [class_names[c] for c in range(len(class_names)) if not by_class.get(c)]
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    class_ids = np.asarray(class_ids, dtype=np.int64)
+    is_train = np.asarray(is_train, dtype=np.bool_)
+    split = np.where(is_train, TRAIN, TEST).astype(np.uint8)
+    per_class = np.bincount(class_ids[is_train], minlength=len(class_names))
+    missing = [class_names[c] for c in range(len(class_names)) if not per_class[c]]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DatasetError(
             f"{len(missing)} class(es) have no training image after rejects "
             f"and duplicates were removed: {shown}"
         )
-    for class_id, ids in sorted(by_class.items()):
-        ids = sorted(ids)
-        n_val = min(int(round(val_fraction * len(ids))), len(ids) - 1)
-        rng = np.random.default_rng([seed, class_id])
-        for image_id in rng.permutation(np.asarray(ids, dtype=np.int64))[:n_val]:
-            split[int(image_id)] = "val"
+    train_rows = np.flatnonzero(is_train)
+    train_rows = train_rows[np.lexsort((image_ids[train_rows], class_ids[train_rows]))]
+    starts = np.searchsorted(class_ids[train_rows], np.arange(len(per_class) + 1))
+    for class_id in np.flatnonzero(per_class):
+        members = train_rows[starts[class_id] : starts[class_id + 1]]
+        n_val = min(int(round(val_fraction * len(members))), len(members) - 1)
+        rng = np.random.default_rng([seed, int(class_id)])
+        split[members[rng.permutation(len(members))[:n_val]]] = VAL
     return split
 
 
 def index_rows(
-    records: list[ImageRecord],
-    listing: DatasetListing,
-    decoded: dict[int, Decoded],
-    split: dict[int, str],
+    records: Sequence[ImageRecord],
+    kept: np.ndarray,
+    class_names: tuple[str, ...],
+    decoded: DecodedTable,
+    split: np.ndarray,
 ) -> Iterator[dict]:
-    """Rows of the images table (schema: pipeline.tables), one at a time."""
-    for r in records:
-        d = decoded[r.image_id]
+    """Rows of the images table (schema: pipeline.tables), one at a time, for the ``kept``
+    rows of ``records`` with their split codes; a segmentation that does not decode is
+    left out."""
+    for row, code in zip(kept.tolist(), split.tolist(), strict=True):
+        r = records[row]
         yield (
             {
                 "image_id": r.image_id,
                 "path": r.path,
                 "class_id": r.class_id,
-                "class_name": listing.class_names[r.class_id],
-                "split": split[r.image_id],
-                "width": d.width,
-                "height": d.height,
-                "pixel_hash": d.pixel_hash,
+                "class_name": class_names[r.class_id],
+                "split": SPLIT_NAMES[code],
+                "width": int(decoded.width[row]),
+                "height": int(decoded.height[row]),
+                "pixel_hash": decoded.pixel_hash(row),
                 "object_box_xywh": list(r.object_box_xywh) if r.object_box_xywh else None,
                 "parts": (
                     [
@@ -200,7 +263,9 @@ def index_rows(
                     if r.parts is not None
                     else None
                 ),
-                "segmentation_path": r.segmentation_path,
+                "segmentation_path": (
+                    None if row in decoded.segmentation_problems else r.segmentation_path
+                ),
             }
         )
 
@@ -223,26 +288,21 @@ def write_images_index(path: Path, rows: Iterable[dict], *, fingerprint: str, fa
         writer.write_rows(batch)
 
 
-def segmentation_rejects(
-    records: list[ImageRecord], decoded: dict[int, Decoded]
-) -> tuple[list[ImageRecord], list[dict]]:
-    """Drop the segmentation of each image whose PNG does not decode; the rejects rows."""
-    kept, rows = [], []
-    for record in records:
-        problem = decoded[record.image_id].segmentation_problem
-        if problem is None:
-            kept.append(record)
-            continue
+def segmentation_rejects(records: RecordTable, decoded: DecodedTable) -> list[dict]:
+    """The rejects rows of the segmentation PNGs that do not decode (their images are kept
+    without one)."""
+    rows = []
+    for row in sorted(decoded.segmentation_problems):
+        record = records[row]
         rows.append(
             {
                 "image_id": record.image_id,
                 "path": record.segmentation_path,
-                "reason": f"segmentation mask: {problem}; the image is kept without "
-                "object ground truth",
+                "reason": f"segmentation mask: {decoded.segmentation_problems[row]}; the image "
+                "is kept without object ground truth",
             }
         )
-        kept.append(replace(record, segmentation_path=None))
-    return kept, rows
+    return rows
 
 
 # Where each source's classes and official split come from (named in split errors).
@@ -282,13 +342,19 @@ def check_classes(listing: DatasetListing, root: Path) -> None:
     raise DatasetError(f"{root}: found {found}; prepare needs at least 2 classes ({how})")
 
 
+def split_counts(split: np.ndarray) -> dict[str, int]:
+    """Images per split name."""
+    return {name: int(np.count_nonzero(split == code)) for code, name in enumerate(SPLIT_NAMES)}
+
+
 def check_splits(
-    split: dict[int, str], kept: list[ImageRecord], duplicates: list[dict], data: DataParams
+    split: np.ndarray, kept_classes: np.ndarray, duplicates: list[dict], data: DataParams
 ) -> None:
-    """Refuse an empty train, validation or test split, naming the key or file to change."""
-    counts = {s: sum(1 for v in split.values() if v == s) for s in ("train", "val", "test")}
+    """Refuse an empty train, validation or test split, naming the key or file to change
+    (``kept_classes``: the class id of each kept image, aligned with ``split``)."""
+    counts = split_counts(split)
     if counts["val"] == 0:
-        classes = len({r.class_id for r in kept if r.is_train})
+        classes = len(np.unique(kept_classes[split != TEST]))
         raise DatasetError(
             f"data.val_fraction {data.val_fraction:g} leaves the validation split empty "
             f"({counts['train']} training images in {classes} classes; each class moves "
@@ -308,9 +374,9 @@ def check_splits(
         raise DatasetError(f"the test split is empty: {why}{dups}")
 
 
-def check_train(kept: list[ImageRecord], source: str) -> None:
+def check_train(kept_train: np.ndarray, source: str) -> None:
     """Refuse a dataset without any training image (before the per-class check)."""
-    if any(r.is_train for r in kept):
+    if kept_train.any():
         return
     if source == "folder":
         raise DatasetError(
@@ -327,12 +393,12 @@ def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
     """Build the images index, rejects and duplicates tables and the prepare metrics."""
     root = project_root / data.root
     listing = read_dataset(data.source, root, test_fraction=data.test_fraction, seed=data.seed)
-    if not listing.records:
+    records = listing.records
+    if not records:
         raise DatasetError(f"{root}: the dataset lists no images")
     check_classes(listing, root)
     decoded, rejects = decode_all(listing, root, data.decode_workers)
-    readable = [r for r in listing.records if r.image_id in decoded]
-    readable, seg_rejects = segmentation_rejects(readable, decoded)
+    seg_rejects = segmentation_rejects(records, decoded)
     link_rejects = [
         {"image_id": e.image_id, "path": e.path, "reason": e.reason} for e in listing.rejected
     ]
@@ -345,18 +411,26 @@ def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
         "rejects",
         fingerprint=fp,
     )
-    reject_fraction = len(rejects) / len(listing.records)
+    reject_fraction = len(rejects) / len(records)
     if reject_fraction > data.max_reject_fraction:
         examples = "; ".join(f"{r['path']}: {r['reason']}" for r in rejects[:3])
         raise DatasetError(
-            f"{len(rejects)} of {len(listing.records)} images could not be decoded "
+            f"{len(rejects)} of {len(records)} images could not be decoded "
             f"({reject_fraction:.1%} > data.max_reject_fraction {data.max_reject_fraction:g}); "
             f"see {layout.REJECTS_TABLE} (e.g. {examples})"
         )
-    kept, duplicates = remove_duplicates(readable, decoded)
-    check_train(kept, data.source)
-    split = assign_splits(kept, listing.class_names, data.val_fraction, data.seed)
-    check_splits(split, kept, duplicates, data)
+    kept, duplicates = remove_duplicates(records, np.flatnonzero(decoded.ok), decoded)
+    kept_train, kept_classes = records.is_train()[kept], records.class_ids()[kept]
+    check_train(kept_train, data.source)
+    split = assign_splits(
+        records.image_ids()[kept],
+        kept_classes,
+        kept_train,
+        listing.class_names,
+        data.val_fraction,
+        data.seed,
+    )
+    check_splits(split, kept_classes, duplicates, data)
     facts = {
         "source": data.source,
         "data_root": data.root,
@@ -367,11 +441,13 @@ def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
     write_table(duplicates, project_root / layout.DUPLICATES_TABLE, "duplicates", fingerprint=fp)
     write_images_index(
         project_root / layout.IMAGES_INDEX,
-        index_rows(kept, listing, decoded, split),
+        index_rows(records, kept, listing.class_names, decoded, split),
         fingerprint=fp,
         facts=facts,
     )
-    counts = {s: sum(1 for v in split.values() if v == s) for s in ("train", "val", "test")}
+    counts = split_counts(split)
+    with_segmentation = records.has_segmentation()
+    with_segmentation[list(decoded.segmentation_problems)] = False
     metrics = {
         "images": len(kept),
         "classes": len(listing.class_names),
@@ -382,8 +458,8 @@ def run_prepare(data: DataParams, project_root: Path = Path(".")) -> dict:
         "duplicates_removed": len(duplicates),
         "links_rejected": len(link_rejects),
         "segmentations_rejected": len(seg_rejects),
-        "with_segmentation": sum(1 for r in kept if r.segmentation_path),
-        "with_parts": sum(1 for r in kept if r.parts is not None),
+        "with_segmentation": int(with_segmentation[kept].sum()),
+        "with_parts": int(records.has_parts()[kept].sum()),
     }
     write_json(project_root / layout.PREPARE_METRICS, metrics)
     return metrics

@@ -14,8 +14,15 @@ from PIL import Image
 from pipeline import layout
 from pipeline.errors import DatasetError
 from pipeline.params import DataParams
-from pipeline.prepare import Decoded, assign_splits, remove_duplicates, run_prepare
-from pipeline.records import ImageRecord
+from pipeline.prepare import (
+    SPLIT_NAMES,
+    Decoded,
+    DecodedTable,
+    assign_splits,
+    remove_duplicates,
+    run_prepare,
+)
+from pipeline.records import ImageRecord, RecordTable
 from pipeline.tables import read_table
 
 
@@ -30,12 +37,27 @@ def records(n_per_class: int, classes: int, test_every: int = 4) -> list[ImageRe
     return out
 
 
+def split_of(
+    recs: list[ImageRecord], names: tuple[str, ...], val_fraction: float, seed: int
+) -> dict[int, str]:
+    """assign_splits on the records' columns, as image id -> split name."""
+    codes = assign_splits(
+        np.array([r.image_id for r in recs]),
+        np.array([r.class_id for r in recs]),
+        np.array([r.is_train for r in recs]),
+        names,
+        val_fraction,
+        seed,
+    )
+    return {r.image_id: SPLIT_NAMES[c] for r, c in zip(recs, codes.tolist(), strict=True)}
+
+
 def test_val_is_stratified_seeded_and_carved_from_train() -> None:
     recs = records(20, 3)
     names = ("a", "b", "c")
-    split = assign_splits(recs, names, 0.25, seed=7)
-    assert split == assign_splits(list(reversed(recs)), names, 0.25, seed=7)
-    assert split != assign_splits(recs, names, 0.25, seed=8)
+    split = split_of(recs, names, 0.25, seed=7)
+    assert split == split_of(list(reversed(recs)), names, 0.25, seed=7)
+    assert split != split_of(recs, names, 0.25, seed=8)
     for c in range(3):
         mine = [r for r in recs if r.class_id == c]
         train = [r for r in mine if r.is_train]
@@ -51,7 +73,7 @@ def test_every_class_keeps_a_training_image() -> None:
         ImageRecord(2, "b.png", 1, True),
         ImageRecord(3, "c.png", 1, True),
     ]
-    split = assign_splits(recs, ("a", "b"), 0.49, seed=0)
+    split = split_of(recs, ("a", "b"), 0.49, seed=0)
     assert split[1] == "train"
     assert sorted(split[i] for i in (2, 3)) == ["train", "val"]
 
@@ -59,7 +81,7 @@ def test_every_class_keeps_a_training_image() -> None:
 def test_a_class_without_training_images_is_an_error() -> None:
     recs = [ImageRecord(1, "a.png", 0, True), ImageRecord(2, "b.png", 1, False)]
     with pytest.raises(DatasetError, match="no training image.*b"):
-        assign_splits(recs, ("a", "b"), 0.1, seed=0)
+        split_of(recs, ("a", "b"), 0.1, seed=0)
 
 
 def test_duplicates_keep_the_training_copy() -> None:
@@ -69,14 +91,12 @@ def test_duplicates_keep_the_training_copy() -> None:
         ImageRecord(3, "z.png", 0, True),
         ImageRecord(4, "w.png", 0, False),
     ]
-    decoded = {
-        1: Decoded(4, 4, "same"),
-        2: Decoded(4, 4, "same"),
-        3: Decoded(4, 4, "other"),
-        4: Decoded(4, 4, "third"),
-    }
-    kept, dups = remove_duplicates(recs, decoded)
-    assert [r.image_id for r in kept] == [2, 3, 4]
+    same, other, third = "ab" * 16, "ab" * 15 + "ac", "00" * 16
+    decoded = DecodedTable.of([Decoded(4, 4, h) for h in (same, same, other, third)])
+    table = RecordTable(recs)
+    kept, dups = remove_duplicates(table, np.arange(4), decoded)
+    assert [table[r].image_id for r in kept] == [2, 3, 4]
+    assert decoded.pixel_hash(2) == other
     assert dups == [
         {
             "image_id": 1,
