@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -254,18 +255,26 @@ def run_stage(project: Path, argv: tuple[str, ...], images: int, interval: float
 
 
 def run_size(args: argparse.Namespace, images: int) -> list[StageResult]:
-    """Every stage in a fresh temporary project of ``images`` images."""
-    folder = Path(tempfile.mkdtemp(prefix=f"scale-{images}-", dir=args.workdir))
+    """The chosen stages (``--stages``; default all) in a project of ``images`` images: a
+    fresh temporary one, or ``<--reuse>/scale-<images>`` when given (kept, so a later run
+    can measure the later stages on the same data)."""
+    if args.reuse:
+        folder = args.reuse / f"scale-{images}"
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix=f"scale-{images}-", dir=args.workdir))
     try:
         (folder / "params.yaml").write_text(yaml.safe_dump(scale_params(args, images)))
         results = []
         for argv in STAGES:
+            if args.stages and argv[0] not in args.stages:
+                continue
             result = run_stage(folder, argv, images, args.interval)
             print(row(result), flush=True)
             results.append(result)
         return results
     finally:
-        if args.keep:
+        if args.keep or args.reuse:
             print(f"kept {folder}", flush=True)
         else:
             shutil.rmtree(folder, ignore_errors=True)
@@ -297,7 +306,11 @@ def ratio_rows(small: list[StageResult], large: list[StageResult]) -> list[str]:
         f"{small[0].images:,} -> {large[0].images:,} | tree open files |",
         "|---|---:|---:|---:|---:|---|---|",
     ]
-    for a, b in zip(small, large, strict=True):
+    by_stage = {r.stage: r for r in small}
+    for b in large:
+        a = by_stage.get(b.stage)
+        if a is None:
+            continue
         worker = f"{b.worker_rss / a.worker_rss:.2f}" if a.worker_rss else "-"
         lines.append(
             f"| {a.stage} | {b.ms_per_image / a.ms_per_image:.2f} | "
@@ -311,6 +324,17 @@ def ratio_rows(small: list[StageResult], large: list[StageResult]) -> list[str]:
 def read_runs(path: Path) -> list[list[StageResult]]:
     """The runs a --json file holds (one list of stages per size)."""
     return [[StageResult(**r) for r in results] for results in json.loads(path.read_text())]
+
+
+def merge_runs(runs: Iterable[list[StageResult]]) -> list[list[StageResult]]:
+    """One run per size, smallest first, from runs that may each hold some stages of a size
+    (a later run's row of a stage replaces an earlier one's), stages in pipeline order."""
+    merged: dict[int, dict[str, StageResult]] = {}
+    for results in runs:
+        for r in results:
+            merged.setdefault(r.images, {})[r.stage] = r
+    order = [argv[0] for argv in STAGES]
+    return [sorted(merged[n].values(), key=lambda r: order.index(r.stage)) for n in sorted(merged)]
 
 
 def main() -> None:
@@ -328,6 +352,19 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the projects")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=[argv[0] for argv in STAGES],
+        default=None,
+        help="run only these stages (the others' outputs must be in the --reuse project)",
+    )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="keep each size's project in <REUSE>/scale-<N> and run in it if it exists",
+    )
+    parser.add_argument(
         "--tables",
         type=Path,
         nargs="+",
@@ -337,9 +374,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.tables:
-        runs = sorted(
-            (runs for path in args.tables for runs in read_runs(path)), key=lambda r: r[0].images
-        )
+        runs = merge_runs(run for path in args.tables for run in read_runs(path))
     else:
         print(f"{os.cpu_count()} CPUs; {psutil.virtual_memory().total / 2**30:.0f} GiB")
         print(HEADER, flush=True)

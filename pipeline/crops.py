@@ -50,7 +50,7 @@ from pipeline.tables import ROW_GROUP_ROWS, TableWriter, read_table
 from pipeline.views import ViewPlan, boxes_and_areas, cut_planned_views, plan_views, resize_square
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageEntry:
     """What the crops of one image need from the images index."""
 
@@ -250,13 +250,46 @@ def _check_coverage(
     )
 
 
+# The images index columns a crop task's fingerprint covers (its images' rows), in order.
+ROW_COLUMNS = ("image_id", "path", "class_id", "split", "pixel_hash")
+
+
+class ImageRows:
+    """The images index's ROW_COLUMNS as Arrow columns sorted by image id: a shard's rows
+    are looked up by binary search, so planning holds the columns (tens of bytes per image)
+    instead of a Python object per image."""
+
+    def __init__(self, table: pa.Table) -> None:
+        ids = table.column("image_id").to_numpy()
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]
+        self.columns = {name: table.column(name).take(order) for name in ROW_COLUMNS}
+        self.covered = np.zeros(len(ids), bool)
+
+    def positions(self, ids: list[int]) -> tuple[np.ndarray, list[int]]:
+        """Positions of ``ids`` (ascending) in the sorted columns, and the ids not there."""
+        wanted = np.asarray(ids, np.int64)
+        found = np.searchsorted(self.ids, wanted)
+        inside = found < len(self.ids)
+        known = inside.copy()
+        known[inside] = self.ids[found[inside]] == wanted[inside]
+        return found[known], [int(i) for i in wanted[~known]]
+
+    def rows(self, positions: np.ndarray) -> dict[str, list]:
+        """The rows at ``positions`` as Python lists per column (marked covered)."""
+        self.covered[positions] = True
+        return {name: column.take(positions).to_pylist() for name, column in self.columns.items()}
+
+    def uncovered(self) -> list[int]:
+        """Image ids no :meth:`rows` call asked for, ascending."""
+        return [int(i) for i in self.ids[~self.covered]]
+
+
 def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[CropTask]:
     """One task per mask shard, with its images' index rows and its fingerprint."""
-    table, info = read_table(project_root / layout.IMAGES_INDEX, "images")
-    rows = {
-        int(r["image_id"]): r
-        for r in table.select(["image_id", "path", "class_id", "split", "pixel_hash"]).to_pylist()
-    }
+    table, info = read_table(project_root / layout.IMAGES_INDEX, "images", columns=ROW_COLUMNS)
+    index = ImageRows(table)
+    del table
     segment_dir = project_root / layout.SEGMENT_DIR
     paths = shard_paths(segment_dir)
     if not paths:
@@ -269,33 +302,31 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[CropTa
         },
         sort_keys=True,
     )
-    tasks, found, covered = [], {}, set()
+    tasks, found = [], {}
+    splits: dict[str, str] = {}  # one str object per split name, shared by the entries
     for path in paths:
-        index = mask_shard_index(path)
-        found[index] = path
+        shard_index = mask_shard_index(path)
+        found[shard_index] = path
         with MaskShard(path) as shard:
-            ids = [int(i) for i in shard]
+            ids = sorted(int(i) for i in shard)
             mask_fp = shard.fingerprint
-        strangers = [i for i in ids if i not in rows]
+        positions, strangers = index.positions(ids)
         if strangers:
             raise ArtifactError(
                 f"{path}: image {strangers[0]} is not in the images index; "
                 f"the masks are stale, rerun segment"
             )
-        covered.update(ids)
+        rows = index.rows(positions)
         entries = tuple(
-            ImageEntry(i, rows[i]["path"], int(rows[i]["class_id"]), rows[i]["split"])
-            for i in sorted(ids)
+            ImageEntry(i, p, c, splits.setdefault(s, s))
+            for i, p, c, s in zip(
+                rows["image_id"], rows["path"], rows["class_id"], rows["split"], strict=True
+            )
         )
-        own = json.dumps(
-            [
-                [rows[i][k] for k in ("image_id", "path", "class_id", "split", "pixel_hash")]
-                for i in sorted(ids)
-            ]
-        )
+        own = json.dumps([list(row) for row in zip(*(rows[k] for k in ROW_COLUMNS), strict=True)])
         tasks.append(
             CropTask(
-                index,
+                shard_index,
                 str(path),
                 str(out_dir / crop_shard_name(path)),
                 str(project_root / params.data.root),
@@ -304,9 +335,8 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[CropTa
                 params.crops,
             )
         )
-    uncovered = sorted(set(rows) - covered)
-    expected = -(-len(rows) // params.segment.shard_size)
-    _check_coverage(segment_dir, found, uncovered, expected)
+    expected = -(-len(index.ids) // params.segment.shard_size)
+    _check_coverage(segment_dir, found, index.uncovered(), expected)
     return tasks
 
 

@@ -118,18 +118,53 @@ def dask_client(
         yield client
 
 
-def map_tasks(client: object, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[T, R]]:
-    """Submit every task (pure=False: each runs once) and yield (task, result) pairs as
-    they finish."""
+# Tasks submitted and not yet collected, per thread of the cluster: enough to keep every
+# worker busy while results come back, few enough that the scheduler's state (a few
+# tens of KiB per task) and the plan's pickles do not grow with the dataset.
+IN_FLIGHT_PER_THREAD = 4
+MIN_IN_FLIGHT = 8
+
+
+def in_flight_limit(client: object) -> int:
+    """Tasks kept submitted at once on ``client``: IN_FLIGHT_PER_THREAD per worker thread
+    it has now, at least MIN_IN_FLIGHT (a cluster may still be starting its workers)."""
+    threads = sum(client.nthreads().values())
+    return max(MIN_IN_FLIGHT, IN_FLIGHT_PER_THREAD * threads)
+
+
+def map_tasks(
+    client: object, fn: Callable[[T], R], tasks: Sequence[T], *, in_flight: int | None = None
+) -> Iterator[tuple[T, R]]:
+    """Run ``fn`` on every task (pure=False: each runs once) and yield (task, result)
+    pairs as they finish, keeping at most ``in_flight`` tasks (default
+    :func:`in_flight_limit`) submitted and not yet collected: the next task goes in as one
+    comes out, so memory does not grow with the number of tasks."""
     from dask.distributed import as_completed
 
     run = uuid.uuid4().hex[:8]  # a shared scheduler may serve several runs at once
-    futures = {
-        client.submit(fn, task, pure=False, key=f"{fn.__name__}-{run}-{i}"): task
-        for i, task in enumerate(tasks)
-    }
-    for future in as_completed(futures):
-        yield futures[future], future.result()
+    limit = max(1, in_flight if in_flight is not None else in_flight_limit(client))
+    queue = iter(enumerate(tasks))
+    running: dict[object, T] = {}
+
+    def submit_next() -> object | None:
+        item = next(queue, None)
+        if item is None:
+            return None
+        i, task = item
+        future = client.submit(fn, task, pure=False, key=f"{fn.__name__}-{run}-{i}")
+        running[future] = task
+        return future
+
+    first = [f for f in (submit_next() for _ in range(limit)) if f is not None]
+    finished = as_completed(first)
+    for future in finished:
+        task = running.pop(future)
+        result = future.result()
+        future.release()
+        following = submit_next()
+        if following is not None:
+            finished.add(following)
+        yield task, result
 
 
 def remove_stale(out_dir: Path, prefix: str, wanted: set[str]) -> None:

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import layout
 from pipeline.atomic import write_json
 from pipeline.errors import ImageDecodeError, ProtomaskError
@@ -155,10 +157,13 @@ def segment_shard(task: ShardTask) -> ShardSummary:
 
 def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardTask]:
     """Cut the images index into shard tasks with their fingerprints."""
-    table, info = read_table(project_root / layout.IMAGES_INDEX, "images")
-    rows = sorted(
-        zip(table.column("image_id").to_pylist(), table.column("path").to_pylist(), strict=False)
+    table, info = read_table(
+        project_root / layout.IMAGES_INDEX, "images", columns=["image_id", "path"]
     )
+    # sorted by image id as Arrow columns (tens of bytes per image), cut shard by shard
+    order = np.argsort(table.column("image_id").to_numpy(), kind="stable")
+    ids, paths = (table.column(name).take(order) for name in ("image_id", "path"))
+    del table
     seg = params.segment
     checkpoint_sha = ""
     if seg.backend == "sam":
@@ -174,15 +179,14 @@ def plan_tasks(params: Params, project_root: Path, out_dir: Path) -> list[ShardT
     semantic = {"classical": seg.classical, "sam": seg.sam, "sam2": seg.sam2}[seg.backend]
     base = result_fingerprint(semantic) + seg.backend + info["fingerprint"] + checkpoint_sha
     tasks = []
-    for index, start in enumerate(range(0, len(rows), seg.shard_size)):
-        chunk = rows[start : start + seg.shard_size]
-        ids = tuple(int(i) for i, _ in chunk)
-        fp = text_fingerprint(base + json.dumps(ids))
+    for index, start in enumerate(range(0, len(ids), seg.shard_size)):
+        chunk_ids = tuple(ids.slice(start, seg.shard_size).to_pylist())
+        fp = text_fingerprint(base + json.dumps(chunk_ids))
         tasks.append(
             ShardTask(
                 index,
-                ids,
-                tuple(p for _, p in chunk),
+                chunk_ids,
+                tuple(paths.slice(start, seg.shard_size).to_pylist()),
                 str(project_root / params.data.root),
                 str(out_dir / mask_shard_name(index)),
                 fp,
