@@ -89,6 +89,26 @@ def test_nothing_passes_gives_empty_sets(model):
         assert len(ours) == 0 and (ours.height, ours.width) == image.shape[:2]
 
 
+def test_read_only_images_reach_sam2_as_writable_crops(model, monkeypatch):
+    """Decoded images are read-only arrays; sam2's ToTensor warns on those (once per
+    process, so the warning itself cannot be the check): every crop it gets is writable."""
+    gen = BatchedSam2Generator(model, **dict(PARAMS, crop_n_layers=0))
+    writable: list[bool] = []
+    set_image_batch = gen.predictor.set_image_batch
+
+    def spy(pixels):
+        writable.extend(p.flags.writeable for p in pixels)
+        return set_image_batch(pixels)
+
+    monkeypatch.setattr(gen.predictor, "set_image_batch", spy)
+    frozen = IMAGES[0].copy()
+    frozen.flags.writeable = False
+    (ours,) = gen.generate([frozen])
+    assert writable and all(writable), writable
+    (expected,) = gen.generate([IMAGES[0].copy()])
+    assert ours.rles == expected.rles
+
+
 def test_tiny_sam2_is_deterministic(model):
     state, again = model.state_dict(), build_tiny_sam2(seed=0).state_dict()
     assert all(torch.equal(state[k], again[k]) for k in state)

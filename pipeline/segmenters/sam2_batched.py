@@ -196,7 +196,9 @@ class BatchedSam2Generator:
             pixels = []
             for crop in crops[start : start + self.encoder_batch_size]:
                 x0, y0, x1, y1 = crop.box
-                pixels.append(images[crop.image][y0:y1, x0:x1, :])
+                # sam2's ToTensor wants a writable array (decoded images are read-only)
+                crop_pixels = images[crop.image][y0:y1, x0:x1, :]
+                pixels.append(np.require(crop_pixels, requirements=["WRITEABLE"]))
             with self._autocast():
                 self.predictor.set_image_batch(pixels)
             embeds.append(self.predictor._features["image_embed"])
