@@ -42,31 +42,42 @@ class ImageRecord:
 
 
 class StringColumn:
-    """Optional strings stored as one UTF-8 byte buffer with end offsets (None kept)."""
+    """Optional strings (POSIX paths) stored compactly: each folder once, each value as its
+    folder's number and its last component in one UTF-8 byte buffer (None kept)."""
 
     def __init__(self) -> None:
-        self._bytes = bytearray()
-        self._ends = array("q")
-        self._present = bytearray()
+        self._folders: list[str] = []
+        self._folder_number: dict[str, int] = {}
+        self._of_row = array("i")  # folder number per row, -1: None
+        self._names = bytearray()
+        self._ends = array("q")  # end of each row's last component in _names
 
     def append(self, value: Optional[str]) -> None:
-        if value is not None:
-            self._bytes += value.encode("utf-8")
-        self._ends.append(len(self._bytes))
-        self._present.append(value is not None)
+        if value is None:
+            self._of_row.append(-1)
+        else:
+            folder, slash, name = value.rpartition("/")
+            folder += slash
+            number = self._folder_number.setdefault(folder, len(self._folders))
+            if number == len(self._folders):
+                self._folders.append(folder)
+            self._of_row.append(number)
+            self._names += name.encode("utf-8")
+        self._ends.append(len(self._names))
 
     def __len__(self) -> int:
         return len(self._ends)
 
     def __getitem__(self, row: int) -> Optional[str]:
-        if not self._present[row]:
+        folder = self._of_row[row]
+        if folder < 0:
             return None
         start = self._ends[row - 1] if row else 0
-        return self._bytes[start : self._ends[row]].decode("utf-8")
+        return self._folders[folder] + self._names[start : self._ends[row]].decode("utf-8")
 
     def present(self) -> np.ndarray:
         """Per row: True where the value is not None."""
-        return np.frombuffer(self._present, dtype=np.bool_).copy()
+        return np.frombuffer(self._of_row, dtype=np.int32) >= 0
 
 
 class RecordTable(Sequence[ImageRecord]):

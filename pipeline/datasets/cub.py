@@ -16,9 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
+import numpy as np
+
 from pipeline.errors import DatasetError
 from pipeline.imageio import check_relative, resolve_inside
-from pipeline.records import DatasetListing, ImageRecord, PartLocation, RecordTable
+from pipeline.records import (
+    DatasetListing,
+    ImageRecord,
+    PartLocation,
+    RecordTable,
+    StringColumn,
+)
 
 IMAGES = "images.txt"
 CLASSES = "classes.txt"
@@ -33,15 +41,35 @@ SEGMENTATIONS_DIR = "segmentations"
 
 @dataclass(slots=True)
 class _ImageTable:
-    """images.txt in listing order: row per image id, its line number and path."""
+    """images.txt in listing order: per row the image id, line number and path; the row of
+    an image id through a dense array when the ids allow it, else a dict."""
 
-    row_of: dict[int, int]  # image id -> row
+    ids: array  # per row: image id
     lines: array  # per row: images.txt line number
-    paths: list[str]  # per row: path relative to images/
+    paths: StringColumn  # per row: path relative to images/
+    dense_rows: Optional[array] = None  # image id -> row, -1: not listed
+    rows: Optional[dict[int, int]] = None  # image id -> row when ids are too sparse
 
-    def sorted_rows(self) -> list[tuple[int, int]]:
-        """(image id, row) by image id."""
-        return sorted(self.row_of.items())
+    def seal(self) -> None:
+        """Build the id -> row lookup once every row is in."""
+        top = max(self.ids)
+        if top <= 4 * len(self.ids) + 1024:
+            self.dense_rows = array("i", [-1]) * (top + 1)
+            for row, image_id in enumerate(self.ids):
+                self.dense_rows[image_id] = row
+        else:
+            self.rows = {image_id: row for row, image_id in enumerate(self.ids)}
+
+    def row_of(self, image_id: int) -> Optional[int]:
+        """The row of ``image_id``, None when images.txt does not list it."""
+        if self.dense_rows is None:
+            return self.rows.get(image_id)  # type: ignore[union-attr]
+        row = self.dense_rows[image_id] if image_id < len(self.dense_rows) else -1
+        return None if row < 0 else row
+
+    def sorted_rows(self) -> np.ndarray:
+        """Rows by image id."""
+        return np.argsort(np.frombuffer(self.ids, dtype=np.int64), kind="stable")
 
 
 @dataclass(slots=True)
@@ -109,10 +137,10 @@ def read_cub(root: Path) -> DatasetListing:
         notes.append(f"{SEGMENTATIONS_DIR}/ absent: no object segmentations")
 
     records = RecordTable()
-    for image_id, row in images.sorted_rows():
+    for row in images.sorted_rows().tolist():
         records.append(
             ImageRecord(
-                image_id=image_id,
+                image_id=images.ids[row],
                 path=PurePosixPath(IMAGES_DIR, images.paths[row]).as_posix(),
                 class_id=labels[row],
                 is_train=bool(is_train[row]),
@@ -146,13 +174,7 @@ def _read_lines(root: Path, name: str, layout: str, *, text_last: bool = False) 
     With ``text_last`` the last field takes the rest of the line (names, paths with spaces).
     """
     count = len(layout.split())
-    try:
-        text = (root / name).read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{name}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    except OSError as exc:
-        raise DatasetError(f"{name}: cannot read ({exc.strerror or exc})") from None
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_text_lines(root, name), start=1):
         if not raw.strip():
             continue
         fields = raw.split(maxsplit=count - 1) if text_last else raw.split()
@@ -165,14 +187,36 @@ def _read_lines(root: Path, name: str, layout: str, *, text_last: bool = False) 
         yield _Line(name, number, fields)
 
 
+def _text_lines(root: Path, name: str) -> Iterator[str]:
+    """The lines of a UTF-8 text file (``str.splitlines`` of its text, a leading BOM
+    dropped), read a line at a time so that no copy of a whole listing is held."""
+    offset = 0
+    try:
+        with open(root / name, "rb") as file:
+            for chunk in file:  # ends at b"\n", never inside a UTF-8 character
+                try:
+                    text = chunk.decode("utf-8-sig" if offset == 0 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DatasetError(
+                        f"{name}: not UTF-8 text (bad byte at offset {offset + exc.start})"
+                    ) from None
+                offset += len(chunk)
+                yield from text.splitlines()
+    except OSError as exc:
+        raise DatasetError(f"{name}: cannot read ({exc.strerror or exc})") from None
+
+
 def _read_images(root: Path) -> _ImageTable:
     """The images.txt table, each path checked."""
-    images = _ImageTable({}, array("i"), [])
+    images = _ImageTable(array("q"), array("i"), StringColumn())
+    row_of_id: dict[int, int] = {}
     first_line_of_path: dict[str, int] = {}
     for line in _read_lines(root, IMAGES, "<image_id> <path>", text_last=True):
         image_id = line.id_at(0, "image id")
-        if image_id in images.row_of:
-            first = images.lines[images.row_of[image_id]]
+        if image_id >= 2**63:
+            raise line.error(f"image id {image_id} is too large (at most 2^63 - 1)")
+        if image_id in row_of_id:
+            first = images.lines[row_of_id[image_id]]
             raise line.error(f"image id {image_id} is listed twice (first at line {first})")
         relpath = line.fields[1]
         pure = check_relative(relpath, listing=IMAGES, line=line.number)
@@ -186,11 +230,14 @@ def _read_images(root: Path) -> _ImageTable:
                 f"path '{relpath}' is listed twice (first at line {first_line_of_path[normalised]})"
             )
         first_line_of_path[normalised] = line.number
-        images.row_of[image_id] = len(images.paths)
+        row_of_id[image_id] = len(images.paths)
+        images.ids.append(image_id)
         images.lines.append(line.number)
         images.paths.append(normalised)
     if not images.paths:
         raise DatasetError(f"{IMAGES}: lists no images")
+    del row_of_id, first_line_of_path
+    images.seal()
     return images
 
 
@@ -223,17 +270,18 @@ def _per_image(
     seen_at = array("i", bytes(4 * len(images.paths)))  # per row: line number, 0 = not yet
     for line in _read_lines(root, name, layout):
         image_id = line.id_at(0, "image id")
-        row = images.row_of.get(image_id)
+        row = images.row_of(image_id)
         if row is None:
             raise line.error(f"image id {image_id} is not listed in {IMAGES}")
         if seen_at[row]:
             raise line.error(f"image id {image_id} is listed twice (first at line {seen_at[row]})")
         seen_at[row] = line.number
         yield row, line
-    for image_id, row in images.sorted_rows():
+    for row in images.sorted_rows().tolist():
         if not seen_at[row]:
             raise DatasetError(
-                f"{IMAGES} line {images.lines[row]}: image id {image_id} has no entry in {name}"
+                f"{IMAGES} line {images.lines[row]}: image id {images.ids[row]} has no entry "
+                f"in {name}"
             )
 
 
@@ -322,7 +370,7 @@ def _read_parts(
     for line in _read_lines(root, PART_LOCS, "<image_id> <part_id> <x> <y> <visible>"):
         image_id = line.id_at(0, "image id")
         part_id = line.id_at(1, "part id")
-        row = images.row_of.get(image_id)
+        row = images.row_of(image_id)
         if row is None:
             raise line.error(f"image id {image_id} is not listed in {IMAGES}")
         if part_id > len(part_names):
