@@ -228,6 +228,16 @@ def test_part_locations_without_part_names(tmp_path: Path) -> None:
     assert "parts/part_locs.txt is present but parts/parts.txt is missing" in message
 
 
+def test_listing_read_line_by_line_keeps_bom_line_ends_and_byte_offsets(tmp_path: Path) -> None:
+    root = write_cub(tmp_path / "cub")
+    labels = "\ufeff1 1\r2 1\r\n\n3 2\n4 2"  # BOM, CR, CRLF, blank line, no final newline
+    (root / "image_class_labels.txt").write_bytes(labels.encode("utf-8"))
+    assert [r.class_id for r in read_cub(root).records] == [0, 0, 1, 1]
+    (root / "classes.txt").write_bytes(b"1 a\n2 caf\xe9\n")
+    with pytest.raises(DatasetError, match="classes.txt: not UTF-8 text .bad byte at offset 9."):
+        read_cub(root)
+
+
 def test_not_utf8(tmp_path: Path) -> None:
     root = write_cub(tmp_path / "cub")
     (root / "classes.txt").write_bytes(b"1 caf\xe9\n2 x\n")
