@@ -242,7 +242,7 @@ def index_rows(
     """Rows of the images table (schema: pipeline.tables), one at a time, for the ``kept``
     rows of ``records`` with their split codes; a segmentation that does not decode is
     left out."""
-    for row, code in zip(kept.tolist(), split.tolist(), strict=True):
+    for row, code in zip(map(int, kept), map(int, split), strict=True):  # no list of all
         r = records[row]
         yield (
             {
