@@ -25,7 +25,7 @@ from PIL import Image
 
 from pipeline.errors import DatasetError
 from pipeline.imageio import check_relative, resolve_inside
-from pipeline.records import DatasetListing, ImageRecord
+from pipeline.records import DatasetListing, ImageRecord, RecordTable
 
 Corners = tuple[float, float, float, float]  # x1, y1, x2, y2: 1-based, inclusive
 Box = tuple[float, float, float, float]  # x, y, width, height: 0-based, pixels covered
@@ -86,7 +86,7 @@ def build_listing(
             )
         first[entry.path] = entry
     clamped: list[str] = []
-    records = tuple(
+    records = RecordTable(
         ImageRecord(
             image_id=number,
             path=entry.path,

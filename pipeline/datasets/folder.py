@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.errors import DatasetError
 from pipeline.imageio import resolve_inside
-from pipeline.records import DatasetListing, ImageRecord, RejectedEntry
+from pipeline.records import DatasetListing, ImageRecord, RecordTable, RejectedEntry
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -42,7 +42,7 @@ def read_folder(root: Path, *, test_fraction: float, seed: int) -> DatasetListin
     if not class_names:
         raise DatasetError(f"{root}: no class folders found (expected <root>/<class>/<image>)")
     rng = np.random.default_rng(seed)
-    records: list[ImageRecord] = []
+    records = RecordTable()
     for class_id, class_name in enumerate(class_names):
         paths, links = _image_files(root, class_name)
         rejected.extend(links)
@@ -67,7 +67,7 @@ def read_folder(root: Path, *, test_fraction: float, seed: int) -> DatasetListin
                 )
             )
     return DatasetListing(
-        records=tuple(records),
+        records=records,
         class_names=tuple(class_names),
         source="folder",
         rejected=tuple(
