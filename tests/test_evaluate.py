@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from model.comparison import run_compare
 from model.evaluation import METRIC_KEYS, SALIENCY_KEYS, run_evaluation
 from model.loading import load_model
 from model.metric_layout import GROUPS, HEADLINE, NATIVE, headline_document, value_of
@@ -21,28 +20,21 @@ from pipeline import layout
 from pipeline.evaluation_set import load_test_set
 from pipeline.imageio import load_rgb
 from pipeline.model_inputs import ModelInputs
-from pipeline.params import EvaluateParams, Params, PerturbParams
+from pipeline.params import PerturbParams
 from pipeline.perturbation import perturb_image
 from pipeline.tables import read_table, write_table
 from pipeline.view_datasets import normalise
-from tests.tiny_project import copy_project, tiny_trained_params
-
-FAST = EvaluateParams(
-    device="cpu", batch_size=4, sanity_images=4, report_prototypes=3, report_images=2
+from tests.tiny_project import (
+    EvaluatedProject,
+    copy_project,
+    tiny_evaluated_params,
 )
 
 
-def eval_params(**evaluate: object) -> Params:
-    return replace(tiny_trained_params(), evaluate=replace(FAST, **evaluate))
-
-
-@pytest.fixture(scope="module")
-def evaluated(trained_project: Path, tmp_path_factory) -> Path:
-    project = copy_project(trained_project, tmp_path_factory.mktemp("evaluate") / "p")
-    for kind in ("protomask", "protopnet"):
-        run_evaluation(eval_params(), kind, project)
-    run_compare(eval_params(), project, models=("protomask", "protopnet"))
-    return project
+@pytest.fixture
+def evaluated(evaluated_project: EvaluatedProject) -> Path:
+    """The session's evaluated and compared project (read only: copy it to change it)."""
+    return evaluated_project.root
 
 
 def metrics_of(project: Path, kind: str) -> dict:
@@ -169,7 +161,7 @@ def test_absent_ground_truth_is_reported_with_its_reason(evaluated: Path, tmp_pa
         fingerprint=info["fingerprint"],
         facts=dict(info["facts"], part_names=None),
     )
-    params = eval_params(sanity_images=0, report_prototypes=1, report_images=1)
+    params = tiny_evaluated_params(sanity_images=0, report_prototypes=1, report_images=1)
     doc = run_evaluation(params, "protomask", project).metrics
     for key in ("object_overlap", "background_overlap", "ior", "pointing_game"):
         assert value_of(doc, key) == {"absent": "no ground-truth object segmentation"}, key
@@ -184,7 +176,7 @@ def test_absent_ground_truth_is_reported_with_its_reason(evaluated: Path, tmp_pa
 def test_perturbation_is_deterministic_and_the_views_are_recut_like_the_stored_ones(
     evaluated: Path,
 ) -> None:
-    params = eval_params()
+    params = tiny_evaluated_params()
     model, train = load_model(evaluated, "protomask", "best", 3, torch.device("cpu"))
     inputs = ModelInputs("protomask", evaluated, params, train)
     test = load_test_set(evaluated, inputs.dataset.image_ids)
@@ -209,7 +201,7 @@ def test_randomisation_check_is_computed_against_a_different_trunk(evaluated: Pa
     from model.randomisation import SanityRow, randomisation_check, similarity_report
     from model.saliency import PrototypeSimilarity, prototype_saliency
 
-    params = eval_params()
+    params = tiny_evaluated_params()
     model, train = load_model(evaluated, "protomask", "best", 3, torch.device("cpu"))
     inputs = ModelInputs("protomask", evaluated, params, train)
     views = normalise(torch.stack([inputs.raw(i)[0] for i in range(4)]))
@@ -245,7 +237,7 @@ def test_perturbed_views_are_cut_with_the_crops_fill_mode(evaluated: Path, fill:
     from pipeline.crops import views_of_image
     from pipeline.mask_shards import MaskShard
 
-    params = eval_params()
+    params = tiny_evaluated_params()
     _, train = load_model(evaluated, "protomask", "best", 3, torch.device("cpu"))
     inputs = ModelInputs("protomask", evaluated, params, train)
     test = replace(load_test_set(evaluated, inputs.dataset.image_ids), fill=fill)
@@ -263,7 +255,7 @@ def test_perturbed_views_are_cut_with_the_crops_fill_mode(evaluated: Path, fill:
 def test_the_views_are_read_as_the_crops_index_states_them_each_shard_opened_once(
     evaluated: Path,
 ) -> None:
-    params = eval_params()
+    params = tiny_evaluated_params()
     _, train = load_model(evaluated, "protomask", "best", 3, torch.device("cpu"))
     inputs = ModelInputs("protomask", evaluated, params, train)
     test = load_test_set(evaluated, inputs.dataset.image_ids)
@@ -281,7 +273,7 @@ def test_the_baseline_input_never_wraps_a_read_only_image(evaluated: Path) -> No
     """At the baseline's own size the decoded (read-only, as JPEG decoding gives it) image
     needs no resize: the input must still be its own writable copy (torch warns on, and
     may write into, a read-only buffer)."""
-    params = eval_params()
+    params = tiny_evaluated_params()
     _, train = load_model(evaluated, "protopnet", "best", 3, torch.device("cpu"))
     inputs = ModelInputs("protopnet", evaluated, params, train)
     test = load_test_set(evaluated, inputs.dataset.image_ids)

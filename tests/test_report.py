@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,40 +26,29 @@ from model.report_duplicates import duplicates
 from model.report_evidence import class_evidence, own_units, runner_up
 from model.report_self_activation import high_activation_box
 from pipeline import layout
-from pipeline.params import EvaluateParams, Params
-from tests.tiny_project import copy_project, tiny_trained_params
-
-FAST = EvaluateParams(
-    device="cpu", batch_size=6, sanity_images=1, report_prototypes=2, report_images=2
+from tests.tiny_project import (
+    EVALUATED_KINDS,
+    TINY_EVALUATE,
+    EvaluatedProject,
+    copy_project,
+    tiny_evaluated_params,
 )
-KINDS = ("protomask", "protopnet")
 
 
-def eval_params() -> Params:
-    return replace(tiny_trained_params(), evaluate=FAST)
-
-
-@pytest.fixture(scope="module")
-def reported(trained_project: Path, tmp_path_factory) -> tuple[Path, dict]:
-    project = copy_project(trained_project, tmp_path_factory.mktemp("report") / "p")
-    runs = {kind: run_evaluation(eval_params(), kind, project) for kind in KINDS}
-    return project, runs
-
-
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", EVALUATED_KINDS)
 def test_contributions_are_similarity_times_the_checkpoints_last_layer_weight(
-    reported, kind: str
+    evaluated_project: EvaluatedProject, kind: str
 ) -> None:
-    project, runs = reported
+    project, runs = evaluated_project
     report = runs[kind].report
-    ckpt = layout.train_dir(kind, 0) / FAST.checkpoint / "checkpoint.pt"
+    ckpt = layout.train_dir(kind, 0) / TINY_EVALUATE.checkpoint / "checkpoint.pt"
     weight = load_checkpoint(project / ckpt).model["head.last_layer.weight"].float()
     assert report.samples and all("evidence" in s for s in report.samples)
     for sample in report.samples:
         (_, pred, _, top), (_, second, _, rows2) = sample["evidence"]
         assert pred == sample["pred"] and second != pred
         for cls, rows in ((pred, top), (second, rows2)):
-            assert len(rows) == FAST.top_k
+            assert len(rows) == TINY_EVALUATE.top_k
             values = [r.contribution for r in rows]
             assert values == sorted(values, reverse=True)
             for r in rows:
@@ -128,17 +116,17 @@ def test_duplicates_flag_a_shared_source_and_a_constructed_similarity_twin() -> 
 
 
 def test_a_constructed_duplicate_prototype_is_flagged_in_the_report(
-    reported, tmp_path: Path
+    evaluated_project: EvaluatedProject, tmp_path: Path
 ) -> None:
-    project = copy_project(reported[0], tmp_path / "p")
-    folder = project / layout.train_dir("protopnet", 0) / FAST.checkpoint
+    project = copy_project(evaluated_project.root, tmp_path / "p")
+    folder = project / layout.train_dir("protopnet", 0) / TINY_EVALUATE.checkpoint
     records = json.loads((folder / "push.json").read_text())
     twin = next(r for r in records if r["prototype"] == 1)
     twin.update({k: v for k, v in records[0].items() if k != "prototype"})
     (folder / "push.json").write_text(json.dumps(records))
-    evaluation = run_evaluation(
-        eval_params(), "protopnet", project, write=False
-    )  # checkpoint untouched: only the push record is shared
+    params = tiny_evaluated_params(sanity_images=1, report_prototypes=2)
+    # checkpoint untouched: only the push record is shared
+    evaluation = run_evaluation(params, "protopnet", project, write=False)
     units = {u["prototype"]: u for e in evaluation.report.class_entries for u in e["units"]}
     assert units[1]["duplicate"] is not None and units[1]["duplicate"].of == 0
     assert units[1]["duplicate"].reason == "same push source"
@@ -151,9 +139,11 @@ def test_high_activation_box_bounds_the_95th_percentile_region() -> None:
     assert high_activation_box(act).tolist() == [10, 2, 14, 6]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_page_names_metrics_links_pages_and_shows_the_global_view(reported, kind: str) -> None:
-    project, runs = reported
+@pytest.mark.parametrize("kind", EVALUATED_KINDS)
+def test_page_names_metrics_links_pages_and_shows_the_global_view(
+    evaluated_project: EvaluatedProject, kind: str
+) -> None:
+    project, runs = evaluated_project
     page = (project / layout.evaluate_dir(kind, 0) / "index.html").read_text()
     for facts in METRICS[:8]:  # full names and meanings, not raw keys
         assert facts.label.replace("&", "&amp;") in page and facts.meaning in page
@@ -213,9 +203,9 @@ def chromium(page: Path, *args: str) -> str:
 
 @pytest.mark.skipif(BROWSER is None, reason="no headless browser: apt-get install chromium")
 def test_the_report_renders_in_a_real_browser_offline_with_every_image(
-    reported, tmp_path: Path
+    evaluated_project: EvaluatedProject, tmp_path: Path
 ) -> None:
-    project, _ = reported
+    project, _ = evaluated_project
     folder = tmp_path / "report"
     shutil.copytree(project / layout.evaluate_dir("protopnet", 0), folder)
     page = (folder / "index.html").read_text()
@@ -246,7 +236,7 @@ def test_a_protopool_prototype_in_two_slots_of_a_class_is_flagged() -> None:
         model.head.slots[2, 0, 0] = model.head.slots[2, 1, 5] = 1.0
         out = model(torch.randn(1, 3, 32, 32))
     evidence = class_evidence("protopool", model, out)
-    builder = ReportBuilder("protopool", 0, None, FAST, 32)
+    builder = ReportBuilder("protopool", 0, None, TINY_EVALUATE, 32)
     builder._class_entries(own_units(model, evidence), evidence)
     flags = [[u["duplicate"] for u in e["units"]] for e in builder.class_entries]
     assert flags[1] == flags[2] == [None, None] and flags[0][0] is None

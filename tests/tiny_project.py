@@ -6,11 +6,13 @@ from __future__ import annotations
 import shutil
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from pipeline import layout
 from pipeline.params import (
     CropsParams,
     DataParams,
+    EvaluateParams,
     ModelParams,
     Params,
     PrototypeModelParams,
@@ -20,6 +22,9 @@ from pipeline.params import (
 )
 from pipeline.prepare import run_prepare
 from pipeline.synthetic import generate_synthetic
+
+if TYPE_CHECKING:
+    from model.evaluation import Evaluation
 
 TINY_SYNTHETIC = SyntheticParams(num_classes=3, images_per_class=6, image_size=64)
 
@@ -126,3 +131,34 @@ def make_trained_project(cropped: Path, root: Path, params: Params) -> Path:
     for kind in ("protomask", "protopnet"):
         run_training(params, kind, project)
     return project
+
+
+# ---------------------------------------------------------------- evaluated helpers
+TINY_EVALUATE = EvaluateParams(
+    device="cpu", batch_size=4, sanity_images=4, report_prototypes=3, report_images=2
+)
+EVALUATED_KINDS = ("protomask", "protopnet")
+
+
+def tiny_evaluated_params(**evaluate: object) -> Params:
+    """tiny_trained_params with a small evaluation (4 sanity images, a report of 3
+    prototypes and 2 test images) and the given evaluate keys."""
+    return replace(tiny_trained_params(), evaluate=replace(TINY_EVALUATE, **evaluate))
+
+
+class EvaluatedProject(NamedTuple):
+    """A project evaluated and compared, and the evaluations (report builders included)."""
+
+    root: Path
+    runs: dict[str, Evaluation]
+
+
+def make_evaluated_project(trained: Path, root: Path, params: Params) -> EvaluatedProject:
+    """A copy of a trained project with EVALUATED_KINDS evaluated and compared."""
+    from model.comparison import run_compare
+    from model.evaluation import run_evaluation
+
+    project = copy_project(trained, root)
+    runs = {kind: run_evaluation(params, kind, project) for kind in EVALUATED_KINDS}
+    run_compare(params, project, models=EVALUATED_KINDS)
+    return EvaluatedProject(project, runs)
