@@ -46,7 +46,7 @@ from pipeline.params import CropsParams, Params, result_dict, text_fingerprint
 from pipeline.progress import ShardReporter
 from pipeline.segmenters.base import MaskSet
 from pipeline.sharded import ShardedStage, run_shards
-from pipeline.tables import ROW_GROUP_ROWS, TableWriter, read_table
+from pipeline.tables import TableWriter, read_table
 from pipeline.views import ViewPlan, boxes_and_areas, cut_planned_views, plan_views, resize_square
 
 
@@ -440,7 +440,7 @@ def write_index(
     fingerprint: str,
     facts: dict[str, object],
     num_views: int,
-    row_group_rows: int = ROW_GROUP_ROWS,
+    row_group_rows: int | None = None,
 ) -> dict:
     """Write the crops index from the per-view tables the crop shards store, shard after
     shard, holding at most one Parquet row group: a reused shard's index rows are read

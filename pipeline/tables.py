@@ -110,9 +110,17 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
 SPLITS = ("train", "val", "test")
 
 
-# Rows per Parquet row group: pyarrow's own default for pq.write_table, written out so
-# that a table written whole and one streamed through TableWriter get the same bytes.
-ROW_GROUP_ROWS = 1024 * 1024
+# Rows per Parquet row group, per kind. TableWriter holds one row group (and its joined
+# copy while writing it), so this bounds a table's writing memory whatever its length: a
+# few MiB each. An images row is about 1 KiB in Arrow (its parts), a crops row about 60 B;
+# fewer, larger groups keep a big table's footer (an entry per group and column) small.
+ROW_GROUP_ROWS: dict[str, int] = {"images": 8192, "crops": 131072}
+DEFAULT_ROW_GROUP_ROWS = 65536  # the other kinds: rejects, duplicates, failures
+
+
+def rows_per_group(kind: str) -> int:
+    """Rows per Parquet row group of a ``kind`` table."""
+    return ROW_GROUP_ROWS.get(kind, DEFAULT_ROW_GROUP_ROWS)
 
 
 def write_table(
@@ -154,9 +162,10 @@ class TableWriter:
     """Write a ``kind`` table piece by piece, atomically, holding at most one row group.
 
     Pieces (row dicts, Arrow columns or tables of the kind's schema, in table order) are
-    buffered until a whole row group of ``row_group_rows`` rows is there, which is then
-    written as one contiguous chunk: the file has the same bytes as ``pq.write_table`` of
-    the whole table at once (same row groups, same pages), whatever the pieces were. The
+    buffered until a whole row group of ``row_group_rows`` rows (default: the kind's
+    :func:`rows_per_group`) is there, which is then written as one contiguous chunk: the
+    file has the same bytes as ``pq.write_table`` of the whole table at once with that row
+    group size (same row groups, same pages), whatever the pieces were. The
     file appears under ``path`` only when the ``with`` block ends without an error.
     """
 
@@ -167,12 +176,12 @@ class TableWriter:
         *,
         fingerprint: str,
         facts: dict[str, Any] | None = None,
-        row_group_rows: int = ROW_GROUP_ROWS,
+        row_group_rows: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.kind = kind
         self.schema = SCHEMAS[kind][1].with_metadata(_metadata(kind, fingerprint, facts))
-        self.row_group_rows = int(row_group_rows)
+        self.row_group_rows = int(row_group_rows or rows_per_group(kind))
         self.rows_written = 0
         self._pieces: list[pa.Table] = []
         self._buffered = 0

@@ -19,7 +19,14 @@ from pipeline import layout, prepare
 from pipeline.crop_shards import write_crop_shard
 from pipeline.crops import assemble_index, crops_metrics, index_arrays, write_index
 from pipeline.errors import ArtifactError
-from pipeline.tables import SCHEMAS, TableWriter, read_info, read_table, write_table
+from pipeline.tables import (
+    SCHEMAS,
+    TableWriter,
+    read_info,
+    read_table,
+    rows_per_group,
+    write_table,
+)
 
 VIEWS = 3
 FACTS = {"num_views": VIEWS, "size": 2, "fill": "zero", "order": "area", "min_box_size": 0}
@@ -154,33 +161,56 @@ def test_table_writer_pieces_and_empty_table(tmp_path: Path) -> None:
     assert not (tmp_path / "failed.parquet").exists() and not list(tmp_path.glob(".*tmp*"))
 
 
-def test_images_index_in_batches_has_the_bytes_of_one_write(tmp_path: Path, monkeypatch) -> None:
-    def row(i: int) -> dict:
-        return {
-            "image_id": i,
-            "path": f"images/{i}.jpg",
-            "class_id": i % 2,
-            "class_name": f"c{i % 2}",
-            "split": "train",
-            "width": 10,
-            "height": 8,
-            "pixel_hash": f"{i:064x}",
-            "object_box_xywh": [1.0, 2.0, 3.0, 4.0] if i % 3 else None,
-            "parts": [{"part_id": 1, "x": 1.5, "y": 2.0, "visible": True}] * (i % 4)
-            if i % 5
-            else None,
-            "segmentation_path": None,
-        }
+def image_row(i: int) -> dict:
+    """An images index row (every field; some nulls, parts of 0-3 keypoints)."""
+    return {
+        "image_id": i,
+        "path": f"images/{i}.jpg",
+        "class_id": i % 2,
+        "class_name": f"c{i % 2}",
+        "split": "train",
+        "width": 10,
+        "height": 8,
+        "pixel_hash": f"{i:064x}",
+        "object_box_xywh": [1.0, 2.0, 3.0, 4.0] if i % 3 else None,
+        "parts": [{"part_id": 1, "x": 1.5, "y": 2.0, "visible": True}] * (i % 4) if i % 5 else None,
+        "segmentation_path": None,
+    }
 
+
+def test_images_index_in_batches_has_the_bytes_of_one_write(tmp_path: Path, monkeypatch) -> None:
     facts = {"class_names": ["a", "b"]}
     write_table(
-        [row(i) for i in range(40)], tmp_path / "a.parquet", "images", fingerprint="fp", facts=facts
+        [image_row(i) for i in range(40)],
+        tmp_path / "a.parquet",
+        "images",
+        fingerprint="fp",
+        facts=facts,
     )
     monkeypatch.setattr(prepare, "ROWS_PER_BATCH", 7)
     prepare.write_images_index(
-        tmp_path / "b.parquet", (row(i) for i in range(40)), fingerprint="fp", facts=facts
+        tmp_path / "b.parquet", (image_row(i) for i in range(40)), fingerprint="fp", facts=facts
     )
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_a_long_table_is_written_a_bounded_row_group_at_a_time(tmp_path: Path) -> None:
+    """The writer never holds more than one row group of the kind's size (images: 8,192
+    rows), so writing memory does not grow with the table."""
+    n = rows_per_group("images") * 2 + 100
+    most = 0
+    with TableWriter(tmp_path / "images.parquet", "images", fingerprint="fp") as writer:
+        for start in range(0, n, 1000):
+            writer.write_rows([image_row(i) for i in range(start, min(start + 1000, n))])
+            most = max(most, writer._buffered)
+    assert most < rows_per_group("images")
+    groups = pq.ParquetFile(tmp_path / "images.parquet").metadata
+    assert [groups.row_group(g).num_rows for g in range(groups.num_row_groups)] == [
+        8192,
+        8192,
+        100,
+    ]
+    assert rows_per_group("crops") * 60 < 16 * 2**20  # a crops row group: a few MiB
 
 
 def test_bounded_map_keeps_order_and_at_most_window_in_flight() -> None:
