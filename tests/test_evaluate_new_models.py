@@ -36,7 +36,7 @@ from model.scalars import Scores, class_prototype_weights, model_metrics
 from model.training import run_training
 from pipeline import layout
 from pipeline.params import EvaluateParams, Params
-from tests.tiny_project import copy_project, tiny_trained_params
+from tests.tiny_project import EvaluatedProject, copy_project, tiny_trained_params
 
 FAST = EvaluateParams(
     device="cpu", batch_size=6, sanity_images=3, report_prototypes=2, report_images=1
@@ -58,10 +58,14 @@ def new_network(kind: str) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def evaluated(trained_project: Path, tmp_path_factory) -> tuple[Path, dict]:
+def evaluated(
+    trained_project: Path, evaluated_project: EvaluatedProject, tmp_path_factory
+) -> tuple[Path, dict]:
+    """ProtoPool and PIP-Net trained and evaluated on a copy of the trained project, beside
+    the session's ProtoPNet evaluation (the reference layout of a metrics document)."""
     project = copy_project(trained_project, tmp_path_factory.mktemp("new_models") / "p")
     params = eval_params()
-    runs = {"protopnet": run_evaluation(params, "protopnet", project, write=False)}
+    runs = {"protopnet": evaluated_project.runs["protopnet"]}
     for kind in NEW:
         run_training(params, kind, project)
         runs[kind] = run_evaluation(params, kind, project, write=True)
