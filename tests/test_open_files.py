@@ -17,16 +17,17 @@ from pipeline.view_datasets import ShardFiles
 from tests.e2e import stage_env
 from tests.tiny_project import make_segmented_project, tiny_trained_params
 
-FILE_LIMIT = 64
+# above MAX_OPEN_SHARDS (16) and what a training process opens besides (under 16)
+FILE_LIMIT = 32
 
 
 def many_shards_params():
-    """Tiny training params over 68 one-image shards (more than FILE_LIMIT, by a few: each
+    """Tiny training params over 36 one-image shards (more than FILE_LIMIT, by a few: each
     shard is an image to segment, crop and train on)."""
     params = tiny_trained_params()
     data = replace(
         DataParams(),
-        synthetic=SyntheticParams(num_classes=4, images_per_class=17, image_size=64),
+        synthetic=SyntheticParams(num_classes=4, images_per_class=9, image_size=64),
     )
     return replace(params, data=data, segment=replace(params.segment, shard_size=1))
 
