@@ -261,7 +261,8 @@ class ShardTracker:
         self, bar: Progress, keys: set[str], postfix: Callable[[dict[str, int]], dict[str, Any]]
     ) -> None:
         self.bar, self.keys, self.postfix = bar, keys, postfix
-        self.counts: dict[str, dict[str, int]] = {}
+        self.counts: dict[str, dict[str, int]] = {}  # the running tasks' latest counts
+        self.totals: dict[str, int] = {}  # summed over the finished and running tasks
         self.finished: set[str] = set()
         self.lock = threading.Lock()
 
@@ -279,16 +280,16 @@ class ShardTracker:
         with self.lock:
             if key in self.finished:
                 return
-            if final:
+            previous = self.counts.pop(key, {})
+            if final:  # a finished task lives on in the totals only (O(1) per event)
                 self.finished.add(key)
-            before = self.counts.get(key, {}).get("images", 0)
-            self.counts[key] = counts
-            totals: dict[str, int] = {}
-            for one in self.counts.values():
-                for name, value in one.items():
-                    totals[name] = totals.get(name, 0) + value
-            self.bar.set_postfix(**self.postfix(totals))
-            self.bar.update(counts.get("images", 0) - before)
+            else:
+                self.counts[key] = counts
+            for name in previous.keys() | counts.keys():
+                change = counts.get(name, 0) - previous.get(name, 0)
+                self.totals[name] = self.totals.get(name, 0) + change
+            self.bar.set_postfix(**self.postfix(self.totals))
+            self.bar.update(counts.get("images", 0) - previous.get("images", 0))
 
     @contextmanager
     def subscribed(self, client: Any) -> Iterator[ShardTracker]:

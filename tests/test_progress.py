@@ -96,6 +96,7 @@ def test_running_shards_advance_the_bar_per_image_with_running_means() -> None:
         tracker.finish("a", {"images": 4, "masks": 12})
         tracker.event((0.0, {"key": "a", "counts": {"images": 3, "masks": 11}}))  # late
         tracker.finish("b", {"images": 4, "masks": 4})
+        assert tracker.counts == {}  # finished tasks live on in the totals only
     logger.handlers.clear()
     assert bar.n == 8 and bar.postfix == {"masks_per_image": 2.0}
     assert stream.getvalue().splitlines()[-1].endswith("; masks_per_image=2")
