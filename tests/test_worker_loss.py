@@ -21,6 +21,11 @@ def die_once(marker: str) -> int:
     return 1
 
 
+def profiling(dask_worker) -> bool:
+    """Whether a dask worker runs its statistical profiler (sampled every 10 ms)."""
+    return "profile" in dask_worker.periodic_callbacks
+
+
 def test_a_killed_local_worker_is_logged_in_one_line(tmp_path: Path):
     """The nanny's note that a worker died (silenced with dask's other logs) reaches the
     stage's logger as one warning line; the task still completes on the restarted worker."""
@@ -37,6 +42,8 @@ def test_a_killed_local_worker_is_logged_in_one_line(tmp_path: Path):
     try:
         with dask_client(1, stage="segment") as client:
             assert client.submit(die_once, str(tmp_path / "killed"), pure=False).result() == 1
+            # the restarted worker too runs without dask's profiler (memory grew with time)
+            assert list(client.run(profiling).values()) == [False]
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
