@@ -229,8 +229,10 @@ def predict(
     for inputs, y, image_ids in batches:
         with autocast(device, train):
             out = model(inputs.to(device))
-        ids.append(image_ids)
-        labels.append(y)
+        # copies: a DataLoader worker's tensors live in shared memory, one open file each
+        # while referenced, so keeping them would hold two files per batch of the split
+        ids.append(image_ids.clone())
+        labels.append(y.clone())
         logits.append(out.logits.float().cpu())
     ids_t = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long)
     y_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
