@@ -4,6 +4,7 @@ plan of 10^5 shards does not hold 10^5 tasks' state at once, and still runs each
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -58,3 +59,6 @@ def test_without_a_bound_the_scheduler_would_hold_them_all(client) -> None:
 
 def test_the_default_limit_follows_the_cluster_threads(client) -> None:
     assert in_flight_limit(client) == 8  # 4 per thread x 2 threads, the floor of 8
+    threads = lambda counts: SimpleNamespace(nthreads=lambda: counts)  # noqa: E731
+    assert in_flight_limit(threads({"a": 3, "b": 2})) == 20  # 4 per thread
+    assert in_flight_limit(threads({})) == 8  # workers still starting: the floor
