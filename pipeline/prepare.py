@@ -30,7 +30,7 @@ from pipeline.imageio import load_rgb, pixel_hash, read_mask_png, resolve_inside
 from pipeline.params import DataParams, result_fingerprint
 from pipeline.progress import Progress, get_logger, track
 from pipeline.records import DatasetListing, ImageRecord, RecordTable
-from pipeline.tables import TableWriter, write_table
+from pipeline.tables import SPLITS, TableWriter, write_table
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -153,8 +153,7 @@ def decode_all(
     return decoded, rejects
 
 
-SPLIT_NAMES = ("train", "val", "test")  # split codes 0, 1, 2
-TRAIN, VAL, TEST = range(3)
+TRAIN, VAL, TEST = range(3)  # split codes: indices into tables.SPLITS
 
 
 def _split_name(is_train: bool) -> str:
@@ -250,7 +249,7 @@ def index_rows(
                 "path": r.path,
                 "class_id": r.class_id,
                 "class_name": class_names[r.class_id],
-                "split": SPLIT_NAMES[code],
+                "split": SPLITS[code],
                 "width": int(decoded.width[row]),
                 "height": int(decoded.height[row]),
                 "pixel_hash": decoded.pixel_hash(row),
@@ -344,7 +343,7 @@ def check_classes(listing: DatasetListing, root: Path) -> None:
 
 def split_counts(split: np.ndarray) -> dict[str, int]:
     """Images per split name."""
-    return {name: int(np.count_nonzero(split == code)) for code, name in enumerate(SPLIT_NAMES)}
+    return {name: int(np.count_nonzero(split == code)) for code, name in enumerate(SPLITS)}
 
 
 def check_splits(

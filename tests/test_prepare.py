@@ -15,7 +15,6 @@ from pipeline import layout
 from pipeline.errors import DatasetError
 from pipeline.params import DataParams
 from pipeline.prepare import (
-    SPLIT_NAMES,
     Decoded,
     DecodedTable,
     assign_splits,
@@ -23,7 +22,7 @@ from pipeline.prepare import (
     run_prepare,
 )
 from pipeline.records import ImageRecord, RecordTable
-from pipeline.tables import read_table
+from pipeline.tables import SPLITS, read_table
 
 
 def records(n_per_class: int, classes: int, test_every: int = 4) -> list[ImageRecord]:
@@ -49,7 +48,7 @@ def split_of(
         val_fraction,
         seed,
     )
-    return {r.image_id: SPLIT_NAMES[c] for r, c in zip(recs, codes.tolist(), strict=True)}
+    return {r.image_id: SPLITS[c] for r, c in zip(recs, codes.tolist(), strict=True)}
 
 
 def test_val_is_stratified_seeded_and_carved_from_train() -> None:
