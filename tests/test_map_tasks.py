@@ -1,5 +1,6 @@
-"""pipeline.execution.map_tasks keeps a bounded number of tasks on the scheduler, so a
-plan of 10^5 shards does not hold 10^5 tasks' state at once, and still runs each once."""
+"""pipeline.execution.map_tasks keeps a bounded number of tasks submitted and not yet
+collected, so a plan of 10^5 shards does not hold 10^5 tasks' state at once, and still
+runs each once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,37 @@ from pipeline.execution import in_flight_limit, map_tasks
 
 SEEN: list[int] = []
 LOCK = threading.Lock()
-SCHEDULER: list[object] = []  # the in-process cluster's scheduler, read by the tasks
+
+
+class CountingClient:
+    """The client as map_tasks sees it, counting the futures it submitted and has not
+    released yet. Counted on the client, where map_tasks acts: the scheduler's task table
+    learns of a release asynchronously, so reading it would count collected tasks too."""
+
+    def __init__(self, client: object) -> None:
+        self.client = client
+        self.outstanding = 0
+        self.lock = threading.Lock()
+
+    def submit(self, fn, *args, **kwargs):
+        future = self.client.submit(fn, *args, **kwargs)
+        with self.lock:
+            self.outstanding += 1
+        release = future.release
+        released = []
+
+        def counted_release() -> None:  # dask calls it again when the future is deleted
+            with self.lock:
+                if not released:
+                    released.append(True)
+                    self.outstanding -= 1
+            release()
+
+        future.release = counted_release
+        return future
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.client, name)
 
 
 @pytest.fixture(scope="module")
@@ -31,30 +62,40 @@ def client():
         ) as cluster,
         Client(cluster) as client,
     ):
-        SCHEDULER[:] = [cluster.scheduler]
         yield client
 
 
-def tasks_on_scheduler(task: int) -> int:
-    """Runs on the in-process worker: how many tasks the scheduler holds now."""
-    held = len(SCHEDULER[0].tasks)
+COUNTER: list[CountingClient] = []  # the counting client of the running test
+
+
+def outstanding_when_run(task: int) -> int:
+    """Runs on the in-process worker: how many tasks map_tasks has submitted and not
+    collected while this one runs (itself included)."""
+    held = COUNTER[0].outstanding
     with LOCK:
         SEEN.append(task)
     return held
 
 
-def test_at_most_in_flight_tasks_are_submitted_and_each_runs_once(client) -> None:
+def run_counted(client: object, in_flight: int) -> list[tuple[int, int]]:
     SEEN.clear()
-    pairs = list(map_tasks(client, tasks_on_scheduler, list(range(40)), in_flight=3))
+    COUNTER[:] = [CountingClient(client)]
+    return list(map_tasks(COUNTER[0], outstanding_when_run, list(range(40)), in_flight=in_flight))
+
+
+def test_at_most_in_flight_tasks_are_submitted_and_each_runs_once(client) -> None:
+    pairs = run_counted(client, in_flight=3)
     assert sorted(task for task, _ in pairs) == list(range(40))
     assert sorted(SEEN) == list(range(40))  # each task ran exactly once
     assert max(held for _, held in pairs) <= 3, [held for _, held in pairs]
+    assert COUNTER[0].outstanding == 0  # every future released once collected
 
 
-def test_without_a_bound_the_scheduler_would_hold_them_all(client) -> None:
-    """The probe sees what it should: with the window as wide as the plan, tasks pile up."""
-    pairs = list(map_tasks(client, tasks_on_scheduler, list(range(40)), in_flight=40))
-    assert max(held for _, held in pairs) > 3
+def test_without_a_bound_every_task_would_be_outstanding(client) -> None:
+    """The probe sees what it should: with the window as wide as the plan, all 40 are
+    submitted before the first is collected."""
+    pairs = run_counted(client, in_flight=40)
+    assert max(held for _, held in pairs) == 40
 
 
 def test_the_default_limit_follows_the_cluster_threads(client) -> None:
