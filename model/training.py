@@ -251,7 +251,7 @@ def training_fingerprint(
     params: Params, kind: str, crops_fp: str, precision: str, world_size: int = 1
 ) -> str:
     """What decides the trained weights: the train params that change results (not the
-    speed-only ones: device, loader workers, channels_last), the model kind, the crops,
+    speed-only ones: device, loader workers), the model kind, the crops,
     the arithmetic actually used (bf16 autocast or fp32) and the number of DDP ranks.
     The other models' sections of train are left out: tuning one model retrains no other."""
     own = {k: v for k, v in result_dict(params.train).items() if k not in MODELS or k == kind}
@@ -322,7 +322,7 @@ def start_run(
         read_info(project_root / layout.IMAGES_INDEX, "images")["facts"]["class_names"]
     )
     model = build_model(kind, train, num_classes).to(device)
-    if device.type == "cuda" and train.channels_last:
+    if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
         unwrap_model(model).channels_last = True
     own, how = model_section(train, kind), recipe(kind)

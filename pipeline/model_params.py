@@ -52,7 +52,7 @@ class ModelParams:
         "see other features than training did.",
     )
     baseline_image_size: int = param(
-        128,
+        96,
         "Side of the full image fed to the baselines (ProtoPNet, ProtoPool, PIP-Net; the "
         "synthetic images' own size: nothing is lost to resizing).",
         interval=Interval(16, 1024),

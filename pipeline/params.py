@@ -93,12 +93,10 @@ class SyntheticParams:
         0, "Seed of the generator: same seed, same bytes.", interval=Interval(0, 2**31 - 1)
     )
     num_classes: int = param(
-        10, "Number of classes (distinct part-attribute combinations).", interval=Interval(2, 200)
+        5, "Number of classes (distinct part-attribute combinations).", interval=Interval(2, 200)
     )
     images_per_class: int = param(24, "Images generated per class.", interval=Interval(4, 10000))
-    image_size: int = param(
-        128, "Side of the square images in pixels.", interval=Interval(64, 1024)
-    )
+    image_size: int = param(96, "Side of the square images in pixels.", interval=Interval(64, 1024))
     test_fraction: float = param(
         0.3,
         "Share of each class written as test in train_test_split.txt.",
@@ -383,7 +381,7 @@ class TrainParams:
     """train: every model on the same data and trunk, each with its own section."""
 
     seeds: list[int] = param(
-        [0],
+        [0, 1],
         "Training seeds: each model is trained and evaluated once per seed (the DVC matrix "
         "model x seed), and compare reports every metric as mean +- std over them; a seed "
         "sets initialisation, shuffling and augmentation. The paper's comparison: [0, 1, 2].",
@@ -392,7 +390,12 @@ class TrainParams:
     )
     device: str = param("auto", "auto | cpu | cuda | cuda:N.", speed_only=True)
     bf16: bool = param(True, "bf16 autocast on CUDA (ignored on CPU).")
-    channels_last: bool = param(True, "channels_last memory format on CUDA.", speed_only=True)
+    channels_last: bool = param(
+        True,
+        "Train in channels-last memory format (CPU and CUDA): 1.5-2x faster convolutions on a "
+        "CPU (oneDNN). Float rounding differs from the default format, so DVC retrains when "
+        "it changes.",
+    )
     batch_size: int = param(
         16, "Images per step (each with all its views).", interval=Interval(1, 4096)
     )
@@ -513,7 +516,7 @@ class EvaluateParams:
         interval=Interval(0, 100000),
     )
     report_prototypes: Optional[int] = param(
-        20,
+        10,
         "Prototypes shown in the report, round-robin over the classes (null: all).",
         interval=Interval(0, 100000),
     )

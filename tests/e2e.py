@@ -81,6 +81,7 @@ TINY = {
     "segment": {"workers": 1, "shard_size": 8},
     "crops": {"num_views": 4, "size": 16, "workers": 1},
     "train": {
+        "seeds": [0],
         "batch_size": 4,
         "loader_workers": 0,
         "device": "cpu",

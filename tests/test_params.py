@@ -308,7 +308,6 @@ def test_the_speed_only_keys() -> None:
         "segment.sam2.encoder_batch_size",
         "crops.workers",
         "train.device",
-        "train.channels_last",
         "train.loader_workers",
         "evaluate.device",
         "evaluate.batch_size",
@@ -334,10 +333,12 @@ def test_result_fingerprint_ignores_speed_only_keys_at_any_depth() -> None:
         seg
     )
     train = TrainParams()
-    assert result_fingerprint(
-        replace(train, loader_workers=0, channels_last=False, device="cpu")
-    ) == result_fingerprint(train)
+    assert result_fingerprint(replace(train, loader_workers=0, device="cpu")) == result_fingerprint(
+        train
+    )
     assert result_fingerprint(replace(train, bf16=False)) != result_fingerprint(train)
+    # channels-last rounds differently: it changes the trained weights
+    assert result_fingerprint(replace(train, channels_last=False)) != result_fingerprint(train)
     assert result_fingerprint(seg, train) != result_fingerprint(train, seg)
 
 

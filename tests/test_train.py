@@ -261,7 +261,7 @@ def test_two_clean_runs_give_byte_identical_outputs_whatever_the_speed_settings(
     shutil.rmtree(out)
     random.seed(12345)  # whatever state Python's generator is in before the stage
     # speed-only settings differ from the reference run's: the bytes must not
-    run_training(tiny_train_params(loader_workers=1, channels_last=False), "protomask", project)
+    run_training(tiny_train_params(loader_workers=1), "protomask", project)
     assert tree(out) == tree(trained / layout.train_dir("protomask", 0))
     assert (project / layout.train_metrics("protomask", 0)).read_bytes() == (
         trained / layout.train_metrics("protomask", 0)
@@ -319,7 +319,7 @@ def test_speed_only_settings_do_not_retrain(trained: Path, tmp_path: Path) -> No
     out = project / layout.train_dir("protomask", 0)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
     summary = run_training(
-        tiny_train_params(loader_workers=1, channels_last=False, device="auto"),
+        tiny_train_params(loader_workers=1, device="auto"),
         "protomask",
         project,
     )

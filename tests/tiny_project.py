@@ -30,11 +30,13 @@ TINY_SYNTHETIC = SyntheticParams(num_classes=3, images_per_class=6, image_size=6
 
 
 def tiny_params(**segment: object) -> Params:
-    """Default params shrunk to a few tiny images, one worker, small shards."""
+    """Default params shrunk to a few tiny images, one worker, small shards, one
+    training seed."""
     return replace(
         Params(),
         data=replace(DataParams(), synthetic=TINY_SYNTHETIC),
         segment=replace(SegmentParams(workers=1, shard_size=4), **segment),
+        train=replace(TrainParams(), seeds=[0]),
     )
 
 
@@ -105,6 +107,7 @@ def tiny_train_params(**train: object) -> Params:
     defaults = TrainParams()
     base = replace(
         defaults,
+        seeds=[0],
         batch_size=4,
         loader_workers=0,
         device="cpu",
