@@ -298,7 +298,9 @@ def test_build_model_freezes_batchnorm_by_default_param() -> None:
     tiny = ModelParams(backbone="tiny_cnn", weights="none")
     small = replace(TrainParams().protomask, prototypes_per_class=2, prototype_dim=4)
     assert tiny.freeze_bn
-    frozen = build_model("protomask", replace(TrainParams(), model=tiny, protomask=small), 3)
+    frozen = build_model(
+        "protomask", replace(TrainParams(), seeds=[0], model=tiny, protomask=small), 3
+    )
     frozen = frozen.train()
     assert bn_training(frozen) == {False} and frozen.add_on.training
     assert all(p.requires_grad for p in frozen.trunk.parameters())
@@ -307,7 +309,7 @@ def test_build_model_freezes_batchnorm_by_default_param() -> None:
     assert torch.equal(frozen.trunk.bn1.running_mean, stats)
     trains = build_model(
         "protomask",
-        replace(TrainParams(), model=replace(tiny, freeze_bn=False), protomask=small),
+        replace(TrainParams(), seeds=[0], model=replace(tiny, freeze_bn=False), protomask=small),
         3,
     ).train()
     assert bn_training(trains) == {True}
@@ -339,7 +341,9 @@ def test_addon_init_param_reaches_both_models_and_default_avoids_saturation() ->
         torch.manual_seed(0)
         own = replace(getattr(TrainParams(), kind), prototypes_per_class=2, prototype_dim=4)
         section = {kind: replace(own, addon_init=init)}
-        return build_model(kind, replace(TrainParams(), model=tiny, **section), 3).add_on[0]
+        return build_model(
+            kind, replace(TrainParams(), seeds=[0], model=tiny, **section), 3
+        ).add_on[0]
 
     for kind in ("protomask", "protopnet"):
         assert getattr(TrainParams(), kind).addon_init == "default"
