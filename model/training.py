@@ -87,7 +87,10 @@ def run_seed(train: TrainParams) -> int:
     """The seed of one run: the train params of a run list exactly one seed
     (:func:`with_seed`)."""
     if len(train.seeds) != 1:
-        raise ValueError(f"one run has one seed, got train.seeds {train.seeds}")
+        raise ValueError(
+            f"one run has one seed, got train.seeds {train.seeds}: pass the params of one "
+            "run, with_seed(params, seed)"
+        )
     return train.seeds[0]
 
 

@@ -165,6 +165,18 @@ def test_each_seed_trains_into_its_own_folder(trained: Path, tmp_path: Path) -> 
         run_training(two, "protomask", project, seed=5)
 
 
+def test_a_model_is_built_from_the_params_of_one_run() -> None:
+    """The default lists two seeds; a network is one run's: the error says how to narrow."""
+    from model.training import build_model, with_seed
+    from pipeline.params import Params
+
+    params = tiny_train_params(seeds=[0, 1])
+    with pytest.raises(ValueError, match=r"train.seeds \[0, 1\]: .*with_seed\(params, seed\)"):
+        build_model("protomask", params.train, 3)
+    assert build_model("protomask", with_seed(params, 1).train, 3) is not None
+    assert Params().train.seeds == [0, 1]  # the default run's seeds (README What you get)
+
+
 def test_stop_then_resume_equals_uninterrupted(trained: Path, tmp_path: Path) -> None:
     project = copy_project(trained, tmp_path / "p")
     params = tiny_train_params()
