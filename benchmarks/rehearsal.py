@@ -208,7 +208,7 @@ def loader_overhead(project: Path, args: argparse.Namespace) -> None:
     """benchmarks/train.py's two measurements: views from memory vs from the crop shards."""
     import train as train_bench
 
-    from pipeline.params import AugmentParams
+    from pipeline.params import AugmentParams, TrainParams
     from pipeline.view_datasets import ViewDataset
 
     dataset = ViewDataset(project / layout.CROPS_DIR, "train", augment=AugmentParams())
@@ -220,7 +220,7 @@ def loader_overhead(project: Path, args: argparse.Namespace) -> None:
         prototype_dim=128,
         device=args.device,
         bf16=args.device.startswith("cuda"),
-        channels_last=args.device.startswith("cuda"),
+        channels_last=TrainParams().channels_last,  # as train: on CPU too
         batch=args.batch,
         views=args.views,
         size=args.crop_size,

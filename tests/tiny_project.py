@@ -104,10 +104,9 @@ def tiny_train_params(**train: object) -> Params:
         **{k: v for k, v in train.items() if k in MODEL_KEYS},
     }
     epochs = {k: own[k] for k in ("warmup_epochs", "joint_epochs", "last_layer_epochs")}
-    defaults = TrainParams()
+    defaults = tiny_params().train  # its one seed
     base = replace(
         defaults,
-        seeds=[0],
         batch_size=4,
         loader_workers=0,
         device="cpu",
