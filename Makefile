@@ -11,6 +11,10 @@ export DVC_NO_ANALYTICS := 1
 # made saliency ~10x slower. Passive waiting costs nothing measurable when idle.
 export OMP_WAIT_POLICY := PASSIVE
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# PyTorch's Linux wheels bring its CUDA libraries (~3 GB to download, ~5 GB installed).
+# pip's cache would keep a second copy of every download: on a fresh machine that is
+# the difference between fitting on the disk and not, and a rerun reinstalls nothing.
+PIP_INSTALL := -m pip install --quiet --no-cache-dir
 
 .PHONY: install repro test lock clean-venv
 
@@ -21,9 +25,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	# sam2 (segment.backend sam2) is a source archive whose build imports torch: build it
 	# against the pinned torch of this venv (build isolation would fetch another torch)
 	# and without its optional CUDA extension (only hole filling in masks uses it).
-	$(BIN)/python -m pip install --quiet -c constraints.txt setuptools torch torchvision
-	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation -c constraints.txt sam2
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python $(PIP_INSTALL) -c constraints.txt setuptools torch torchvision
+	SAM2_BUILD_CUDA=0 $(BIN)/python $(PIP_INSTALL) --no-build-isolation -c constraints.txt sam2
+	$(BIN)/python $(PIP_INSTALL) -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 # The whole pipeline on the embedded default, then its metrics.
