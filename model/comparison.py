@@ -340,7 +340,20 @@ def differences_table(found: list[Claim]) -> list[str]:
         lines.append(
             f"| {c.baseline} | {c.key} | {c.want} | {d.mean:+.2f} | {ci} | {d.n} | {c.outcome} |"
         )
+    intervals = sum(c.difference is not None and c.difference.low is not None for c in found)
+    if intervals:
+        lines += ["", multiplicity_note(intervals)]
     return lines
+
+
+def multiplicity_note(intervals: int) -> str:
+    """What ``intervals`` separate 95 % intervals mean when they are read together."""
+    return (
+        f"Each interval is a 95 % interval on its own, not corrected for the {intervals} "
+        f"read together: about one in 20 misses its true difference by chance (here "
+        f"about {intervals / 20:.1f} of them), so one outcome whose interval ends near its "
+        "threshold is weak evidence by itself."
+    )
 
 
 def read_metrics(

@@ -152,6 +152,12 @@ def test_the_table_shows_mean_and_std_and_yes_no_counts() -> None:
     assert "none (one seed)" in single
 
 
+def test_the_differences_say_their_intervals_are_not_corrected_for_their_number() -> None:
+    md = comparison_markdown(good_vs_bad(), RULES)  # one baseline: four claims
+    assert "not corrected for the 4 read together" in md and "about 0.2 of them" in md
+    assert "not corrected" not in comparison_markdown(good_vs_bad(seeds=1), RULES)  # none
+
+
 def test_the_document_has_every_model_difference_and_claim() -> None:
     out = compare_document(good_vs_bad(), RULES)
     assert out["seeds"] == {"protomask": [0, 1, 2], "protopnet": [0, 1, 2]}
