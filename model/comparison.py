@@ -7,7 +7,8 @@ more on the object, is more consistent, and its accuracy is competitive (at most
 ``evaluate.verdict_accuracy_margin`` points lower). Each is ``holds``, ``does not hold``
 or ``undecided`` (the interval straddles the threshold); every claim is undecided, with
 the reason, when the evidence is too thin: too few test images, too few training seeds,
-or mostly whole-image views (no usable masks), per params evaluate.verdict_*.
+a model that abstains on most images or whose accuracy does not lie above chance, or
+mostly whole-image views (no usable masks), per params evaluate.verdict_*.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Optional
 
 from model.formatting import METRICS, format_metric
 from model.metric_layout import NATIVE, lookup, nested, path_of
-from model.seed_stats import Difference, Spread, decide, paired_difference, spread
+from model.seed_stats import Difference, Spread, decide, interval, paired_difference, spread
 from pipeline import layout
 from pipeline.atomic import atomic_file
 from pipeline.errors import ArtifactError
@@ -105,6 +106,9 @@ def too_thin(runs: Runs, rules: EvaluateParams) -> Optional[str]:
                 f"(evaluate.verdict_max_abstained): its accuracy is a fixed pick, not a "
                 f"prediction; train it longer"
             )
+    unlearned = [why for why in (at_chance(runs, model) for model in runs) if why is not None]
+    if unlearned:
+        return "; ".join(unlearned)
     share = spread(list(per_seed(runs, REFERENCE, path_of("fallback_share")).values()))
     if share is not None and share.mean > rules.verdict_max_fallback_share:
         return (
@@ -113,6 +117,36 @@ def too_thin(runs: Runs, rules: EvaluateParams) -> Optional[str]:
             f"(evaluate.verdict_max_fallback_share): check the segment stage"
         )
     return None
+
+
+def at_chance(runs: Runs, model: str) -> Optional[str]:
+    """Why ``model``'s balanced accuracy is no evidence that it learned (its 95 % interval
+    over the seeds reaches chance, 100 / the test split's classes; with one seed, its
+    value), or None when it lies above chance. Claims against such a model compare
+    explanations of an untrained classifier: no verdict."""
+    classes = {lookup(d, path_of("test_classes")) for d in runs[model].values()}
+    if None in classes:
+        return (
+            f"{model}'s metrics lack {path_of('test_classes')} (written by evaluate since "
+            f"it was added): rerun protomask evaluate --model {model}"
+        )
+    chance = 100.0 / max(classes)
+    acc = interval(list(per_seed(runs, model, path_of("balanced_accuracy")).values()))
+    if acc is None:
+        return None  # not measured: the claim on it says so
+    low = acc.mean if acc.low is None else acc.low
+    if low > chance:
+        return None
+    spread_of = (
+        f"95 % interval {acc.low:.1f} to {acc.high:.1f} over {acc.n} seeds"
+        if acc.low is not None
+        else "one seed"
+    )
+    return (
+        f"{model}'s balanced accuracy ({acc.mean:.1f} %, {spread_of}) does not lie above "
+        f"chance ({chance:.1f} %, {max(classes)} test classes): its explanations are those "
+        f"of a classifier that has not shown it learned; train it longer or on more data"
+    )
 
 
 @dataclass(frozen=True)

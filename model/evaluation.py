@@ -32,8 +32,8 @@ groups ``classification`` (top-3, macro F1, precision, recall, ROC AUC, abstaine
 CRC, CAC and the ``_perturbed`` changes), ``segmenter`` (mask consistency, fallback
 share), ``randomisation`` {``spearman`` (trained vs randomised trunk, mean over pairs),
 ``spearman_abs``, ``top_mask_iou``, ``pairs``, ``passed`` (spearman < 0.5)} and ``run``
-(model, seed, checkpoint, saliency, lrp_composite, test_images, top_k). A model's native
-maps (ProtoPNet's and ProtoPool's upsampled similarity, PIP-Net's upsampled presence)
+(model, seed, checkpoint, saliency, lrp_composite, test_images, test_classes,
+top_k). A model's native maps (ProtoPNet's and ProtoPool's upsampled similarity, PIP-Net's upsampled presence)
 repeat the saliency metrics, in the same layout, under ``native``.
 
 Ground truth: a metric whose ground truth the dataset lacks entirely is
@@ -47,6 +47,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+import numpy as np
 
 from model.explain_pass import EvalRun, PassResults, explain_test_set
 from model.loading import load_model
@@ -261,6 +263,7 @@ def metrics_document(
         saliency=ev.saliency,
         lrp_composite=ev.lrp_composite if ev.saliency == "prp" else None,
         test_images=int(len(run.test.image_ids)),
+        test_classes=int(len(np.unique(run.test.labels))),
         fallback_share=fallback_share(run.test),
         top_k=int(run.k),
     )

@@ -80,7 +80,16 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "segmenter": ("mask_consistency", "fallback_share"),
     "randomisation": (),  # the check's dict, as it is
-    "run": ("model", "seed", "checkpoint", "saliency", "lrp_composite", "test_images", "top_k"),
+    "run": (
+        "model",
+        "seed",
+        "checkpoint",
+        "saliency",
+        "lrp_composite",
+        "test_images",
+        "test_classes",
+        "top_k",
+    ),
 }
 NATIVE = "native"  # the group of a baseline's native maps (same layout)
 _GROUP_OF = {key: group for group, keys in GROUPS.items() for key in keys}

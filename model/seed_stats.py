@@ -62,6 +62,18 @@ def spread(values: Sequence[float]) -> Optional[Spread]:
     return Spread(mean, statistics.stdev(values), n)  # exact sums: equal values give 0
 
 
+def interval(values: Sequence[float]) -> Optional[Difference]:
+    """The mean of ``values`` with its Student-t 95 % interval (None bounds for a single
+    value); None when empty."""
+    summary = spread(values)
+    if summary is None:
+        return None
+    if summary.std is None:
+        return Difference(summary.mean, None, None, 1)
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, summary.n - 1) * summary.std / math.sqrt(summary.n)
+    return Difference(summary.mean, summary.mean - half, summary.mean + half, summary.n)
+
+
 def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> Optional[Difference]:
     """The mean of a[s] - b[s] over the seeds s in both, with its Student-t 95 % interval.
 
@@ -74,14 +86,7 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> Optiona
         in both.
     """
     seeds = sorted(set(a) & set(b))
-    diffs = [a[s] - b[s] for s in seeds]
-    summary = spread(diffs)
-    if summary is None:
-        return None
-    if summary.std is None:
-        return Difference(summary.mean, None, None, 1)
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, summary.n - 1) * summary.std / math.sqrt(summary.n)
-    return Difference(summary.mean, summary.mean - half, summary.mean + half, summary.n)
+    return interval([a[s] - b[s] for s in seeds])
 
 
 def decide(diff: Optional[Difference], want: str, margin: float = 0.0) -> str:

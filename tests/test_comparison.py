@@ -18,7 +18,7 @@ from pipeline.errors import ArtifactError, ParamsError
 from pipeline.params import EvaluateParams, Params, TrainParams
 
 RULES = EvaluateParams()
-ENOUGH = {"test_images": 120, "fallback_share": 0.0}
+ENOUGH = {"test_images": 120, "test_classes": 5, "fallback_share": 0.0}  # chance: 20 %
 
 
 def doc(bg: float, obj: float, cons: float, acc: float, **extra: object) -> dict:
@@ -128,6 +128,39 @@ def test_thin_evidence_gives_no_verdict_and_says_why(change: dict, reason: str) 
     )
     md = comparison_markdown(runs, RULES)
     assert "The claims hold" not in md and reason in md
+
+
+@pytest.mark.parametrize("model", ["protomask", "protopnet"])
+def test_a_model_whose_accuracy_interval_reaches_chance_gives_no_verdict(model: str) -> None:
+    runs = good_vs_bad()  # five test classes: chance 20 %
+    for s, d in runs[model].items():
+        update(d, {"balanced_accuracy": (22.0, 30.0, 26.0)[s]})  # 26 +- 4: 16.1 to 35.9
+    result = verdict(runs, RULES)
+    assert result.holds is None and f"{model}'s balanced accuracy (26.0 %" in result.reason
+    assert "95 % interval 16.1 to 35.9 over 3 seeds" in result.reason
+    assert "chance (20.0 %, 5 test classes)" in result.reason
+    for s, d in runs[model].items():  # 31 +- 1: 28.5 to 33.5, above chance
+        update(d, {"balanced_accuracy": (30.0, 32.0, 31.0)[s]})
+    assert "chance" not in verdict(runs, RULES).reason
+    for s, d in runs[model].items():  # ten classes: chance 10 %, 10.5 to 15.5 above it
+        update(d, {"balanced_accuracy": 12.0 + s, "test_classes": 10})
+    assert "chance" not in verdict(runs, RULES).reason
+    other = "protopnet" if model == "protomask" else "protomask"
+    for d in runs[other].values():  # every model at chance is named
+        update(d, {"balanced_accuracy": 10.0, "test_classes": 10})
+    for s, d in runs[model].items():
+        update(d, {"balanced_accuracy": (22.0, 30.0, 26.0)[s], "test_classes": 5})
+    both = verdict(runs, RULES).reason
+    assert f"{model}'s balanced accuracy (26.0 %" in both
+    assert f"{other}'s balanced accuracy (10.0 %, 95 % interval 10.0 to 10.0" in both
+
+
+def test_metrics_without_the_test_classes_give_no_verdict() -> None:
+    runs = good_vs_bad()
+    for d in runs["protopnet"].values():
+        del d["run"]["test_classes"]
+    result = verdict(runs, RULES)
+    assert result.holds is None and "protopnet's metrics lack run.test_classes" in result.reason
 
 
 def test_one_seed_gives_no_verdict_and_the_thresholds_are_params() -> None:
