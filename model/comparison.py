@@ -164,9 +164,9 @@ class Claim:
         if self.difference is None:
             return f"{label} {self.want}: not measured for both models"
         d = self.difference
-        interval = f"95 % CI {d.low:+.2f} to {d.high:+.2f}" if d.low is not None else "no interval"
+        ci = f"95 % CI {d.low:+.2f} to {d.high:+.2f}" if d.low is not None else "no interval"
         seeds = f"{d.n} seed" + ("s" if d.n != 1 else "")
-        return f"{label} {self.want}: {self.outcome} ({d.mean:+.2f}, {interval}, {seeds})"
+        return f"{label} {self.want}: {self.outcome} ({d.mean:+.2f}, {ci}, {seeds})"
 
 
 def claims(runs: Runs, rules: EvaluateParams) -> list[Claim]:
