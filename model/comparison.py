@@ -93,9 +93,13 @@ def too_thin(runs: Runs, rules: EvaluateParams) -> Optional[str]:
     seeds = min(len(s) for s in runs.values())
     if seeds < rules.verdict_min_seeds:
         return (
-            f"{seeds} training seed(s) per model, fewer than the "
+            f"{seeds} training seed{'s' if seeds != 1 else ''} per model, fewer than the "
             f"{rules.verdict_min_seeds} a verdict needs (evaluate.verdict_min_seeds): "
-            f"one seed's differences are within seed noise"
+            + (
+                "one seed gives no interval"
+                if seeds == 1
+                else f"{seeds} runs are too few to trust an interval on"
+            )
         )
     for model in runs:
         held_back = spread(list(per_seed(runs, model, path_of("abstained")).values()))

@@ -554,7 +554,7 @@ class EvaluateParams:
     verdict_min_seeds: int = param(
         3,
         "compare: no verdict with fewer training seeds per model "
-        "than this (one seed's differences are within seed noise).",
+        "than this (one seed gives no interval; two are too few runs to trust one on).",
         interval=Interval(1, 1000),
         stage="compare",
     )
