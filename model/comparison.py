@@ -112,7 +112,10 @@ def too_thin(runs: Runs, rules: EvaluateParams) -> Optional[str]:
             )
     unlearned = [why for why in (at_chance(runs, model) for model in runs) if why is not None]
     if unlearned:
-        return "; ".join(unlearned)
+        return (
+            "; ".join(unlearned) + ": the explanations of a classifier that has not shown it "
+            "learned are no evidence on the claims; train longer or on more data"
+        )
     share = spread(list(per_seed(runs, REFERENCE, path_of("fallback_share")).values()))
     if share is not None and share.mean > rules.verdict_max_fallback_share:
         return (
@@ -124,10 +127,10 @@ def too_thin(runs: Runs, rules: EvaluateParams) -> Optional[str]:
 
 
 def at_chance(runs: Runs, model: str) -> Optional[str]:
-    """Why ``model``'s balanced accuracy is no evidence that it learned (its 95 % interval
-    over the seeds reaches chance, 100 / the test split's classes; with one seed, its
-    value), or None when it lies above chance. Claims against such a model compare
-    explanations of an untrained classifier: no verdict."""
+    """The fact that ``model``'s balanced accuracy is no evidence that it learned (its 95 %
+    interval over the seeds reaches chance, 100 / the test split's classes; with one seed,
+    its value), or None when it lies above chance. Claims against such a model compare
+    explanations of a classifier that may not have learned: no verdict."""
     classes = {lookup(d, path_of("test_classes")) for d in runs[model].values()}
     if None in classes:
         return (
@@ -148,8 +151,7 @@ def at_chance(runs: Runs, model: str) -> Optional[str]:
     )
     return (
         f"{model}'s balanced accuracy ({acc.mean:.1f} %, {spread_of}) does not lie above "
-        f"chance ({chance:.1f} %, {max(classes)} test classes): its explanations are those "
-        f"of a classifier that has not shown it learned; train it longer or on more data"
+        f"chance ({chance:.1f} %, {max(classes)} test classes)"
     )
 
 
