@@ -31,6 +31,7 @@ MODELS = layout.MODELS
 REFERENCE = "protomask"  # the model whose claims are checked against every other one
 OUTCOMES = ("holds", "does not hold", "undecided", "not measured")  # of a claim
 VERDICT_WORDS = {True: "holds", False: "does not hold", None: "undecided"}
+REFUSED = "no verdict"  # the verdict's word when the evidence is too thin for one
 
 # (metric, label, better direction or None) of compare's rows (model/formatting.py holds
 # the facts); its dotted key in the metrics JSON: path_of
@@ -52,11 +53,19 @@ Runs = dict[str, dict[int, dict]]  # model -> training seed -> its metrics/evalu
 @dataclass(frozen=True)
 class Verdict:
     """The claims checked: ``holds`` True (all hold against every baseline), False (one
-    does not hold), or None with ``reason`` (undecided); ``sentence`` says it all."""
+    does not hold), or None with ``reason`` (undecided); ``sentence`` says it all;
+    ``refused``: the evidence is too thin for any verdict (``reason`` says why), so each
+    claim's outcome is an observation, not a finding."""
 
     holds: Optional[bool]
     reason: str
     sentence: str
+    refused: bool = False
+
+    @property
+    def word(self) -> str:
+        """holds | does not hold | undecided | no verdict (refused)."""
+        return REFUSED if self.refused else VERDICT_WORDS[self.holds]
 
 
 def number(value: Any) -> Optional[float]:
@@ -212,6 +221,7 @@ def verdict(runs: Runs, rules: EvaluateParams, found: Optional[list[Claim]] = No
             None,
             thin,
             f"No verdict on the claims: {thin}. Observed (not a finding): {text}.",
+            refused=True,
         )
     outcomes = {c.outcome for c in found}
     if "does not hold" in outcomes:
@@ -282,7 +292,7 @@ def compare_document(
         "claims": {
             b: {f"{c.key} {c.want}": c.outcome for c in found if c.baseline == b} for b in baselines
         },
-        "verdict": VERDICT_WORDS[result.holds],
+        "verdict": result.word,
         "reason": result.reason,
     }
 
@@ -293,7 +303,7 @@ def verdict_document(runs: Runs, assessed: Assessment) -> dict[str, Any]:
     undecided; the whole comparison is artifacts/evaluate/comparison.json."""
     outcomes = [c.outcome for c in assessed.claims]
     return {
-        "verdict": VERDICT_WORDS[assessed.verdict.holds],
+        "verdict": assessed.verdict.word,
         "seeds": min((len(seeds) for seeds in runs.values()), default=0),
         "claims": {o.replace(" ", "_"): outcomes.count(o) for o in OUTCOMES},  # column names
     }
@@ -320,7 +330,8 @@ def comparison_markdown(
     for key, label, better in COMPARED:
         row = (cell(runs, m, key) for m in names)
         lines.append(f"| {label} | " + " | ".join(row) + f" | {better or ''} |")
-    lines += upsampled_table(runs) + differences_table(assessed.claims)
+    refused = assessed.verdict.reason if assessed.verdict.refused else None
+    lines += upsampled_table(runs) + differences_table(assessed.claims, refused)
     lines += ["", "## The paper's claims", "", assessed.verdict.sentence, ""]
     first = {m: next(iter(runs[m].values())) for m in names}
     method = {m: lookup(first[m], path_of("saliency")) for m in names}
@@ -360,14 +371,20 @@ def upsampled_table(runs: Runs) -> list[str]:
     return lines
 
 
-def differences_table(found: list[Claim]) -> list[str]:
-    """ProtoMask minus each baseline, paired by seed: mean [95 % interval] and outcome."""
+def differences_table(found: list[Claim], refused: Optional[str] = None) -> list[str]:
+    """ProtoMask minus each baseline, paired by seed: mean [95 % interval] and outcome;
+    ``refused``: why there is no verdict, said above the table (its outcomes are then
+    observations)."""
     if not found:
         return []
-    lines = [
-        "",
-        "## ProtoMask minus each baseline (paired by seed)",
-        "",
+    lines = ["", "## ProtoMask minus each baseline (paired by seed)", ""]
+    if refused is not None:
+        lines += [
+            f"No verdict ({refused}): each outcome below is what its interval says, an "
+            "observation, not a finding.",
+            "",
+        ]
+    lines += [
         "| baseline | metric | claim | difference | 95 % interval | seeds | outcome |",
         "|---|---|---|---|---|---|---|",
     ]

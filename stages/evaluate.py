@@ -70,8 +70,9 @@ def summary_line(result: Evaluation) -> str:
         "each metric as mean +- std over the seeds, ProtoMask minus each baseline paired by "
         "seed with a 95 % interval, and the paper's claims (background overlap lower, object "
         "overlap and consistency higher, accuracy competitive) as holds / does not hold / "
-        "undecided; undecided, with the reason, when test images or training seeds are too "
-        "few or most views are whole-image fallbacks (params evaluate.verdict_*)."
+        "undecided; no verdict, with the reason, when test images or training seeds are too "
+        "few, a model abstains on most images or does not beat chance, or most views are "
+        "whole-image fallbacks (params evaluate.verdict_*)."
     ),
 )
 def compare(params: Params) -> None:

@@ -128,6 +128,11 @@ def test_thin_evidence_gives_no_verdict_and_says_why(change: dict, reason: str) 
     )
     md = comparison_markdown(runs, RULES)
     assert "The claims hold" not in md and reason in md
+    above_table = md.split("| baseline | metric | claim |")[0].split("paired by seed)")[-1]
+    assert reason in above_table and "an observation, not a finding" in above_table
+    assert compare_document(runs, RULES)["verdict"] == "no verdict"
+    decided = comparison_markdown(good_vs_bad(), RULES)
+    assert "not a finding" not in decided
 
 
 @pytest.mark.parametrize("model", ["protomask", "protopnet"])
