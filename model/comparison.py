@@ -380,7 +380,7 @@ def differences_table(found: list[Claim], refused: Optional[str] = None) -> list
     lines = ["", "## ProtoMask minus each baseline (paired by seed)", ""]
     if refused is not None:
         lines += [
-            f"No verdict ({refused}): each outcome below is what its interval says, an "
+            f"No verdict: {refused}. Each outcome below is what its interval says, an "
             "observation, not a finding.",
             "",
         ]
