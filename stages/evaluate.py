@@ -46,15 +46,18 @@ def evaluate(params: Params, kind: str, seed: int | None) -> None:
 
 
 def summary_line(result: Evaluation) -> str:
-    """One evaluation in a line: test images, the headline metrics, time, the report."""
+    """One evaluation in a line: test images, the headline metrics (accuracy with its
+    chance level), time, the report."""
     from model.formatting import SHORT, format_metric
     from model.metric_layout import HEADLINE, value_of
 
     kind, seed = result.kind, result.seed
     m = {key: format_metric(value_of(result.metrics, key), SHORT) for key in HEADLINE}
+    classes = value_of(result.metrics, "test_classes")
+    chance = f" (chance {100 / classes:.1f}%)" if classes else ""
     return (
         f"evaluate {kind} seed {seed}: {value_of(result.metrics, 'test_images')} test "
-        f"images, balanced accuracy {m['balanced_accuracy']}%, object overlap "
+        f"images, balanced accuracy {m['balanced_accuracy']}%{chance}, object overlap "
         f"{m['object_overlap']}, background overlap {m['background_overlap']}, consistency "
         f"{m['consistency']} in {result.timings['total_with_report']:.0f} s; "
         f"report {layout.evaluate_dir(kind, seed) / 'index.html'}"

@@ -3,6 +3,7 @@ CPU ranks sharing the test batches, write the same bytes as one process alone.""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -88,6 +89,7 @@ def test_two_torchrun_ranks_write_the_bytes_of_one_process(single: Path, tmp_pat
     (project / "params.yaml").write_text(yaml.safe_dump(as_dict(params)))
     run = torchrun(["-m", "stages.cli", "evaluate", "--model", "protomask", "--seed", "0"], project)
     assert run.stdout.count("evaluate protomask seed 0: 6 test images") == 1  # rank 0 only
+    assert re.search(r"balanced accuracy [\d.]+% \(chance \d+\.\d%\)", run.stdout)
     assert outputs(project, "protomask") == reference
 
 
