@@ -5,10 +5,11 @@ claims decided from those intervals.
 The claims: against each baseline, ProtoMask's saliency lies less on the background and
 more on the object, is more consistent, and its accuracy is competitive (at most
 ``evaluate.verdict_accuracy_margin`` points lower). Each is ``holds``, ``does not hold``
-or ``undecided`` (the interval straddles the threshold); every claim is undecided, with
-the reason, when the evidence is too thin: too few test images, too few training seeds,
-a model that abstains on most images or whose accuracy does not lie above chance, or
-mostly whole-image views (no usable masks), per params evaluate.verdict_*.
+or ``undecided`` (the interval straddles the threshold); there is no verdict, with the
+reason, when the evidence is too thin: too few test images, too few training seeds, a
+model that abstains on most images or whose accuracy does not lie above chance, or
+mostly whole-image views (no usable masks), per params evaluate.verdict_*; the claims'
+outcomes are then stated as observations, not findings.
 """
 
 from __future__ import annotations
@@ -143,8 +144,8 @@ def at_chance(runs: Runs, model: str) -> Optional[str]:
     classes = {lookup(d, path_of("test_classes")) for d in runs[model].values()}
     if None in classes:
         return (
-            f"{model}'s metrics lack {path_of('test_classes')} (written by evaluate since "
-            f"it was added): rerun protomask evaluate --model {model}"
+            f"{model}'s metrics lack {path_of('test_classes')} (written before evaluate "
+            f"recorded it): rerun protomask evaluate --model {model}"
         )
     chance = 100.0 / max(classes)
     acc = interval(list(per_seed(runs, model, path_of("balanced_accuracy")).values()))
@@ -208,7 +209,10 @@ def verdict(runs: Runs, rules: EvaluateParams, found: Optional[list[Claim]] = No
     are still stated)."""
     if REFERENCE not in runs or len(runs) < 2:
         return Verdict(
-            None, "only one model was evaluated", "No verdict: only one model was evaluated."
+            None,
+            "only one model was evaluated",
+            "No verdict: only one model was evaluated.",
+            refused=True,
         )
     found = claims(runs, rules) if found is None else found
     by_baseline: dict[str, list[str]] = {}

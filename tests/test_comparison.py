@@ -160,6 +160,12 @@ def test_a_model_whose_accuracy_interval_reaches_chance_gives_no_verdict(model: 
     assert f"{other}'s balanced accuracy (10.0 %, 95 % interval 10.0 to 10.0" in both
 
 
+def test_one_model_alone_gives_no_verdict() -> None:
+    runs = {"protomask": good_vs_bad()["protomask"]}
+    assert verdict(runs, RULES).reason == "only one model was evaluated"
+    assert compare_document(runs, RULES)["verdict"] == "no verdict"
+
+
 def test_metrics_without_the_test_classes_give_no_verdict() -> None:
     runs = good_vs_bad()
     for d in runs["protopnet"].values():
