@@ -76,9 +76,13 @@ def header(title: str, metrics: dict, top_fraction: float) -> str:
     method = run["saliency"]
     if method == "prp":
         method = f"PRP ({run['lrp_composite']})"
+    classes = run["test_classes"]
+    chance = (
+        f" in {classes} classes (chance: {100 / classes:.1f}% balanced accuracy)" if classes else ""
+    )
     return (
         f"<h1>{title}: explanations on the test split</h1>"
-        f"<p>{run['test_images']} test images, checkpoint "
+        f"<p>{run['test_images']} test images{chance}, checkpoint "
         f"<code>{run['checkpoint']}</code>, saliency {html.escape(str(method))}, "
         f"top-{run['top_k']} prototypes per image. Overlays: heat = positive "
         f"saliency (scaled to its 99.5th percentile), white outline = S (top "

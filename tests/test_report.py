@@ -148,6 +148,7 @@ def test_page_names_metrics_links_pages_and_shows_the_global_view(
     for facts in METRICS[:8]:  # full names and meanings, not raw keys
         assert facts.label.replace("&", "&amp;") in page and facts.meaning in page
     assert "&uarr; higher" in page and "&darr; lower" in page
+    assert re.search(r"6 test images in \d classes \(chance: \d+\.\d% balanced accuracy\)", page)
     other = "protopnet" if kind == "protomask" else "protomask"
     assert f"href='../../{other}/seed-0/index.html'" in page
     assert "href='../../comparison.md'" in page
