@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from model.formatting import METRICS, format_metric
-from model.metric_layout import NATIVE, lookup, nested, path_of
+from model.metric_layout import NATIVE, chance_accuracy, lookup, nested, path_of
 from model.seed_stats import Difference, Spread, decide, interval, paired_difference, spread
 from pipeline import layout
 from pipeline.atomic import atomic_file
@@ -147,7 +147,7 @@ def at_chance(runs: Runs, model: str) -> Optional[str]:
             f"{model}'s metrics lack {path_of('test_classes')} (written before evaluate "
             f"recorded it): rerun protomask evaluate --model {model}"
         )
-    chance = 100.0 / max(classes)
+    chance = chance_accuracy(max(classes))
     acc = interval(list(per_seed(runs, model, path_of("balanced_accuracy")).values()))
     if acc is None:
         return None  # not measured: the claim on it says so

@@ -154,6 +154,13 @@ def value_of(doc: dict, key: str) -> Any:
     return lookup(doc, path_of(key))
 
 
+def chance_accuracy(test_classes: int) -> float:
+    """The balanced accuracy (%) of a guess that ignores the image (always one class, or
+    uniformly at random) on a test split of ``test_classes`` classes (``run.test_classes``):
+    what an accuracy must lie above to show that a model learned."""
+    return 100.0 / test_classes
+
+
 # The headline file of a run (metrics/headline/<model>/seed-<seed>.json, the DVC metric
 # of evaluate, so that ``dvc metrics show`` stays short): the headline, then these.
 HEADLINE_EXTRAS = ("abstained", "test_images")

@@ -13,7 +13,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from model.formatting import REPORT, facts_of, format_metric
-from model.metric_layout import GROUPS, HEADLINE, value_of
+from model.metric_layout import GROUPS, HEADLINE, chance_accuracy, value_of
 from model.report_evidence import Contribution
 from pipeline import layout
 
@@ -78,7 +78,9 @@ def header(title: str, metrics: dict, top_fraction: float) -> str:
         method = f"PRP ({run['lrp_composite']})"
     classes = run["test_classes"]
     chance = (
-        f" in {classes} classes (chance: {100 / classes:.1f}% balanced accuracy)" if classes else ""
+        f" in {classes} classes (chance: {chance_accuracy(classes):.1f}% balanced accuracy)"
+        if classes
+        else ""
     )
     return (
         f"<h1>{title}: explanations on the test split</h1>"

@@ -49,12 +49,12 @@ def summary_line(result: Evaluation) -> str:
     """One evaluation in a line: test images, the headline metrics (accuracy with its
     chance level), time, the report."""
     from model.formatting import SHORT, format_metric
-    from model.metric_layout import HEADLINE, value_of
+    from model.metric_layout import HEADLINE, chance_accuracy, value_of
 
     kind, seed = result.kind, result.seed
     m = {key: format_metric(value_of(result.metrics, key), SHORT) for key in HEADLINE}
     classes = value_of(result.metrics, "test_classes")
-    chance = f" (chance {100 / classes:.1f}%)" if classes else ""
+    chance = f" (chance {chance_accuracy(classes):.1f}%)" if classes else ""
     return (
         f"evaluate {kind} seed {seed}: {value_of(result.metrics, 'test_images')} test "
         f"images, balanced accuracy {m['balanced_accuracy']}%{chance}, object overlap "
