@@ -1,5 +1,6 @@
-"""Statistics over training seeds: a metric's mean and spread, and the paired difference of
-two models trained with the same seeds, with its 95 % confidence interval.
+"""Statistics over training seeds: a metric's mean and spread, its mean with a 95 %
+confidence interval (:func:`interval`), and the paired difference of two models trained
+with the same seeds, with that interval on the mean difference.
 
 The seeds of one model are independent runs; ProtoMask and a baseline trained with the
 same seed share the seed's data order but nothing else, so the comparison pairs them by
@@ -39,8 +40,9 @@ class Spread:
 
 @dataclass(frozen=True)
 class Difference:
-    """Paired difference a - b over the seeds both have: mean and its 95 % interval
-    (None when fewer than two seeds are paired)."""
+    """A mean over seeds and its 95 % interval (None when there is one seed): of the paired
+    differences a - b (:func:`paired_difference`), or of one model's values
+    (:func:`interval`)."""
 
     mean: float
     low: Optional[float]
